@@ -1,0 +1,26 @@
+# fakejax: `make train` (quick run on the embedded synthetic benchmark) and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+# On CPU, simulate 8 devices for the tests so data parallelism is exercised.
+TEST_ENV := XLA_FLAGS=--xla_force_host_platform_device_count=8
+
+.PHONY: train test venv clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+train: venv
+	$(PY) -m fakejax.train --config configs/quick.py --workdir runs/quick
+	$(PY) -m fakejax.evaluate --workdir runs/quick
+
+test: venv
+	$(TEST_ENV) $(PY) -m pytest -q -n 2 --dist loadfile tests
+
+clean:
+	rm -rf runs $(VENV)

@@ -1,0 +1,124 @@
+"""Checkpoints (orbax): the one module that knows how they are stored.
+
+A training checkpoint holds the train state (model + optimizer, as a pure
+dict), the grain iterator state and a small JSON `meta` (step, epoch, best
+metric, stage). `checkpoints/` keeps the last N; `best/` keeps the best model.
+Orbax writes into a temporary folder and renames it when complete, so a crash
+mid-save leaves the previous checkpoint loadable.
+"""
+
+import os
+
+from flax import nnx
+import grain
+import jax
+from orbax import checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+
+class MismatchError(ValueError):
+  """A checkpoint that does not fit the model it is restored into."""
+
+
+def _handlers(items):
+  known = {"state": ocp.StandardCheckpointHandler, "meta": ocp.JsonCheckpointHandler,
+           "data_iter": grain.checkpoint.CheckpointHandler}
+  return {k: known[k]() for k in items}
+
+
+def _manager(path, items, keep=None):
+  """keep=None opens existing checkpoints for reading (creates and deletes nothing)."""
+  options = (ocp.CheckpointManagerOptions(create=False) if keep is None else
+             ocp.CheckpointManagerOptions(create=True, preservation_policy=pp.LatestN(keep),
+                                          cleanup_tmp_directories=True))
+  return ocp.CheckpointManager(os.path.abspath(path), options=options, item_handlers=_handlers(items))
+
+
+def _flat(tree):
+  return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): leaf
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def check_compatible(saved_meta, abstract, what):
+  """Raises MismatchError naming every parameter whose presence or shape differs."""
+  saved = {k: tuple(v.shape) for k, v in _flat(saved_meta).items() if hasattr(v, "shape")}
+  want = {k: tuple(v.shape) for k, v in _flat(abstract).items()}
+  problems = [f"{k}: checkpoint {saved.get(k, 'missing')} vs model {want.get(k, 'missing')}"
+              for k in sorted(set(saved) | set(want)) if saved.get(k) != want.get(k)]
+  if problems:
+    shown = "; ".join(problems[:20]) + (f"; ... {len(problems) - 20} more" if len(problems) > 20 else "")
+    raise MismatchError(f"{what} does not match the configured model (other architecture or head "
+                        f"size?): {len(problems)} mismatched parameter(s): {shown}")
+
+
+class Checkpointer:
+  """Saves and restores training runs in `workdir`."""
+
+  def __init__(self, workdir, keep=2):
+    self.workdir = workdir
+    self.latest = _manager(os.path.join(workdir, "checkpoints"), ("state", "data_iter", "meta"), keep)
+    self.best = _manager(os.path.join(workdir, "best"), ("state", "meta"), 1)
+
+  def save(self, step, state, data_iter, meta):
+    """Saves the full training state (blocking: it is on disk when this returns)."""
+    self.latest.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(nnx.to_pure_dict(state)),
+        data_iter=grain.checkpoint.CheckpointSave(data_iter),
+        meta=ocp.args.JsonSave(meta)), force=True)
+    self.latest.wait_until_finished()
+
+  def save_best(self, step, state, meta):
+    self.best.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(nnx.to_pure_dict(state)), meta=ocp.args.JsonSave(meta)),
+        force=True)
+    self.best.wait_until_finished()
+
+  def restore_latest(self, abstract_state, data_iter):
+    """Restores the newest checkpoint into `data_iter` and returns (state, meta), or None."""
+    step = self.latest.latest_step()
+    if step is None:
+      return None
+    abstract = nnx.to_pure_dict(abstract_state)
+    check_compatible(self.latest.item_metadata(step)["state"], abstract,
+                     f"Checkpoint {self.latest.directory}/{step}")
+    out = self.latest.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract),
+        data_iter=grain.checkpoint.CheckpointRestore(data_iter),
+        meta=ocp.args.JsonRestore()))
+    return _fill(abstract_state, out["state"]), out["meta"]
+
+  def close(self):
+    self.latest.close()
+    self.best.close()
+
+
+def restore_model(workdir, abstract_state, which="best"):
+  """Loads the model state of a run for evaluation: 'best', 'latest' or a step number.
+
+  Returns:
+    (state, meta).
+  """
+  if which == "best" and not os.path.isdir(os.path.join(workdir, "best")):
+    which = "latest"
+  sub, items = ("best", ("state", "meta")) if which == "best" else ("checkpoints", ("state", "data_iter", "meta"))
+  path = os.path.join(workdir, sub)
+  mngr = _manager(path, items)
+  steps = mngr.all_steps()
+  if not steps:
+    raise FileNotFoundError(f"No checkpoint in {path}")
+  step = steps[-1] if which in ("best", "latest") else int(which)
+  if step not in steps:
+    raise FileNotFoundError(f"No checkpoint for step {step} in {path}; available: {sorted(steps)}")
+  abstract = nnx.to_pure_dict(abstract_state)
+  check_compatible(mngr.item_metadata(step)["state"], abstract, f"Checkpoint {path}/{step}")
+  out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                   meta=ocp.args.JsonRestore()))
+  mngr.close()
+  return _fill(abstract_state, out["state"]), out["meta"]
+
+
+def _fill(abstract_state, pure):
+  """An nnx.State shaped like `abstract_state` holding the restored arrays."""
+  state = jax.tree.map(lambda x: x, abstract_state)
+  nnx.replace_by_pure_dict(state, pure)
+  return state

@@ -1,0 +1,50 @@
+"""What every command-line entry point shares: flag parsing with clear errors, logging."""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+
+def _bad_override(argv):
+  """The first `--config.a.b=v` naming a key the config does not have, with the valid keys."""
+  config_file = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if config_file is None and "--config" in argv:
+    config_file = argv[argv.index("--config") + 1]
+  if not config_file:
+    return None
+  try:
+    config = config_flags.config_flags._LoadConfigModule("config", config_file.split(":")[0])  # pylint: disable=protected-access
+    config = config.get_config(*config_file.split(":")[1:2])
+  except Exception:  # pylint: disable=broad-except  (the normal parser reports it)
+    return None
+  for a in argv:
+    if not a.startswith("--config."):
+      continue
+    node, path = config, a[len("--config."):].split("=", 1)[0].split(".")
+    for i, key in enumerate(path):
+      if not hasattr(node, "keys") or key not in node:
+        valid = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "(none: not a group)"
+        where = ".".join(["config"] + path[:i])
+        return f"unknown config key {'.'.join(path[:i + 1])!r}; valid keys of {where}: {valid}"
+      node = node[key]
+  return None
+
+
+def _parse(argv):
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # pylint: disable=broad-except
+    msg = _bad_override(argv[1:]) or str(e).strip().splitlines()[-1]
+    sys.exit(f"{argv[0]}: error: {msg}")
+
+
+def run(main):
+  """absl app.run with one-line errors for bad flags and quiet library logging by default."""
+  def wrapped(argv):
+    if not flags.FLAGS["verbosity"].present:
+      logging.set_verbosity(logging.WARNING)  # orbax and grain log every step at INFO.
+    return main(argv)
+  app.run(wrapped, flags_parser=_parse)

@@ -1,0 +1,84 @@
+"""The base config every file in configs/ starts from; each key is documented here.
+
+Config files override a few fields:  `from fakejax import defaults` then
+`config = defaults.get_config()`.
+"""
+
+import ml_collections
+
+from fakejax import synthetic
+
+
+def get_config():
+  """All keys with their defaults (Xception on the synthetic benchmark, binary)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "xception"          # A key of fakejax.models.MODELS.
+  c.model.dropout = 0.5               # Dropout before the classifier.
+  c.model.width = 1.0                 # Channel multiplier (1.0: the published architecture).
+  c.model.middle_blocks = 8           # Xception only.
+  c.model.bn_momentum = 0.0           # 0: the architecture's own (Keras 0.99, torchvision 0.9).
+  c.model.dtype = "float32"           # Compute dtype: 'bfloat16' on GPU/TPU; params stay float32.
+  c.model.preprocess = "minus_one_one"  # 'minus_one_one' (Keras), 'imagenet' (torchvision), 'unit'.
+
+  c.data = ml_collections.ConfigDict()
+  c.data.dir = ""                     # A dataset made by `fakejax.prepare`; '' = synthetic.
+  c.data.cache_dir = "data"           # Where the synthetic benchmark is generated and cached.
+  c.data.task = "binary"              # 'binary' (real=0, fake=1) or 'attribution' (one class each).
+  c.data.train_sources = ("tconv",)   # Generators to train on (real always kept); () = all.
+  c.data.train_categories = ()        # Content categories to train on; () = all.
+  c.data.exclude_categories = ()      # Held-out content categories (cross-content tests).
+  c.data.image_size = 64              # Crop size fed to the model.
+  c.data.eval_resize = 0              # Resize before the eval centre crop (0: never resample).
+  c.data.too_small = "error"          # Images smaller than the crop: 'error' or 'pad'.
+  c.data.patches_per_image = 0        # Patch mode: K random patches per image (0: off).
+  c.data.patch_size = 32              # Patch side in patch mode.
+  c.data.balance = False              # Oversample classes to equal counts.
+  c.data.workers = 0                  # grain worker processes (0: in the main process).
+  c.data.seed = 0                     # Shuffle/augmentation seed.
+  c.data.synthetic = ml_collections.ConfigDict()
+  c.data.synthetic.size = 64
+  c.data.synthetic.train = 200        # Real images per category; each gets one fake per family.
+  c.data.synthetic.val = 50
+  c.data.synthetic.test = 50
+  c.data.synthetic.seed = 0
+  c.data.synthetic.categories = synthetic.CATEGORIES
+  c.data.synthetic.families = synthetic.FAMILIES
+
+  c.aug = ml_collections.ConfigDict()
+  c.aug.crop = "random"               # 'random' or 'center'.
+  c.aug.flip = 0.5                    # Horizontal flip probability.
+  c.aug.resize = 0                    # Opt-in resize (resampling erases fingerprints).
+  c.aug.rotate = 0.0                  # Max rotation, degrees (opt-in, resamples).
+  c.aug.shift = 0.0                   # Max shift, fraction of the side (opt-in).
+  c.aug.zoom = 0.0                    # Max zoom, fraction (opt-in).
+  c.aug.blur_prob = 0.0               # Wang et al. 2020: Gaussian blur probability,
+  c.aug.blur_sig = (0.0, 3.0)         #   sigma range,
+  c.aug.jpg_prob = 0.0                #   JPEG re-compression probability,
+  c.aug.jpg_qual = (30, 100)          #   quality range,
+  c.aug.jpg_method = "pil"            #   encoder: 'pil' or 'cv2'.
+
+  c.batch_size = 64                   # Global batch (images); must divide by the device count.
+  c.num_epochs = 50
+  c.total_steps = 0                   # > 0 overrides num_epochs.
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = "adam"               # 'adam', 'adamw' or 'sgd'.
+  c.optim.lr = 1e-3
+  c.optim.end_lr = 1e-5               # Final lr of the cosine/exponential/step schedules.
+  c.optim.schedule = "constant"       # 'constant', 'cosine', 'exponential' or 'step'.
+  c.optim.decay_every = 0             # 'step' schedule: steps per decay (0: 10 decays in all).
+  c.optim.warmup_steps = 0
+  c.optim.momentum = 0.9              # SGD.
+  c.optim.weight_decay = 0.0          # AdamW.
+
+  c.eval_every_steps = 0              # 0: once per epoch.
+  c.log_every_steps = 20
+  c.best_metric = "accuracy"          # Validation metric that picks the best checkpoint (higher is better).
+  c.early_stop_patience = 0           # Stop after this many evals without improvement (0: never).
+  c.keep_checkpoints = 2
+  c.eval_batch_size = 0               # 0: same as batch_size.
+  c.threshold = 0.5                   # p_fake decision threshold.
+  return c

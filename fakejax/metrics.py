@@ -1,0 +1,67 @@
+"""Detection metrics on host arrays (scikit-learn where it already does the job)."""
+
+import numpy as np
+from sklearn import metrics as skm
+
+
+def softmax(logits):
+  z = logits - logits.max(-1, keepdims=True)
+  e = np.exp(z)
+  return e / e.sum(-1, keepdims=True)
+
+
+def eer(labels, scores):
+  """Equal error rate: where the false-positive and false-negative rates cross."""
+  fpr, tpr, _ = skm.roc_curve(labels, scores)
+  fnr = 1 - tpr
+  i = int(np.nanargmin(np.abs(fnr - fpr)))
+  return float((fpr[i] + fnr[i]) / 2)
+
+
+def binary(labels, p_fake, threshold=0.5):
+  """Real/fake metrics with fake as the positive class.
+
+  Args:
+    labels: 0 real, 1 fake.
+    p_fake: probability of fake.
+    threshold: decision threshold on p_fake (p >= threshold is fake).
+
+  Returns:
+    dict of n_real, n_fake, accuracy, real_acc, fake_acc, ap, auc, eer (AP/AUC/EER
+    are NaN when only one class is present).
+  """
+  labels = np.asarray(labels).astype(int)
+  p_fake = np.asarray(p_fake, np.float64)
+  pred = (p_fake >= threshold).astype(int)
+  real, fake = labels == 0, labels == 1
+  both = real.any() and fake.any()
+  return {
+      "n_real": int(real.sum()), "n_fake": int(fake.sum()),
+      "accuracy": float((pred == labels).mean()) if len(labels) else float("nan"),
+      "real_acc": float((pred[real] == 0).mean()) if real.any() else float("nan"),
+      "fake_acc": float((pred[fake] == 1).mean()) if fake.any() else float("nan"),
+      "ap": float(skm.average_precision_score(labels, p_fake)) if both else float("nan"),
+      "auc": float(skm.roc_auc_score(labels, p_fake)) if both else float("nan"),
+      "eer": eer(labels, p_fake) if both else float("nan"),
+  }
+
+
+def attribution(labels, logits, class_names):
+  """Top-1 accuracy and confusion matrix (rows: true class, columns: predicted)."""
+  pred = np.asarray(logits).argmax(-1)
+  labels = np.asarray(labels)
+  cm = skm.confusion_matrix(labels, pred, labels=range(len(class_names)))
+  return {"top1": float((pred == labels).mean()), "n": int(len(labels)),
+          "confusion": cm.tolist(), "classes": list(class_names)}
+
+
+def summarize(task, labels, logits, class_names, threshold=0.5):
+  """The metrics of a task from labels and logits; for attribution also real/fake ones."""
+  probs = softmax(np.asarray(logits, np.float64))
+  if task == "binary":
+    return binary(labels, probs[:, 1], threshold)
+  out = attribution(labels, logits, class_names)
+  if "real" in class_names:  # Any non-real class counts as fake.
+    r = class_names.index("real")
+    out.update(binary(np.asarray(labels) != r, 1 - probs[:, r], threshold))
+  return out

@@ -1,0 +1,62 @@
+"""Model registry: every architecture by name, plus the input normalisation."""
+
+import functools
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fakejax.models import resnet
+from fakejax.models import xception
+
+MODELS = {
+    "xception": xception.Xception,
+    "resnet50": functools.partial(resnet.ResNet, 50),
+    "resnet101": functools.partial(resnet.ResNet, 101),
+}
+
+# How uint8 pixels become model inputs, by weight origin.
+_IMAGENET_MEAN = np.array([0.485, 0.456, 0.406]) * 255
+_IMAGENET_STD = np.array([0.229, 0.224, 0.225]) * 255
+PREPROCESS = ("minus_one_one", "imagenet", "unit")
+
+
+def create(name, num_classes, *, seed=0, dtype="float32", **kwargs):
+  """Builds a registered model.
+
+  Args:
+    name: a key of MODELS.
+    num_classes: logits of the head (2 for binary real/fake).
+    seed: parameter initialisation seed.
+    dtype: compute dtype ('float32' or 'bfloat16'); parameters stay float32.
+    **kwargs: architecture options (dropout, width, ...).
+
+  Returns:
+    the nnx.Module.
+  """
+  if name not in MODELS:
+    raise ValueError(f"Unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
+  return MODELS[name](num_classes=num_classes, dtype=jnp.dtype(dtype), rngs=nnx.Rngs(seed), **kwargs)
+
+
+def preprocess(images, mode, dtype=jnp.float32):
+  """uint8 NHWC pixels -> normalised float input ('minus_one_one', 'imagenet' or 'unit')."""
+  x = images.astype(jnp.float32)
+  if mode == "minus_one_one":
+    x = x / 127.5 - 1.0
+  elif mode == "imagenet":
+    x = (x - _IMAGENET_MEAN) / _IMAGENET_STD
+  elif mode == "unit":
+    x = x / 255.0
+  else:
+    raise ValueError(f"Unknown preprocess {mode!r}; known: {', '.join(PREPROCESS)}")
+  return x.astype(dtype)
+
+
+def backbone_param_count(model, with_batch_stats):
+  """Parameters of everything but the head (optionally counting BatchNorm statistics)."""
+  filt = nnx.Any(nnx.Param, nnx.BatchStat) if with_batch_stats else nnx.Param
+  state = nnx.state(model, filt)
+  count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+  return count(state) - count(nnx.state(model.head))

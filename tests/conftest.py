@@ -1,0 +1,55 @@
+"""Test setup: 8 simulated CPU devices (before any JAX call) and small shared data."""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+
+import jax  # pylint: disable=g-import-not-at-top
+import pytest  # pylint: disable=g-import-not-at-top
+
+jax.config.update("jax_num_cpu_devices", 8)
+
+from fakejax import datasets  # pylint: disable=g-import-not-at-top
+from fakejax import defaults  # pylint: disable=g-import-not-at-top
+
+TINY_COUNTS = (("train", 8), ("val", 4), ("test", 3))
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="session")
+def tiny_synthetic(data_root):
+  """32x32 synthetic benchmark: per split n reals per category, each with 4 fakes."""
+  return datasets.synthetic_dataset(data_root, size=32, counts=TINY_COUNTS)
+
+
+def tiny_config(data_root, **overrides):
+  """A config whose model and data are as small as a real run can be."""
+  c = defaults.get_config()
+  c.model.width = 0.125
+  c.model.middle_blocks = 1
+  c.model.dropout = 0.0
+  c.data.cache_dir = data_root
+  c.data.synthetic.size = 32
+  c.data.synthetic.train, c.data.synthetic.val, c.data.synthetic.test = (n for _, n in TINY_COUNTS)
+  c.data.image_size = 32
+  c.batch_size = 16
+  c.total_steps = 4
+  c.log_every_steps = 1
+  c.eval_every_steps = 2
+  for k, v in overrides.items():
+    node = c
+    *path, last = k.split(".")
+    for p in path:
+      node = node[p]
+    node[last] = v
+  return c
+
+
+@pytest.fixture
+def make_config(data_root, tiny_synthetic):
+  del tiny_synthetic  # Built once, before any config points at it.
+  return lambda **kw: tiny_config(data_root, **kw)
