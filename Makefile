@@ -20,7 +20,7 @@ train: venv
 	$(PY) -m fakejax.evaluate --workdir runs/quick
 
 test: venv
-	$(TEST_ENV) $(PY) -m pytest -q -n 2 --dist loadfile tests
+	$(TEST_ENV) $(PY) -m pytest -q -n 2 --dist worksteal tests
 
 clean:
 	rm -rf runs $(VENV)

@@ -4,6 +4,9 @@ Config files override a few fields:  `from fakejax import defaults` then
 `config = defaults.get_config()`.
 """
 
+import importlib.util
+import os
+
 import ml_collections
 
 from fakejax import synthetic
@@ -82,3 +85,11 @@ def get_config():
   c.eval_batch_size = 0               # 0: same as batch_size.
   c.threshold = 0.5                   # p_fake decision threshold.
   return c
+
+
+def from_file(path, arg=None):
+  """Runs `get_config(arg)` of a config file (lets one config file build on another)."""
+  spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg is not None else module.get_config()

@@ -97,13 +97,13 @@ class TrainState:
 
     def init():
       model = create_model(config, num_classes)
-      return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+      return {"model": model, "optimizer": nnx.Optimizer(model, tx, wrt=nnx.Param)}
 
-    model, opt = nnx.eval_shape(init)
-    model.train()
-    self.train_def, abstract = nnx.split((model, opt))
-    model.eval()
-    self.eval_def, _ = nnx.split((model, opt))
+    modules = nnx.eval_shape(init)
+    modules["model"].train()
+    self.train_def, abstract = nnx.split(modules)
+    modules["model"].eval()
+    self.eval_def, _ = nnx.split(modules)
     self.replicated = sharding.replicated(mesh)
     self.abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.replicated), abstract)
@@ -112,7 +112,8 @@ class TrainState:
 
   def merge(self, state, train=True):
     """(model, optimizer) modules over `state`, in train or eval mode."""
-    return nnx.merge(self.train_def if train else self.eval_def, state)
+    modules = nnx.merge(self.train_def if train else self.eval_def, state)
+    return modules["model"], modules["optimizer"]
 
 
 # ---------------------------------------------------------------------------
@@ -124,8 +125,8 @@ def make_train_step(ts):
   base_key = jax.random.key(cfg.seed)
   dtype = jnp.dtype(cfg.model.dtype)
 
-  def train_step(pure, batch):
-    model, opt = ts.merge(pure, train=True)
+  def train_step(state, batch):
+    model, opt = ts.merge(state, train=True)
     # Dropout randomness is a function of (seed, step): a resumed run draws the same masks.
     dropout_key = jax.random.fold_in(base_key, opt.step[...])
     x = models.preprocess(batch["image"], cfg.model.preprocess, dtype)
@@ -141,7 +142,7 @@ def make_train_step(ts):
     opt.update(model, grads)
     out = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
            "grad_norm": optax.global_norm(grads), "lr": lr}
-    return nnx.state((model, opt)), out
+    return nnx.state({"model": model, "optimizer": opt}), out
 
   return jax.jit(train_step, donate_argnums=0, out_shardings=(ts.replicated, ts.replicated))
 
@@ -151,8 +152,8 @@ def make_eval_step(ts):
   cfg = ts.config
   dtype = jnp.dtype(cfg.model.dtype)
 
-  def eval_step(pure, images):
-    model, _ = ts.merge(pure, train=False)
+  def eval_step(state, images):
+    model, _ = ts.merge(state, train=False)
     return model(models.preprocess(images, cfg.model.preprocess, dtype))
 
   return jax.jit(eval_step)

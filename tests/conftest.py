@@ -4,10 +4,19 @@ import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
+from absl import flags  # pylint: disable=g-import-not-at-top
 import jax  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top
 
 jax.config.update("jax_num_cpu_devices", 8)
+# Many tests compile the same tiny train step: share compiled programs between them, their
+# subprocesses and pytest-xdist workers.
+_CACHE = os.path.join(os.environ.get("TMPDIR", "/tmp"), "fakejax-test-xla-cache")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+flags.FLAGS.mark_as_parsed()  # grain worker processes read absl flags, as under app.run.
 
 from fakejax import datasets  # pylint: disable=g-import-not-at-top
 from fakejax import defaults  # pylint: disable=g-import-not-at-top

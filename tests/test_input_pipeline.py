@@ -1,0 +1,136 @@
+"""grain pipelines and augmentations."""
+
+import ml_collections
+import numpy as np
+import pytest
+
+from fakejax import augment
+from fakejax import defaults
+from fakejax import input_pipeline
+
+
+def _cfg(**data):
+  c = defaults.get_config()
+  c.data.image_size = 32
+  for k, v in data.items():
+    c.data[k] = v
+  return c
+
+
+def _take(it, n):
+  return [next(it) for _ in range(n)]
+
+
+def _same(a, b):
+  return all(np.array_equal(x["image"], y["image"]) and np.array_equal(x["label"], y["label"])
+             for x, y in zip(a, b))
+
+
+def test_eval_pipeline_yields_every_example_once(tiny_synthetic):
+  c = _cfg()
+  idx = tiny_synthetic.select("test")[:13]  # A prime count: never a whole number of batches.
+  src = input_pipeline.Subset(tiny_synthetic.source("test"), idx)
+  batches = list(input_pipeline.make_eval_iter(src, c.data, global_batch=8))
+  assert len(batches) == 2 and all(b["image"].shape == (8, 32, 32, 3) for b in batches)
+  mask = np.concatenate([b["mask"] for b in batches])
+  index = np.concatenate([b["index"] for b in batches])
+  assert mask.sum() == 13 and sorted(index[mask]) == list(range(13))
+  assert (index[~mask] == -1).all()
+  labels = np.concatenate([b["label"] for b in batches])[mask]
+  np.testing.assert_array_equal(labels, tiny_synthetic.index("test")["label"][idx])
+
+
+def test_same_seed_same_batches_and_restore(tiny_synthetic):
+  c = _cfg()
+  c.aug.jpg_prob, c.aug.blur_prob = 0.5, 0.5
+  it = input_pipeline.make_train_iter(tiny_synthetic, c.data, c.aug, 8, seed=3)
+  first = _take(it, 3)
+  state = it.get_state()
+  after = _take(it, 3)
+  again = _take(input_pipeline.make_train_iter(tiny_synthetic, c.data, c.aug, 8, seed=3), 3)
+  assert _same(first, again)
+  other = _take(input_pipeline.make_train_iter(tiny_synthetic, c.data, c.aug, 8, seed=4), 3)
+  assert not _same(first, other)
+  fresh = input_pipeline.make_train_iter(tiny_synthetic, c.data, c.aug, 8, seed=3)
+  fresh.set_state(state)
+  assert _same(after, _take(fresh, 3))
+
+
+def test_worker_processes_give_the_same_batches(tiny_synthetic):
+  c = _cfg()
+  serial = _take(input_pipeline.make_train_iter(tiny_synthetic, c.data, c.aug, 8, seed=1), 4)
+  c.data.workers = 2
+  it = input_pipeline.make_train_iter(tiny_synthetic, c.data, c.aug, 8, seed=1)
+  try:
+    assert _same(serial, _take(it, 4))
+  finally:
+    it.close()
+
+
+def test_train_subset_and_balance(tiny_synthetic):
+  c = _cfg(train_sources=("pixel_shuffle",))
+  idx = input_pipeline.train_indices(tiny_synthetic, c.data)
+  src = tiny_synthetic.index("train")["source"][idx]
+  assert set(src) == {"real", "pixel_shuffle"}
+  c = _cfg(train_sources=(), balance=True)
+  idx = input_pipeline.train_indices(tiny_synthetic, c.data)
+  labels = tiny_synthetic.index("train")["label"][idx]
+  assert (labels == 0).sum() == (labels == 1).sum() == 4 * 3 * 8  # Reals oversampled to 96.
+
+
+def test_attribution_labels(tiny_synthetic):
+  c = _cfg(task="attribution", train_sources=())
+  assert input_pipeline.num_classes(tiny_synthetic, c.data) == 5
+  batch = next(input_pipeline.make_train_iter(tiny_synthetic, c.data, c.aug, 64, seed=0))
+  assert set(batch["label"]) <= set(range(5)) and len(set(batch["label"])) > 2
+
+
+def test_patch_mode(tiny_synthetic):
+  c = _cfg(patches_per_image=3, patch_size=16)
+  batch = next(input_pipeline.make_train_iter(tiny_synthetic, c.data, c.aug, 4, seed=0))
+  assert batch["image"].shape == (12, 16, 16, 3)
+  assert (batch["label"].reshape(4, 3) == batch["label"][::3, None]).all()
+
+
+def _aug(**kw):
+  a = defaults.get_config().aug
+  a.flip = 0.0
+  for k, v in kw.items():
+    a[k] = v
+  return a
+
+
+def test_augmentations_change_pixels_as_expected():
+  img = np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+  rng = lambda: np.random.default_rng(5)
+  # Crop is an exact sub-array; no augmentation touches a pixel value by default.
+  out = augment.train_augment(img, rng(), _aug(), 32)
+  r = rng()
+  y, x = r.integers(0, 9), r.integers(0, 17)
+  np.testing.assert_array_equal(out, img[y:y + 32, x:x + 32])
+  # Flip is exact.
+  flipped = augment.train_augment(img, rng(), _aug(flip=1.0, crop="center"), 32)
+  np.testing.assert_array_equal(flipped, augment.center_crop(img, 32)[:, ::-1])
+  # JPEG at q=30 changes pixels, and more than q=95 does.
+  q30 = augment.jpeg(img, 30)
+  q95 = augment.jpeg(img, 95)
+  assert q30.shape == img.shape
+  err = lambda a: np.abs(a.astype(int) - img).mean()
+  assert err(q30) > err(q95) > 0
+  # Blur lowers high-frequency energy.
+  hf = lambda a: np.abs(np.diff(a.astype(int), axis=1)).mean()
+  assert hf(augment.gaussian_blur(img, 2.0)) < 0.5 * hf(img)
+  # blur_prob / jpg_prob = 1 go through both; = 0 through neither.
+  both = augment.train_augment(img, rng(), _aug(blur_prob=1.0, jpg_prob=1.0, crop="center"), 32)
+  assert not np.array_equal(both, augment.center_crop(img, 32))
+  # Rotation by 0 with shift/zoom 0 is the identity; a real rotation resamples.
+  assert np.array_equal(augment.affine(img, rng()), img)
+  assert not np.array_equal(augment.affine(img, rng(), rotate=20), img)
+
+
+def test_too_small_image_is_a_clear_error_or_padded():
+  img = np.zeros((20, 30, 3), np.uint8)
+  with pytest.raises(augment.TooSmall, match=r"cat\.png is 30x20, smaller than the 32x32"):
+    augment.train_augment(img, np.random.default_rng(0), _aug(), 32, name="cat.png")
+  out = augment.train_augment(img, np.random.default_rng(0), _aug(), 32, too_small="pad")
+  assert out.shape == (32, 32, 3)

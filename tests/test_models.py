@@ -1,0 +1,115 @@
+"""Architectures: exact sizes, shapes, modes, and the fast depthwise convolution."""
+
+from flax import nnx
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fakejax import models
+from fakejax.models import layers
+
+
+@pytest.mark.parametrize("name,with_bn_stats,expected", [
+    ("xception", True, 20_861_480),   # keras.applications.Xception(include_top=False).count_params()
+    ("resnet50", False, 23_508_032),  # torchvision resnet50 parameters() minus fc
+    ("resnet101", False, 42_500_160),
+])
+def test_backbone_parameter_counts(name, with_bn_stats, expected):
+  model = nnx.eval_shape(lambda: models.create(name, 2))
+  assert models.backbone_param_count(model, with_bn_stats) == expected
+  head = nnx.state(model.head)
+  assert head["kernel"].shape == (2048, 2)
+
+
+def _abstract_forward(model, shape, **kw):
+  model.eval()
+  graphdef, state = nnx.split(model)
+  return jax.eval_shape(lambda s, x: nnx.merge(graphdef, s)(x, **kw), state,
+                        jax.ShapeDtypeStruct(shape, jnp.float32))
+
+
+@pytest.mark.parametrize("name", ["xception", "resnet50"])
+@pytest.mark.parametrize("size", [32, 64, 299])
+def test_output_shapes(name, size):
+  model = nnx.eval_shape(lambda: models.create(name, 5))
+  logits, feats = _abstract_forward(model, (2, size, size, 3), return_features=True)
+  assert logits.shape == (2, 5) and logits.dtype == jnp.float32
+  assert feats["pooled"].shape == (2, 2048)
+  assert feats["features"].shape[-1] == 2048 and feats["features"].shape[0] == 2
+  if name == "xception" and size == 299:
+    assert feats["features"].shape == (2, 10, 10, 2048)  # As Keras Xception at 299.
+  if name == "resnet50" and size == 299:
+    assert feats["features"].shape == (2, 10, 10, 2048)
+
+
+def test_unknown_model_lists_the_known_ones():
+  with pytest.raises(ValueError, match="known: resnet101, resnet50, xception"):
+    models.create("vgg", 2)
+
+
+@pytest.mark.parametrize("stride,padding", [(1, "SAME"), (2, "SAME"), (1, "VALID"), (2, ((1, 2), (0, 1)))])
+def test_shifted_depthwise_matches_xla_with_gradients(stride, padding):
+  k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(k1, (2, 11, 9, 6))
+  w = jax.random.normal(k2, (3, 3, 1, 6))
+  ct = None
+
+  def run(fn):
+    def f(x, w):
+      return fn(x, w, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                feature_group_count=6)
+    y, vjp = jax.vjp(f, x, w)
+    return y, vjp
+
+  ref, ref_vjp = run(lax.conv_general_dilated)
+  got, got_vjp = run(layers.shifted_depthwise_conv)
+  np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+  ct = jax.random.normal(k3, ref.shape)
+  for g, r in zip(got_vjp(ct), ref_vjp(ct)):
+    np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)
+
+
+def test_tiny_xception_same_output_with_either_depthwise_impl():
+  x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+  a = models.create("xception", 2, width=0.125, middle_blocks=1, depthwise="shift")
+  b = models.create("xception", 2, width=0.125, middle_blocks=1, depthwise="xla")
+  a.eval()
+  b.eval()
+  fwd = nnx.jit(lambda m, x: m(x))
+  np.testing.assert_allclose(fwd(a, x), fwd(b, x), rtol=1e-4, atol=1e-5)
+
+
+def test_train_and_eval_modes():
+  model = models.create("xception", 2, width=0.125, middle_blocks=1, dropout=0.5)
+  x = jax.random.normal(jax.random.key(2), (4, 32, 32, 3)) * 3 + 1
+  stats = lambda: [np.asarray(v) for v in jax.tree.leaves(nnx.state(model, nnx.BatchStat))]
+  before = stats()
+  fwd = nnx.jit(lambda m, x, key=None: m(x, rngs=key))
+  model.train()
+  y1 = fwd(model, x, jax.random.key(0))
+  y2 = fwd(model, x, jax.random.key(1))
+  assert not np.allclose(y1, y2)  # Dropout differs with the key.
+  after = stats()
+  assert any(not np.array_equal(a, b) for a, b in zip(before, after))  # Running stats moved.
+  # Train-mode BN normalises with the batch: an example's output depends on its batch-mates.
+  y_half = fwd(model, x[:2], jax.random.key(0))
+  assert not np.allclose(y_half, y1[:2], atol=1e-4)
+  model.eval()
+  frozen = stats()
+  e1, e2 = fwd(model, x), fwd(model, x)
+  np.testing.assert_array_equal(e1, e2)  # No dropout.
+  np.testing.assert_allclose(fwd(model, x[:2]), e1[:2], rtol=1e-5, atol=1e-6)  # Per-example.
+  assert all(np.array_equal(a, b) for a, b in zip(frozen, stats()))  # Stats untouched.
+
+
+def test_preprocess_modes():
+  px = jnp.array([[[[0, 127, 255]]]], jnp.uint8)
+  np.testing.assert_allclose(models.preprocess(px, "minus_one_one")[0, 0, 0], [-1, 127 / 127.5 - 1, 1], atol=1e-6)
+  np.testing.assert_allclose(models.preprocess(px, "unit")[0, 0, 0], [0, 127 / 255, 1], atol=1e-6)
+  got = models.preprocess(px, "imagenet")[0, 0, 0]
+  np.testing.assert_allclose(got[0], (0 - 0.485) / 0.229, rtol=1e-5)
+  assert models.preprocess(px, "unit", jnp.bfloat16).dtype == jnp.bfloat16
+  with pytest.raises(ValueError, match="known"):
+    models.preprocess(px, "bogus")
