@@ -20,6 +20,7 @@ train: venv
 	$(PY) -m fakejax.evaluate --workdir runs/quick
 
 test: venv
+	$(PY) -m ruff check --quiet fakejax tests scripts configs
 	$(TEST_ENV) $(PY) -m pytest -q -n 2 --dist worksteal tests
 
 clean:

@@ -41,10 +41,21 @@ def _parse(argv):
     sys.exit(f"{argv[0]}: error: {msg}")
 
 
+class UserError(Exception):
+  """A problem with the user's input, reported as one line without a traceback."""
+
+
+# Errors that describe bad input (a path, a config value, a checkpoint that does not fit).
+USER_ERRORS = (UserError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError)
+
+
 def run(main):
-  """absl app.run with one-line errors for bad flags and quiet library logging by default."""
+  """absl app.run with one-line errors for bad input and quiet library logging by default."""
   def wrapped(argv):
     if not flags.FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)  # orbax and grain log every step at INFO.
-    return main(argv)
+    try:
+      return main(argv)
+    except USER_ERRORS as e:
+      sys.exit(f"{argv[0]}: error: {e}")
   app.run(wrapped, flags_parser=_parse)

@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import warnings
 
 from absl import logging
@@ -295,6 +296,7 @@ def _write(out, examples, class_names, meta):
                           file_format="array_record")
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       download_mode=tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS))
+  shutil.rmtree(os.path.join(out, "downloads"), ignore_errors=True)  # Empty: nothing is downloaded.
   ds = Dataset(out, meta)
   ds.write_index()
   with open(os.path.join(out, "fakejax.json"), "w") as f:
@@ -390,7 +392,7 @@ def prepare_folder(root, out, layout="auto", fractions=(0.56, 0.24, 0.20), seed=
       leak_paths[r["hash"]].append(r["item"].path)
   summary = {
       "root": os.path.abspath(root), "layout": layout, "classes": list(class_names),
-      "counts": {s: len(v) for s, v in by_split.items()},
+      "counts": {s: len(by_split[s]) for s in SPLITS if by_split.get(s)},
       "skipped": skipped, "ignored_non_image_files": ignored,
       "class_stats": stats, "warnings": warns,
       "leakage": {"n_hashes_in_several_splits": len(leaks),

@@ -58,9 +58,10 @@ def attribution(labels, logits, class_names):
 def summarize(task, labels, logits, class_names, threshold=0.5):
   """The metrics of a task from labels and logits; for attribution also real/fake ones."""
   probs = softmax(np.asarray(logits, np.float64))
+  loss = {"loss": float(-np.log(probs[np.arange(len(labels)), np.asarray(labels)] + 1e-12).mean())}
   if task == "binary":
-    return binary(labels, probs[:, 1], threshold)
-  out = attribution(labels, logits, class_names)
+    return {**binary(labels, probs[:, 1], threshold), **loss}
+  out = {**attribution(labels, logits, class_names), **loss}
   if "real" in class_names:  # Any non-real class counts as fake.
     r = class_names.index("real")
     out.update(binary(np.asarray(labels) != r, 1 - probs[:, r], threshold))

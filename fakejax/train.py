@@ -6,11 +6,9 @@ r"""Trains a fake-image detector, data-parallel over every device.
 Rerunning the same command resumes from the last checkpoint in the workdir.
 """
 
-import functools
 import json
 import os
 import signal
-import sys
 import time
 
 from absl import flags
@@ -32,11 +30,7 @@ from fakejax import models
 from fakejax import report
 from fakejax import sharding
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default: runs/<config name>).")
-
-
-class TrainingError(RuntimeError):
+class TrainingError(cli.UserError):
   """Training cannot go on (NaN loss, ...); the message says why."""
 
 
@@ -235,6 +229,10 @@ def train_and_evaluate(config, workdir, devices=None):
   # --- Input ------------------------------------------------------------------
   dataset = datasets.open_dataset(config.data)
   num_classes = input_pipeline.num_classes(dataset, config.data)
+  class_names = dataset.class_names if config.data.task == "attribution" else ("real", "fake")
+  with open(os.path.join(workdir, "run.json"), "w") as f:  # What evaluate/predict need to load it.
+    json.dump({"num_classes": num_classes, "class_names": list(class_names),
+               "dataset": os.path.abspath(dataset.path), "task": config.data.task}, f, indent=2)
   n_train = len(input_pipeline.train_indices(dataset, config.data))
   images_per_step = config.batch_size // max(config.data.patches_per_image, 1)
   if config.data.patches_per_image and config.batch_size % config.data.patches_per_image:
@@ -362,21 +360,17 @@ def train_and_evaluate(config, workdir, devices=None):
 
 def default_workdir():
   name = os.path.splitext(os.path.basename(config_flags.get_config_filename(flags.FLAGS["config"])))[0]
-  arg = flags.FLAGS["config"].value and getattr(flags.FLAGS["config"], "_config_arg", None)
-  return os.path.join("runs", name + (f"_{arg}" if arg else ""))
+  return os.path.join("runs", name)
 
 
 def main(argv):
   del argv
-  config = _CONFIG.value
-  workdir = _WORKDIR.value or default_workdir()
-  try:
-    train_and_evaluate(config, workdir)
-  except (TrainingError, checkpoint.MismatchError, datasets.LayoutError, ValueError,
-          FileNotFoundError) as e:
-    sys.exit(f"fakejax.train: error: {e}")
+  train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir or default_workdir())
 
 
 if __name__ == "__main__":
+  # Defined here, not at import, so evaluate/predict can import this module with their own flags.
+  config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Output folder (default: runs/<config name>).")
   flags.mark_flag_as_required("config")
   cli.run(main)

@@ -62,3 +62,13 @@ def tiny_config(data_root, **overrides):
 def make_config(data_root, tiny_synthetic):
   del tiny_synthetic  # Built once, before any config points at it.
   return lambda **kw: tiny_config(data_root, **kw)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(data_root, tiny_synthetic, tmp_path_factory):
+  """A run trained for 2 steps (enough to test loading, evaluating and predicting)."""
+  del tiny_synthetic
+  from fakejax import train  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path_factory.mktemp("runs") / "tiny")
+  train.train_and_evaluate(tiny_config(data_root, total_steps=2), workdir)
+  return workdir

@@ -1,6 +1,5 @@
 """grain pipelines and augmentations."""
 
-import ml_collections
 import numpy as np
 import pytest
 
