@@ -77,6 +77,12 @@ def get_config():
   c.optim.momentum = 0.9              # SGD.
   c.optim.weight_decay = 0.0          # AdamW.
 
+  c.deepfd = ml_collections.ConfigDict()  # model.name = 'deepfd' only.
+  c.deepfd.stage1_steps = 1000        # Contrastive training of D1 (replaces num_epochs/total_steps).
+  c.deepfd.stage2_steps = 1000        # Cross-entropy training of D2.
+  c.deepfd.margin = 2.0               # Contrastive margin m.
+  c.deepfd.freeze_d1 = True           # Stage 2 leaves D1 (parameters and BN statistics) untouched.
+
   c.eval_every_steps = 0              # 0: once per epoch.
   c.log_every_steps = 20
   c.best_metric = "accuracy"          # Validation metric that picks the best checkpoint (higher is better).

@@ -45,7 +45,8 @@ def plot_curves(metrics_path, out_png):
   axes[0].set_ylabel("cross-entropy")
   axes[0].set_yscale("log")
   axes[0].legend()
-  axes[1].plot([r["step"] for r in train], [r["accuracy"] for r in train], lw=0.8, alpha=0.6,
+  acc = [r for r in train if "accuracy" in r]  # DeepFD's contrastive stage has no accuracy.
+  axes[1].plot([r["step"] for r in acc], [r["accuracy"] for r in acc], lw=0.8, alpha=0.6,
                label="train accuracy (batch)")
   for key in ("accuracy", "ap", "top1"):
     if val and key in val[0]:

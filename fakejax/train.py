@@ -77,66 +77,125 @@ def create_optimizer(optim, lr_fn):
   raise ValueError(f"Unknown optimizer {optim.name!r}; known: adam, adamw, sgd")
 
 
+def contrastive_loss(embeddings, labels, margin):
+  """DeepFD's pairwise contrastive loss over every pair of the (global) batch.
+
+  For a pair, p = 1 when both labels agree, E = ||e_i - e_j||_2 and the loss is
+  0.5 * (p * E^2 + (1 - p) * max(0, margin - E)^2). Same-label and different-label
+  pairs are averaged separately and the two means weighted equally, so both kinds
+  count the same in every step whatever the batch's class mix.
+
+  Returns:
+    (loss, mean distance of same-label pairs, mean distance of different-label pairs).
+  """
+  diff = embeddings[:, None, :] - embeddings[None, :, :]
+  dist = jnp.sqrt(jnp.sum(diff**2, -1) + 1e-12)
+  n = labels.shape[0]
+  off_diag = ~jnp.eye(n, dtype=bool)
+  same = (labels[:, None] == labels[None, :]) & off_diag
+  other = labels[:, None] != labels[None, :]
+  mean = lambda v, m: jnp.sum(jnp.where(m, v, 0.0)) / jnp.maximum(jnp.sum(m), 1)
+  loss = 0.5 * (mean(dist**2, same) + mean(jnp.maximum(margin - dist, 0.0) ** 2, other))
+  return loss, mean(dist, same), mean(dist, other)
+
+
 class TrainState:
-  """The graph definitions of a (model, optimizer) pair in train and eval mode.
+  """The graph definitions of a (model, optimizers) collection, per training stage and for eval.
 
   The arrays live in a separate nnx.State pytree, replicated over the mesh, so
-  the jitted steps are pure functions of it and it can be donated.
+  the jitted steps are pure functions of it and it can be donated. Most models
+  train in one stage (stage 0). A model with `stages` (DeepFD) trains its first
+  parameter group with the contrastive loss (stage 1), then its second with
+  cross-entropy (stage 2), each with its own optimizer.
   """
 
   def __init__(self, config, num_classes, total_steps, mesh):
     self.config = config
-    self.lr_fn = create_learning_rate_fn(config.optim, total_steps)
-    tx = create_optimizer(config.optim, self.lr_fn)
+    self.replicated = sharding.replicated(mesh)
+    staged = models.MODELS[config.model.name] is models.deepfd.DeepFD
+    fd = config.deepfd
+    if staged:
+      first, second = models.deepfd.DeepFD.stages
+      self.stage_steps = {1: fd.stage1_steps, 2: fd.stage2_steps}
+      self.wrt = {1: nnx.All(nnx.Param, nnx.PathContains(first)),
+                  2: nnx.All(nnx.Param, nnx.PathContains(second)) if fd.freeze_d1 else nnx.Param}
+    else:
+      self.stage_steps = {0: total_steps}
+      self.wrt = {0: nnx.Param}
+    self.lr_fns = {k: create_learning_rate_fn(config.optim, n) for k, n in self.stage_steps.items()}
 
     def init():
       model = create_model(config, num_classes)
-      return {"model": model, "optimizer": nnx.Optimizer(model, tx, wrt=nnx.Param)}
+      return {"model": model, **{self.optimizer_name(k): nnx.Optimizer(
+          model, create_optimizer(config.optim, self.lr_fns[k]), wrt=self.wrt[k])
+          for k in self.stage_steps}}
 
     modules = nnx.eval_shape(init)
-    modules["model"].train()
-    self.train_def, abstract = nnx.split(modules)
+    self.train_defs = {}
+    for k in self.stage_steps:
+      modules["model"].train()
+      if k == 2 and fd.freeze_d1:
+        modules["model"].d1.eval()  # Frozen: D1's BatchNorm statistics must not move either.
+      self.train_defs[k], abstract = nnx.split(modules)
     modules["model"].eval()
     self.eval_def, _ = nnx.split(modules)
-    self.replicated = sharding.replicated(mesh)
     self.abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.replicated), abstract)
     # Created directly on every device with its final sharding, never on one and copied.
     self.init = jax.jit(lambda: nnx.state(init()), out_shardings=self.replicated)
 
-  def merge(self, state, train=True):
-    """(model, optimizer) modules over `state`, in train or eval mode."""
-    modules = nnx.merge(self.train_def if train else self.eval_def, state)
-    return modules["model"], modules["optimizer"]
+  @property
+  def total_steps(self):
+    return sum(self.stage_steps.values())
+
+  @staticmethod
+  def optimizer_name(stage):
+    return "optimizer" if stage in (0, 1) else f"optimizer_stage{stage}"
+
+  def stage_at(self, step):
+    """The stage that trains step `step` (0-based)."""
+    for k, n in self.stage_steps.items():
+      if step < n:
+        return k
+      step -= n
+    return k
+
+  def eval_model(self, state):
+    return nnx.merge(self.eval_def, state)["model"]
 
 
 # ---------------------------------------------------------------------------
 # Steps.
 # ---------------------------------------------------------------------------
-def make_train_step(ts):
-  """The jitted, donating update step: (state, batch) -> (state, metrics)."""
+def make_train_step(ts, stage=0):
+  """The jitted, donating update step of a stage: (state, batch) -> (state, metrics)."""
   cfg = ts.config
   base_key = jax.random.key(cfg.seed)
   dtype = jnp.dtype(cfg.model.dtype)
+  opt_name = ts.optimizer_name(stage)
 
   def train_step(state, batch):
-    model, opt = ts.merge(state, train=True)
+    modules = nnx.merge(ts.train_defs[stage], state)
+    model, opt = modules["model"], modules[opt_name]
     # Dropout randomness is a function of (seed, step): a resumed run draws the same masks.
     dropout_key = jax.random.fold_in(base_key, opt.step[...])
     x = models.preprocess(batch["image"], cfg.model.preprocess, dtype)
     labels = batch["label"]
 
     def loss_fn(model):
+      if stage == 1:
+        loss, d_same, d_other = contrastive_loss(model.embed(x), labels, cfg.deepfd.margin)
+        return loss, {"dist_same": d_same, "dist_other": d_other}
       logits = model(x, rngs=dropout_key)
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-      return loss, logits
+      return loss, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
 
-    (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
-    lr = ts.lr_fn(opt.step[...])
+    grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, ts.wrt[stage]), has_aux=True)
+    (loss, aux), grads = grad_fn(model)
+    lr = ts.lr_fns[stage](opt.step[...])
     opt.update(model, grads)
-    out = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
-           "grad_norm": optax.global_norm(grads), "lr": lr}
-    return nnx.state({"model": model, "optimizer": opt}), out
+    out = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": lr, **aux}
+    return nnx.state(modules), out
 
   return jax.jit(train_step, donate_argnums=0, out_shardings=(ts.replicated, ts.replicated))
 
@@ -147,7 +206,7 @@ def make_eval_step(ts):
   dtype = jnp.dtype(cfg.model.dtype)
 
   def eval_step(state, images):
-    model, _ = ts.merge(state, train=False)
+    model = ts.eval_model(state)
     return model(models.preprocess(images, cfg.model.preprocess, dtype))
 
   return jax.jit(eval_step)
@@ -239,14 +298,16 @@ def train_and_evaluate(config, workdir, devices=None):
     raise ValueError(f"batch_size {config.batch_size} must be a multiple of patches_per_image "
                      f"{config.data.patches_per_image}")
   steps_per_epoch = max(n_train // images_per_step, 1)
-  total_steps = config.total_steps or config.num_epochs * steps_per_epoch
   eval_every = config.eval_every_steps or steps_per_epoch
   train_iter = input_pipeline.make_train_iter(dataset, config.data, config.aug, images_per_step,
                                               config.data.seed)
 
   # --- Model & optimizer ------------------------------------------------------
-  ts = TrainState(config, num_classes, total_steps, mesh)
-  train_step = make_train_step(ts)
+  ts = TrainState(config, num_classes, config.total_steps or config.num_epochs * steps_per_epoch,
+                  mesh)
+  total_steps = ts.total_steps
+  train_steps = {k: make_train_step(ts, k) for k in ts.stage_steps}  # Each compiles on first use.
+  final_stage = max(ts.stage_steps)  # The stage whose model is evaluated and kept as best.
   eval_step = make_eval_step(ts)
 
   # --- Load checkpoint --------------------------------------------------------
@@ -303,7 +364,8 @@ def train_and_evaluate(config, workdir, devices=None):
   with jax.set_mesh(mesh):
     while step < total_steps:
       batch = sharding.to_global(mesh, next(train_iter))
-      state, m = train_step(state, batch)
+      stage = ts.stage_at(step)
+      state, m = train_steps[stage](state, batch)
       step += 1
       pending.append((step, m))
       bar.update()
@@ -317,13 +379,16 @@ def train_and_evaluate(config, workdir, devices=None):
         val = {"step": step, "epoch": step / steps_per_epoch, **val}
         log([{k: v for k, v in val.items() if not isinstance(v, list)}], "val")
         score = val[config.best_metric]
-        if meta["best"] is None or score > meta["best"]:
+        if stage != final_stage:
+          pass  # An earlier stage (DeepFD's D1) has no classifier worth keeping yet.
+        elif meta["best"] is None or score > meta["best"]:
           meta.update(best=score, best_step=step, bad_evals=0)
           ckpt.save_best(step, state, {"step": step, "val": val})
         else:
           meta["bad_evals"] += 1
         bar.write(f"step {step} epoch {val['epoch']:.1f}: val {config.best_metric}={score:.4f} "
-                  f"(best {meta['best']:.4f} at step {meta['best_step']})")
+                  + (f"(best {meta['best']:.4f} at step {meta['best_step']})" if meta["best"]
+                     is not None else f"(stage {stage})"))
         report.plot_curves(metrics_path, os.path.join(workdir, "curves.png"))
         save()
         if config.early_stop_patience and meta["bad_evals"] >= config.early_stop_patience:
@@ -352,9 +417,9 @@ def train_and_evaluate(config, workdir, devices=None):
   test = {k: v for k, v in test.items() if not isinstance(v, list)}
   log([{"step": meta["best_step"], **test}], "test")
   sources = ",".join(config.data.train_sources) or "all"
-  print(f"held-out test ({sources}): accuracy={test['accuracy']:.4f} "
-        + " ".join(f"{k}={test[k]:.4f}" for k in ("real_acc", "fake_acc", "ap", "auc") if k in test),
-        flush=True)
+  print(f"held-out test ({sources}): "
+        + " ".join(f"{k}={test[k]:.4f}" for k in ("top1", "accuracy", "real_acc", "fake_acc", "ap",
+                                                   "auc") if k in test), flush=True)
   return {"step": step, "best": meta["best"], "test": test}
 
 

@@ -96,7 +96,8 @@ def test_every_config_runs_one_tiny_step(path, make_config):
   assert batch["image"].shape == (16, c.data.image_size, c.data.image_size, 3)
   mesh = sharding.make_mesh()
   ts = train.TrainState(c, num_classes, 10, mesh)
-  state, metrics = train.make_train_step(ts)(ts.init(), sharding.to_global(mesh, batch))
+  step = train.make_train_step(ts, ts.stage_at(0))
+  state, metrics = step(ts.init(), sharding.to_global(mesh, batch))
   assert np.isfinite(float(metrics["loss"])) and float(metrics["loss"]) > 0
   assert int(state["optimizer"]["step"][...]) == 1
 

@@ -7,11 +7,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fakejax.models import deepfd
 from fakejax.models import resnet
 from fakejax.models import xception
 
 MODELS = {
     "xception": xception.Xception,
+    "deepfd": deepfd.DeepFD,
     "resnet50": functools.partial(resnet.ResNet, 50),
     "resnet101": functools.partial(resnet.ResNet, 101),
 }

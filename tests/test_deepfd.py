@@ -1,0 +1,110 @@
+"""DeepFD: the contrastive loss by hand, the architecture, the two stages, exact resume."""
+
+import os
+import signal
+import subprocess
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fakejax import defaults
+from fakejax import input_pipeline
+from fakejax import models
+from fakejax import sharding
+from fakejax import train
+from tests import test_train
+
+ROOT = test_train.ROOT
+
+
+def test_contrastive_loss_by_hand():
+  # e0-e2 same label at distance 1; e1 differs: 5 from e0 (outside margin 4.5), sqrt(18) from e2 (inside).
+  emb = jnp.array([[0.0, 0.0], [3.0, 4.0], [0.0, 1.0]])
+  loss, d_same, d_other = train.contrastive_loss(emb, jnp.array([0, 1, 0]), margin=4.5)
+  inside = (4.5 - np.sqrt(18)) ** 2
+  assert float(loss) == pytest.approx(0.5 * (1.0 + (0 + 0 + inside + inside) / 4), rel=1e-5)
+  assert float(d_same) == pytest.approx(1.0, rel=1e-5)
+  assert float(d_other) == pytest.approx((5 + 5 + 2 * np.sqrt(18)) / 4, rel=1e-5)
+  # Same pair at distance 1; different pairs at 3 (outside margin 2.5) and 2 (inside: 0.5^2).
+  loss, _, _ = train.contrastive_loss(jnp.array([[0.0], [1.0], [3.0]]), jnp.array([0, 0, 1]), 2.5)
+  assert float(loss) == pytest.approx(0.5 * (1.0 + (0 + 0 + 0.25 + 0.25) / 4), rel=1e-5)
+
+
+def test_architecture_follows_table_one():
+  model = nnx.eval_shape(lambda: models.create("deepfd", 2))
+  p = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  assert p["d1"]["stem"]["conv"]["kernel"].shape == (7, 7, 3, 96)
+  assert model.d1.stem.conv.strides == (4, 4)
+  widths = [p["d1"]["blocks"][i]["conv2"]["conv"]["kernel"].shape[-1] for i in range(6)]
+  assert widths == [96, 96, 128, 128, 256, 256]
+  assert p["d1"]["embed"]["kernel"].shape == (256, 128)
+  assert p["d2"]["conv"]["kernel"].shape == (3, 3, 256, 2)
+  assert p["d2"]["head"]["kernel"].shape == (2, 2)
+  attribution = nnx.eval_shape(lambda: models.create("deepfd", 5))
+  assert nnx.state(attribution, nnx.Param)["d2"]["head"]["kernel"].shape == (5, 5)
+
+
+def _deepfd_config(make_config, **kw):
+  c = make_config(**{"model.name": "deepfd", "model.width": 0.25, "model.preprocess": "unit",
+                     "deepfd.stage1_steps": 80, "deepfd.stage2_steps": 3, "optim.lr": 3e-3,
+                     **kw})
+  return c
+
+
+def test_stage_one_separates_and_stage_two_leaves_d1_untouched(make_config, tiny_synthetic):
+  c = _deepfd_config(make_config)
+  mesh = sharding.make_mesh()
+  ts = train.TrainState(c, 2, 0, mesh)
+  assert ts.total_steps == 83 and ts.stage_at(79) == 1 and ts.stage_at(80) == 2
+  it = input_pipeline.make_train_iter(tiny_synthetic, c.data, c.aug, 16, seed=0)
+  state = ts.init()
+  step1, step2 = train.make_train_step(ts, 1), train.make_train_step(ts, 2)
+  for _ in range(80):
+    state, m = step1(state, sharding.to_global(mesh, next(it)))
+  # Mean embedding distances on held-out images: different labels far apart, same labels close.
+  idx = tiny_synthetic.select("val", sources=("tconv",))
+  src = input_pipeline.Subset(tiny_synthetic.source("val"), idx)
+  batch = next(input_pipeline.make_eval_iter(src, c.data, len(idx) // 8 * 8))
+  model = ts.eval_model(state)
+  emb = model.embed(models.preprocess(jnp.asarray(batch["image"]), "unit"))
+  _, d_same, d_other = train.contrastive_loss(emb, jnp.asarray(batch["label"]), c.deepfd.margin)
+  assert float(d_other) > 2.0 * float(d_same), (float(d_other), float(d_same))
+
+  d1_before = jax.tree.map(np.asarray, nnx.to_pure_dict(state)["model"]["d1"])
+  d2_before = jax.tree.map(np.asarray, nnx.to_pure_dict(state)["model"]["d2"])
+  for _ in range(3):
+    state, m = step2(state, sharding.to_global(mesh, next(it)))
+  after = nnx.to_pure_dict(state)["model"]
+  for a, b in zip(jax.tree.leaves(d1_before), jax.tree.leaves(after["d1"])):
+    np.testing.assert_array_equal(a, np.asarray(b))  # Parameters and BN statistics, bitwise.
+  assert any(not np.array_equal(a, np.asarray(b))
+             for a, b in zip(jax.tree.leaves(d2_before), jax.tree.leaves(after["d2"])))
+  assert np.isfinite(float(m["loss"]))
+
+
+def test_deepfd_config_loads():
+  c = defaults.from_file(os.path.join(ROOT, "configs", "deepfd.py"))
+  assert c.model.name == "deepfd" and c.deepfd.freeze_d1
+
+
+def test_kill_and_resume_in_stage_two_is_exact(tiny_synthetic, data_root, tmp_path):
+  del tiny_synthetic
+  extra = ["--config.model.name=deepfd", "--config.model.width=0.25", "--config.model.preprocess=unit",
+           "--config.deepfd.stage1_steps=6", "--config.deepfd.stage2_steps=10"]
+  cmd = lambda w: test_train._cmd(data_root, w) + extra  # pylint: disable=protected-access
+  env = test_train._env()  # pylint: disable=protected-access
+  ref = str(tmp_path / "ref")
+  subprocess.run(cmd(ref), cwd=ROOT, env=env, check=True, capture_output=True)
+  expected = test_train._losses(ref)  # pylint: disable=protected-access
+  assert sorted(expected) == list(range(1, 17))
+  killed = str(tmp_path / "killed")
+  code, _ = test_train._interrupt(cmd(killed), killed, signal.SIGKILL, after_step=8)  # pylint: disable=protected-access
+  assert code == -signal.SIGKILL
+  subprocess.run(cmd(killed), cwd=ROOT, env=env, check=True, capture_output=True)
+  got = test_train._losses(killed)  # pylint: disable=protected-access
+  assert sorted(got) == sorted(expected)
+  np.testing.assert_allclose([got[s] for s in sorted(got)], [expected[s] for s in sorted(got)],
+                             rtol=0, atol=1e-6)
