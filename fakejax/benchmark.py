@@ -31,21 +31,24 @@ from fakejax import input_pipeline
 from fakejax import sharding
 from fakejax import train
 
-_MODEL = flags.DEFINE_string("model", "resnet50", "Registered model name.")
-_SIZE = flags.DEFINE_integer("image_size", 224, "Input side.")
-_BATCH = flags.DEFINE_integer("batch", 16, "Global batch.")
-_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
-_WIDTH = flags.DEFINE_float("width", 1.0, "Channel multiplier (1.0: the published model).")
-_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps.")
-_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
-_INPUT = flags.DEFINE_enum("input", "device", ["device", "pipeline", "both"],
-                           "Batches already on device, from the grain pipeline, or both.")
-_WORKERS = flags.DEFINE_integer("workers", 2, "grain worker processes in pipeline mode.")
-_PATCH = flags.DEFINE_integer("patch_size", 0, "Also time patch evaluation with this patch size.")
-_PEER = flags.DEFINE_enum("peer", "", ["", "torch"], "Also run the PyTorch equivalent.")
-_PEER_PYTHON = flags.DEFINE_string("peer_python", sys.executable, "Interpreter that has PyTorch.")
-_PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Device peak TFLOP/s for MFU (0: known devices only).")
-_DATA = flags.DEFINE_string("data_cache", "data", "Synthetic data cache (pipeline mode).")
+if __name__ == "__main__":
+  # Defined only when this file is the program, so other modules can import its functions.
+  _MODEL = flags.DEFINE_string("model", "resnet50", "Registered model name.")
+  _SIZE = flags.DEFINE_integer("image_size", 224, "Input side.")
+  _BATCH = flags.DEFINE_integer("batch", 16, "Global batch.")
+  _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+  _WIDTH = flags.DEFINE_float("width", 1.0, "Channel multiplier (1.0: the published model).")
+  _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps.")
+  _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
+  _INPUT = flags.DEFINE_enum("input", "device", ["device", "pipeline", "both"],
+                             "Batches already on device, from the grain pipeline, or both.")
+  _WORKERS = flags.DEFINE_integer("workers", 2, "grain worker processes in pipeline mode.")
+  _PATCH = flags.DEFINE_integer("patch_size", 0, "Also time patch evaluation with this patch size.")
+  _PEER = flags.DEFINE_enum("peer", "", ["", "torch"], "Also run the PyTorch equivalent.")
+  _PEER_PYTHON = flags.DEFINE_string("peer_python", sys.executable, "Interpreter that has PyTorch.")
+  _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Device peak TFLOP/s for MFU (0: known devices only).")
+  _DATA = flags.DEFINE_string("data_cache", "data", "Synthetic data cache (pipeline mode).")
+  _BLUR_JPEG = flags.DEFINE_float("blur_jpeg", 0.0, "Pipeline mode: blur and JPEG probability.")
 
 # Dense bf16 peaks (TFLOP/s) of devices whose MFU we can state without being told.
 KNOWN_PEAKS = {"NVIDIA H100 80GB HBM3": 989.0, "NVIDIA H200": 989.0, "NVIDIA A100-SXM4-80GB": 312.0}
@@ -192,6 +195,7 @@ def format_table(rows):
 def main(argv):
   del argv
   config = bench_config(_MODEL.value, _SIZE.value, _BATCH.value, _DTYPE.value, _WIDTH.value)
+  config.aug.blur_prob = config.aug.jpg_prob = _BLUR_JPEG.value
   sharding.check_batch(config.batch_size, sharding.make_mesh())
   rows = benchmark(config, _STEPS.value, _WARMUP.value, _INPUT.value, _WORKERS.value, _PATCH.value,
                    _PEAK.value, _DATA.value)

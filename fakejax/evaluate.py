@@ -24,21 +24,23 @@ from fakejax import input_pipeline
 from fakejax import metrics as metrics_lib
 from fakejax import report
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder written by fakejax.train.")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
-_DATASETS = flags.DEFINE_multi_string("dataset", [], "Prepared dataset folder(s); default: the run's.")
-_SPLIT = flags.DEFINE_string("split", "test", "Split to evaluate.")
-_GROUP_BY = flags.DEFINE_enum("group_by", "source", ["source", "category", "none"],
-                              "One test set per generator, per content category, or the whole split.")
-_SOURCES = flags.DEFINE_list("sources", [], "Keep only these generators (real images always kept).")
-_MODE = flags.DEFINE_enum("mode", "full", inference.MODES, "Image-level decision rule.")
-_PATCH = flags.DEFINE_integer("patch_size", 32, "Patch side for the patch modes (16/32/64/128).")
-_K = flags.DEFINE_integer("k", 5, "Random patches per image in 'random' mode (odd).")
-_THETA = flags.DEFINE_float("theta", 0.5, "Confidence margin |p_fake - p_real| of 'confident' mode.")
-_THRESHOLD = flags.DEFINE_float("threshold", None, "p_fake threshold (default: the run's config).")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the random patches.")
-_TOP_N = flags.DEFINE_integer("top_n", 4, "Images in each patch-heatmap figure.")
-_OUT = flags.DEFINE_string("out", None, "Report folder (default: RUN/eval_<mode>).")
+if __name__ == "__main__":
+  # Defined only when this file is the program, so other modules can import its functions.
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder written by fakejax.train.")
+  _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
+  _DATASETS = flags.DEFINE_multi_string("dataset", [], "Prepared dataset folder(s); default: the run's.")
+  _SPLIT = flags.DEFINE_string("split", "test", "Split to evaluate.")
+  _GROUP_BY = flags.DEFINE_enum("group_by", "source", ["source", "category", "none"],
+                                "One test set per generator, per content category, or the whole split.")
+  _SOURCES = flags.DEFINE_list("sources", [], "Keep only these generators (real images always kept).")
+  _MODE = flags.DEFINE_enum("mode", "full", inference.MODES, "Image-level decision rule.")
+  _PATCH = flags.DEFINE_integer("patch_size", 32, "Patch side for the patch modes (16/32/64/128).")
+  _K = flags.DEFINE_integer("k", 5, "Random patches per image in 'random' mode (odd).")
+  _THETA = flags.DEFINE_float("theta", 0.5, "Confidence margin |p_fake - p_real| of 'confident' mode.")
+  _THRESHOLD = flags.DEFINE_float("threshold", None, "p_fake threshold (default: the run's config).")
+  _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random patches.")
+  _TOP_N = flags.DEFINE_integer("top_n", 4, "Images in each patch-heatmap figure.")
+  _OUT = flags.DEFINE_string("out", None, "Report folder (default: RUN/eval_<mode>).")
 
 
 def test_sets(dataset, split, group_by, sources=(), prefix=""):

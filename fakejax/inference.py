@@ -25,6 +25,7 @@ import numpy as np
 from fakejax import augment
 from fakejax import checkpoint
 from fakejax import datasets
+from fakejax import defaults
 from fakejax import metrics as metrics_lib
 from fakejax import sharding
 from fakejax import train
@@ -125,7 +126,8 @@ class Run:
       raise FileNotFoundError(f"{workdir} is not a fakejax run (no run.json); train one with "
                               "`python -m fakejax.train`")
     with open(cfg_path) as f:
-      self.config = ml_collections.ConfigDict(json.load(f))
+      # Over today's defaults: a run saved before a key existed still loads.
+      self.config = _merge(defaults.get_config(), json.load(f))
     with open(run_path) as f:
       self.info = json.load(f)
     self.class_names = tuple(self.info["class_names"])
@@ -156,6 +158,16 @@ class Run:
       res = sharding.to_host(self._forward(self.state, sharding.to_global(self.mesh, chunk)))
       out.append(res[:len(res) - pad])
     return np.concatenate(out) if out else np.zeros((0, len(self.class_names)), np.float32)
+
+
+def _merge(config, saved):
+  """Writes the saved values (a nested dict) into a ConfigDict."""
+  for k, v in saved.items():
+    if isinstance(v, dict) and isinstance(config.get(k), ml_collections.ConfigDict):
+      _merge(config[k], v)
+    else:
+      config[k] = v
+  return config
 
 
 @dataclasses.dataclass

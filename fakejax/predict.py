@@ -21,16 +21,18 @@ import tqdm
 from fakejax import cli
 from fakejax import inference
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder written by fakejax.train.")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
-_OUT = flags.DEFINE_string("out", "predictions.csv", "Output CSV.")
-_SORT_INTO = flags.DEFINE_string("sort_into", None, "Copy files into OUT/<predicted class>/.")
-_MODE = flags.DEFINE_enum("mode", "full", inference.MODES, "Image-level decision rule.")
-_PATCH = flags.DEFINE_integer("patch_size", 32, "Patch side for the patch modes.")
-_K = flags.DEFINE_integer("k", 5, "Random patches per image in 'random' mode (odd).")
-_THETA = flags.DEFINE_float("theta", 0.5, "Confidence margin of 'confident' mode.")
-_THRESHOLD = flags.DEFINE_float("threshold", None, "p_fake threshold (default: the run's config).")
-_MAX_PIXELS = flags.DEFINE_integer("max_pixels", 1 << 28, "Larger images are refused (bombs).")
+if __name__ == "__main__":
+  # Defined only when this file is the program, so other modules can import its functions.
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder written by fakejax.train.")
+  _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
+  _OUT = flags.DEFINE_string("out", "predictions.csv", "Output CSV.")
+  _SORT_INTO = flags.DEFINE_string("sort_into", None, "Copy files into OUT/<predicted class>/.")
+  _MODE = flags.DEFINE_enum("mode", "full", inference.MODES, "Image-level decision rule.")
+  _PATCH = flags.DEFINE_integer("patch_size", 32, "Patch side for the patch modes.")
+  _K = flags.DEFINE_integer("k", 5, "Random patches per image in 'random' mode (odd).")
+  _THETA = flags.DEFINE_float("theta", 0.5, "Confidence margin of 'confident' mode.")
+  _THRESHOLD = flags.DEFINE_float("threshold", None, "p_fake threshold (default: the run's config).")
+  _MAX_PIXELS = flags.DEFINE_integer("max_pixels", 1 << 28, "Larger images are refused (bombs).")
 
 
 def list_images(inputs):

@@ -20,19 +20,21 @@ from fakejax import cli
 from fakejax import datasets
 from fakejax import synthetic
 
-_ROOT = flags.DEFINE_string("root", None, "Image-folder tree to convert.")
-_OUT = flags.DEFINE_string("out", None, "Output dataset folder (synthetic: the cache folder).")
-_LAYOUT = flags.DEFINE_enum("layout", "auto", ("auto",) + datasets.LAYOUTS, "Folder layout.")
-_FRACTIONS = flags.DEFINE_list("fractions", ["0.56", "0.24", "0.20"],
-                               "train,val,test fractions of the 'binary' layout.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the hash split / of the synthetic benchmark.")
-_DEDUP = flags.DEFINE_bool("dedup", False, "Remove images whose pixels already appear in an earlier split.")
-_MAX_PIXELS = flags.DEFINE_integer("max_pixels", 1 << 28, "Larger images are skipped (decompression bombs).")
-_MIN_SIZE = flags.DEFINE_integer("min_size", 8, "Images with a smaller side are skipped.")
-_SYNTHETIC = flags.DEFINE_bool("synthetic", False, "Generate the synthetic benchmark instead.")
-_SIZE = flags.DEFINE_integer("size", 64, "Synthetic image size.")
-_COUNTS = flags.DEFINE_list("counts", ["200", "50", "50"],
-                            "Synthetic real images per category for train,val,test.")
+if __name__ == "__main__":
+  # Defined only when this file is the program, so other modules can import its functions.
+  _ROOT = flags.DEFINE_string("root", None, "Image-folder tree to convert.")
+  _OUT = flags.DEFINE_string("out", None, "Output dataset folder (synthetic: the cache folder).")
+  _LAYOUT = flags.DEFINE_enum("layout", "auto", ("auto",) + datasets.LAYOUTS, "Folder layout.")
+  _FRACTIONS = flags.DEFINE_list("fractions", ["0.56", "0.24", "0.20"],
+                                 "train,val,test fractions of the 'binary' layout.")
+  _SEED = flags.DEFINE_integer("seed", 0, "Seed of the hash split / of the synthetic benchmark.")
+  _DEDUP = flags.DEFINE_bool("dedup", False, "Remove images whose pixels already appear in an earlier split.")
+  _MAX_PIXELS = flags.DEFINE_integer("max_pixels", 1 << 28, "Larger images are skipped (decompression bombs).")
+  _MIN_SIZE = flags.DEFINE_integer("min_size", 8, "Images with a smaller side are skipped.")
+  _SYNTHETIC = flags.DEFINE_bool("synthetic", False, "Generate the synthetic benchmark instead.")
+  _SIZE = flags.DEFINE_integer("size", 64, "Synthetic image size.")
+  _COUNTS = flags.DEFINE_list("counts", ["200", "50", "50"],
+                              "Synthetic real images per category for train,val,test.")
 
 
 def main(argv):

@@ -45,7 +45,7 @@ def test_output_shapes(name, size):
 
 
 def test_unknown_model_lists_the_known_ones():
-  with pytest.raises(ValueError, match="known: resnet101, resnet50, xception"):
+  with pytest.raises(ValueError, match="known: deepfd, resnet101, resnet50, xception"):
     models.create("vgg", 2)
 
 
