@@ -7,16 +7,20 @@ On the synthetic benchmark the classes are real + the 4 generator families;
 a prepared 'attribution' layout gives one class per folder. ResNet-50, Adam
 1e-2 decaying to 1e-4 (the schedule of the attribution study), top-1 picks the
 best checkpoint.
+
+From torchvision's ImageNet weights (convert them once, see the README), fine-tuned
+at a lower rate:
+
+  python -m fakejax.train --config configs/attribution.py:imagenet
 """
 
 from fakejax import defaults
 
 
-def get_config():
+def get_config(start="scratch"):
   c = defaults.get_config()
   c.model.name = "resnet50"
   c.model.dropout = 0.0
-  c.model.preprocess = "imagenet"
   c.data.task = "attribution"
   c.data.train_sources = ()  # Every class.
   c.data.balance = True
@@ -29,4 +33,10 @@ def get_config():
   c.optim.end_lr = 1e-4
   c.optim.schedule = "exponential"
   c.best_metric = "top1"
+  if start == "imagenet":
+    c.model.init_from = "weights/resnet50"  # python -m fakejax.convert --from torchvision ...
+    c.optim.lr = 1e-3
+    c.optim.end_lr = 1e-5
+  elif start != "scratch":
+    raise ValueError(f"Unknown start {start!r}; known: scratch, imagenet")
   return c

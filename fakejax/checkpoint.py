@@ -5,13 +5,19 @@ dict), the grain iterator state and a small JSON `meta` (step, epoch, best
 metric, stage). `checkpoints/` keeps the last N; `best/` keeps the best model.
 Orbax writes into a temporary folder and renames it when complete, so a crash
 mid-save leaves the previous checkpoint loadable.
+
+Converted weights (`fakejax.convert`) are one model's arrays, keyed by their
+path in the model ('block1/sep1/depthwise/kernel'), plus a JSON `info` (origin,
+preprocessing) in `WEIGHTS_INFO` beside them.
 """
 
+import json
 import os
 
 from flax import nnx
 import grain
 import jax
+import numpy as np
 from orbax import checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
@@ -34,21 +40,32 @@ def _manager(path, items, keep=None):
   return ocp.CheckpointManager(os.path.abspath(path), options=options, item_handlers=_handlers(items))
 
 
-def _flat(tree):
+def flat(tree):
+  """{'a/b/0/kernel': leaf} of a nested tree (the names every error message shows)."""
   return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): leaf
           for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
+def _nested(flat_dict):
+  out = {}
+  for key, value in flat_dict.items():
+    *parents, last = key.split("/")
+    node = out
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[last] = value
+  return out
+
+
 def check_compatible(saved_meta, abstract, what):
   """Raises MismatchError naming every parameter whose presence or shape differs."""
-  saved = {k: tuple(v.shape) for k, v in _flat(saved_meta).items() if hasattr(v, "shape")}
-  want = {k: tuple(v.shape) for k, v in _flat(abstract).items()}
+  saved = {k: tuple(v.shape) for k, v in flat(saved_meta).items() if hasattr(v, "shape")}
+  want = {k: tuple(v.shape) for k, v in flat(abstract).items()}
   problems = [f"{k}: checkpoint {saved.get(k, 'missing')} vs model {want.get(k, 'missing')}"
               for k in sorted(set(saved) | set(want)) if saved.get(k) != want.get(k)]
   if problems:
-    shown = "; ".join(problems[:20]) + (f"; ... {len(problems) - 20} more" if len(problems) > 20 else "")
     raise MismatchError(f"{what} does not match the configured model (other architecture or head "
-                        f"size?): {len(problems)} mismatched parameter(s): {shown}")
+                        f"size?): {len(problems)} mismatched parameter(s): {'; '.join(problems)}")
 
 
 class Checkpointer:
@@ -115,6 +132,60 @@ def restore_model(workdir, abstract_state, which="best"):
                                                    meta=ocp.args.JsonRestore()))
   mngr.close()
   return _fill(abstract_state, out["state"]), out["meta"]
+
+
+WEIGHTS_INFO = "fakejax_weights.json"
+
+
+def is_weights(path):
+  return os.path.isfile(os.path.join(path, WEIGHTS_INFO))
+
+
+def save_weights(path, weights, info):
+  """Writes one model's arrays ({path: array}) and their `info` dict to the folder `path`."""
+  path = os.path.abspath(path)
+  if os.path.exists(path):
+    raise FileExistsError(f"{path} already exists; remove it or choose another output folder")
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(os.path.join(path, "state"), _nested({k: np.asarray(v) for k, v in weights.items()}))
+  with open(os.path.join(path, WEIGHTS_INFO), "w") as f:
+    json.dump(info, f, indent=2)
+
+
+def _restore_to_host(path, subtree=None):
+  """Restores an orbax tree (or only its `subtree` key) as host numpy arrays, whatever wrote it."""
+  cpu = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
+  with ocp.PyTreeCheckpointer() as ckptr:
+    metadata = ckptr.metadata(path).item_metadata.tree
+    if subtree is not None:
+      metadata = {subtree: metadata[subtree]}
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=cpu), metadata)
+    tree = ckptr.restore(path, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=subtree is not None))
+  tree = jax.tree.map(np.asarray, tree)
+  return tree if subtree is None else tree[subtree]
+
+
+def load_weights(path):
+  """(weights {path: array}, info) of a folder written by save_weights."""
+  with open(os.path.join(path, WEIGHTS_INFO)) as f:
+    info = json.load(f)
+  return flat(_restore_to_host(os.path.join(os.path.abspath(path), "state"))), info
+
+
+def load_run_weights(workdir, which="best"):
+  """The model arrays ({path: array}) of a training run's checkpoint ('best', 'latest' or a step)."""
+  if which == "best" and not os.path.isdir(os.path.join(workdir, "best")):
+    which = "latest"
+  path = os.path.join(os.path.abspath(workdir), "best" if which == "best" else "checkpoints")
+  mngr = _manager(path, ("state", "meta") if which == "best" else ("state", "data_iter", "meta"))
+  steps = mngr.all_steps()
+  mngr.close()
+  if not steps:
+    raise FileNotFoundError(f"No checkpoint in {path}")
+  step = steps[-1] if which in ("best", "latest") else int(which)
+  return flat(_restore_to_host(os.path.join(path, str(step), "state"), "model"))
 
 
 def _fill(abstract_state, pure):

@@ -24,7 +24,14 @@ def get_config():
   c.model.middle_blocks = 8           # Xception only.
   c.model.bn_momentum = 0.0           # 0: the architecture's own (Keras 0.99, torchvision 0.9).
   c.model.dtype = "float32"           # Compute dtype: 'bfloat16' on GPU/TPU; params stay float32.
-  c.model.preprocess = "minus_one_one"  # 'minus_one_one' (Keras), 'imagenet' (torchvision), 'unit'.
+  c.model.preprocess = "auto"         # 'minus_one_one' (Keras), 'imagenet' (torchvision), 'unit';
+                                      #   'auto': that of init_from's weights, else the architecture's.
+  c.model.init_from = ""              # Start from: a folder written by `fakejax.convert`,
+                                      #   'keras:FILE.h5', 'torchvision:FILE', or a run's workdir.
+  c.model.transfer = "finetune"       # 'finetune' (all trains), 'linear_probe' (only the head trains;
+                                      #   backbone and BatchNorm statistics frozen), 'freeze_bn'
+                                      #   (all trains, BatchNorm uses and keeps its running statistics).
+  c.model.backbone_lr = 1.0           # Learning-rate multiplier of everything but the head.
 
   c.data = ml_collections.ConfigDict()
   c.data.dir = ""                     # A dataset made by `fakejax.prepare`; '' = synthetic.

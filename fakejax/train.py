@@ -23,6 +23,7 @@ import tqdm
 
 from fakejax import checkpoint
 from fakejax import cli
+from fakejax import convert
 from fakejax import datasets
 from fakejax import input_pipeline
 from fakejax import metrics as metrics_lib
@@ -67,6 +68,9 @@ def create_learning_rate_fn(optim, total_steps):
   return optax.join_schedules([warm, main], [optim.warmup_steps])
 
 
+TRANSFER_MODES = ("finetune", "linear_probe", "freeze_bn")
+
+
 def create_optimizer(optim, lr_fn):
   if optim.name == "adam":
     return optax.adam(lr_fn)
@@ -75,6 +79,28 @@ def create_optimizer(optim, lr_fn):
   if optim.name == "sgd":
     return optax.sgd(lr_fn, momentum=optim.momentum or None)
   raise ValueError(f"Unknown optimizer {optim.name!r}; known: adam, adamw, sgd")
+
+
+def _is_head(path):
+  return getattr(path[0], "key", None) == "head"
+
+
+def create_transfer_optimizer(optim, lr_fn, backbone_lr):
+  """The optimizer, with the backbone's learning rate scaled by `backbone_lr` (head: unscaled)."""
+  if backbone_lr == 1.0:
+    return create_optimizer(optim, lr_fn)
+  labels = lambda params: jax.tree_util.tree_map_with_path(
+      lambda p, _: "head" if _is_head(p) else "backbone", params)
+  return optax.multi_transform(
+      {"head": create_optimizer(optim, lr_fn),
+       "backbone": create_optimizer(optim, lambda step: lr_fn(step) * backbone_lr)}, labels)
+
+
+def freeze_batch_norm(model):
+  """Every BatchNorm normalises with, and keeps, its running statistics (the rest unchanged)."""
+  for _, m in nnx.iter_modules(model):
+    if isinstance(m, nnx.BatchNorm):
+      m.eval()
 
 
 def contrastive_loss(embeddings, labels, margin):
@@ -112,8 +138,14 @@ class TrainState:
   def __init__(self, config, num_classes, total_steps, mesh):
     self.config = config
     self.replicated = sharding.replicated(mesh)
+    self.preprocess = models.resolve_preprocess(config.model.name, config.model.preprocess)
     staged = models.MODELS[config.model.name] is models.deepfd.DeepFD
-    fd = config.deepfd
+    fd, transfer = config.deepfd, config.model.transfer
+    if transfer not in TRANSFER_MODES:
+      raise ValueError(f"Unknown model.transfer {transfer!r}; known: {', '.join(TRANSFER_MODES)}")
+    if staged and transfer != "finetune":
+      raise ValueError("model.transfer applies to single-stage models; DeepFD freezes D1 with "
+                       "deepfd.freeze_d1")
     if staged:
       first, second = models.deepfd.DeepFD.stages
       self.stage_steps = {1: fd.stage1_steps, 2: fd.stage2_steps}
@@ -121,14 +153,15 @@ class TrainState:
                   2: nnx.All(nnx.Param, nnx.PathContains(second)) if fd.freeze_d1 else nnx.Param}
     else:
       self.stage_steps = {0: total_steps}
-      self.wrt = {0: nnx.Param}
+      self.wrt = {0: nnx.All(nnx.Param, nnx.PathContains("head")) if transfer == "linear_probe"
+                  else nnx.Param}
     self.lr_fns = {k: create_learning_rate_fn(config.optim, n) for k, n in self.stage_steps.items()}
 
     def init():
       model = create_model(config, num_classes)
       return {"model": model, **{self.optimizer_name(k): nnx.Optimizer(
-          model, create_optimizer(config.optim, self.lr_fns[k]), wrt=self.wrt[k])
-          for k in self.stage_steps}}
+          model, create_transfer_optimizer(config.optim, self.lr_fns[k], config.model.backbone_lr),
+          wrt=self.wrt[k]) for k in self.stage_steps}}
 
     modules = nnx.eval_shape(init)
     self.train_defs = {}
@@ -136,6 +169,8 @@ class TrainState:
       modules["model"].train()
       if k == 2 and fd.freeze_d1:
         modules["model"].d1.eval()  # Frozen: D1's BatchNorm statistics must not move either.
+      if transfer in ("linear_probe", "freeze_bn"):
+        freeze_batch_norm(modules["model"])
       self.train_defs[k], abstract = nnx.split(modules)
     modules["model"].eval()
     self.eval_def, _ = nnx.split(modules)
@@ -179,7 +214,7 @@ def make_train_step(ts, stage=0):
     model, opt = modules["model"], modules[opt_name]
     # Dropout randomness is a function of (seed, step): a resumed run draws the same masks.
     dropout_key = jax.random.fold_in(base_key, opt.step[...])
-    x = models.preprocess(batch["image"], cfg.model.preprocess, dtype)
+    x = models.preprocess(batch["image"], ts.preprocess, dtype)
     labels = batch["label"]
 
     def loss_fn(model):
@@ -207,7 +242,7 @@ def make_eval_step(ts):
 
   def eval_step(state, images):
     model = ts.eval_model(state)
-    return model(models.preprocess(images, cfg.model.preprocess, dtype))
+    return model(models.preprocess(images, ts.preprocess, dtype))
 
   return jax.jit(eval_step)
 
@@ -276,6 +311,14 @@ def train_and_evaluate(config, workdir, devices=None):
     dict with 'step', 'best' (validation) and 'test' (held-out) metrics.
   """
   os.makedirs(workdir, exist_ok=True)
+  # --- Pretrained weights: their origin decides the input preprocessing ('auto') --------
+  weights_info = (convert.pretrained_info(config.model.init_from, config.model.name)
+                  if config.model.init_from else None)
+  if weights_info and config.model.preprocess not in ("auto", weights_info["preprocess"]):
+    logging.warning("model.preprocess=%s but the %s weights of init_from expect %s",
+                    config.model.preprocess, weights_info["origin"], weights_info["preprocess"])
+  config.model.preprocess = models.resolve_preprocess(
+      config.model.name, config.model.preprocess, weights_info and weights_info["preprocess"])
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2))
 
@@ -318,6 +361,11 @@ def train_and_evaluate(config, workdir, devices=None):
     logging.info("Resumed from step %d", meta["step"])
   else:
     state, meta = ts.init(), {"step": 0, "best": None, "best_step": None, "bad_evals": 0}
+    if config.model.init_from:
+      weights, _ = convert.load_pretrained(config.model.init_from, config.model.name)
+      convert.init_model_state(state["model"], weights, f"init_from {config.model.init_from}")
+      state = jax.device_put(state, ts.replicated)
+      logging.info("Initialised from %s (%s)", config.model.init_from, weights_info["origin"])
   step = meta["step"]
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   _truncate_jsonl(metrics_path, step)

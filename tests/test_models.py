@@ -15,12 +15,13 @@ from fakejax.models import layers
     ("xception", True, 20_861_480),   # keras.applications.Xception(include_top=False).count_params()
     ("resnet50", False, 23_508_032),  # torchvision resnet50 parameters() minus fc
     ("resnet101", False, 42_500_160),
+    ("mobilenet_v2", True, 2_257_984),  # keras.applications.MobileNetV2(include_top=False)
 ])
 def test_backbone_parameter_counts(name, with_bn_stats, expected):
   model = nnx.eval_shape(lambda: models.create(name, 2))
   assert models.backbone_param_count(model, with_bn_stats) == expected
   head = nnx.state(model.head)
-  assert head["kernel"].shape == (2048, 2)
+  assert head["kernel"].shape == (model.num_features, 2)
 
 
 def _abstract_forward(model, shape, **kw):
@@ -30,22 +31,25 @@ def _abstract_forward(model, shape, **kw):
                         jax.ShapeDtypeStruct(shape, jnp.float32))
 
 
-@pytest.mark.parametrize("name", ["xception", "resnet50"])
+@pytest.mark.parametrize("name", ["xception", "resnet50", "mobilenet_v2"])
 @pytest.mark.parametrize("size", [32, 64, 299])
 def test_output_shapes(name, size):
   model = nnx.eval_shape(lambda: models.create(name, 5))
   logits, feats = _abstract_forward(model, (2, size, size, 3), return_features=True)
+  c = model.num_features
   assert logits.shape == (2, 5) and logits.dtype == jnp.float32
-  assert feats["pooled"].shape == (2, 2048)
-  assert feats["features"].shape[-1] == 2048 and feats["features"].shape[0] == 2
+  assert feats["pooled"].shape == (2, c)
+  assert feats["features"].shape[-1] == c and feats["features"].shape[0] == 2
   if name == "xception" and size == 299:
     assert feats["features"].shape == (2, 10, 10, 2048)  # As Keras Xception at 299.
   if name == "resnet50" and size == 299:
     assert feats["features"].shape == (2, 10, 10, 2048)
+  if name == "mobilenet_v2" and size == 299:
+    assert feats["features"].shape == (2, 10, 10, 1280)  # As Keras MobileNetV2 at 299.
 
 
 def test_unknown_model_lists_the_known_ones():
-  with pytest.raises(ValueError, match="known: deepfd, resnet101, resnet50, xception"):
+  with pytest.raises(ValueError, match="known: deepfd, mobilenet_v2, resnet101, resnet50, xception"):
     models.create("vgg", 2)
 
 

@@ -102,6 +102,15 @@ def test_every_config_runs_one_tiny_step(path, make_config):
   assert int(state["optimizer"]["step"][...]) == 1
 
 
+@pytest.mark.parametrize("name,arg", [("resnet50_imagenet.py", "finetune"), ("attribution.py", "imagenet"),
+                                      ("mobilenet_v2.py", "imagenet")])
+def test_config_variants_start_from_imagenet_weights(name, arg):
+  c = defaults.from_file(os.path.join(ROOT, "configs", name), arg)
+  assert c.model.init_from and c.model.transfer in train.TRANSFER_MODES
+  with pytest.raises(ValueError, match="Unknown"):
+    defaults.from_file(os.path.join(ROOT, "configs", name), "nonsense")
+
+
 def test_config_typo_lists_valid_keys():
   r = subprocess.run([sys.executable, "-m", "fakejax.train", "--config", "configs/quick.py",
                       "--config.model.widht=2"], cwd=ROOT, capture_output=True, text=True,

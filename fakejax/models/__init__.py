@@ -8,12 +8,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from fakejax.models import deepfd
+from fakejax.models import mobilenet
 from fakejax.models import resnet
 from fakejax.models import xception
 
 MODELS = {
     "xception": xception.Xception,
     "deepfd": deepfd.DeepFD,
+    "mobilenet_v2": mobilenet.MobileNetV2,
     "resnet50": functools.partial(resnet.ResNet, 50),
     "resnet101": functools.partial(resnet.ResNet, 101),
 }
@@ -22,6 +24,9 @@ MODELS = {
 _IMAGENET_MEAN = np.array([0.485, 0.456, 0.406]) * 255
 _IMAGENET_STD = np.array([0.229, 0.224, 0.225]) * 255
 PREPROCESS = ("minus_one_one", "imagenet", "unit")
+# 'auto' without pretrained weights: the convention of the architecture's usual weights.
+NATIVE_PREPROCESS = {"xception": "minus_one_one", "mobilenet_v2": "minus_one_one",
+                     "resnet50": "imagenet", "resnet101": "imagenet", "deepfd": "unit"}
 
 
 def create(name, num_classes, *, seed=0, dtype="float32", **kwargs):
@@ -40,6 +45,15 @@ def create(name, num_classes, *, seed=0, dtype="float32", **kwargs):
   if name not in MODELS:
     raise ValueError(f"Unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
   return MODELS[name](num_classes=num_classes, dtype=jnp.dtype(dtype), rngs=nnx.Rngs(seed), **kwargs)
+
+
+def resolve_preprocess(name, mode, weights_mode=None):
+  """The concrete preprocessing: `mode`, or for 'auto' the weights' own, else the architecture's."""
+  if mode == "auto":
+    return weights_mode or NATIVE_PREPROCESS.get(name, "minus_one_one")
+  if mode not in PREPROCESS:
+    raise ValueError(f"Unknown preprocess {mode!r}; known: auto, {', '.join(PREPROCESS)}")
+  return mode
 
 
 def preprocess(images, mode, dtype=jnp.float32):

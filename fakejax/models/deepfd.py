@@ -20,8 +20,8 @@ class ResidualBlock(nnx.Module):
   def __init__(self, cin, cout, stride, *, bn, dtype, rngs):
     kw = dict(bn=bn, dtype=dtype, rngs=rngs)
     self.conv1 = layers.ConvBN(cin, cout, 3, stride, **kw)
-    self.conv2 = layers.ConvBN(cout, cout, 3, 1, relu=False, **kw)
-    self.shortcut = (layers.ConvBN(cin, cout, 1, stride, relu=False, **kw)
+    self.conv2 = layers.ConvBN(cout, cout, 3, 1, act=None, **kw)
+    self.shortcut = (layers.ConvBN(cin, cout, 1, stride, act=None, **kw)
                      if stride != 1 or cin != cout else None)
 
   def __call__(self, x):

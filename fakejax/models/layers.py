@@ -52,18 +52,27 @@ def depthwise_impl(impl="auto"):
   return shifted_depthwise_conv if impl == "shift" else lax.conv_general_dilated
 
 
-class ConvBN(nnx.Module):
-  """Conv (no bias) -> BatchNorm -> optional ReLU."""
+def relu6(x):
+  return jnp.clip(x, 0.0, 6.0)
 
-  def __init__(self, cin, cout, kernel, stride=1, padding="SAME", relu=True, *, bn, dtype, rngs):
+
+class ConvBN(nnx.Module):
+  """Conv (no bias) -> BatchNorm -> activation (`act`; None for none).
+
+  groups == cin == cout makes it a depthwise convolution (fast per backend, see depthwise_impl).
+  """
+
+  def __init__(self, cin, cout, kernel, stride=1, padding="SAME", act=nnx.relu, groups=1,
+               depthwise="auto", *, bn, dtype, rngs):
+    kw = dict(conv_general_dilated=depthwise_impl(depthwise)) if groups > 1 else {}
     self.conv = nnx.Conv(cin, cout, (kernel, kernel), (stride, stride), padding=padding,
-                         use_bias=False, dtype=dtype, rngs=rngs)
+                         feature_group_count=groups, use_bias=False, dtype=dtype, rngs=rngs, **kw)
     self.bn = nnx.BatchNorm(cout, dtype=dtype, rngs=rngs, **bn)
-    self.relu = relu
+    self.act = act
 
   def __call__(self, x):
     x = self.bn(self.conv(x))
-    return nnx.relu(x) if self.relu else x
+    return self.act(x) if self.act is not None else x
 
 
 class SeparableConv(nnx.Module):

@@ -22,8 +22,8 @@ class Bottleneck(nnx.Module):
     cout = planes * self.expansion
     self.conv1 = layers.ConvBN(cin, planes, 1, **kw)
     self.conv2 = layers.ConvBN(planes, planes, 3, stride, ((1, 1), (1, 1)), **kw)
-    self.conv3 = layers.ConvBN(planes, cout, 1, relu=False, **kw)
-    self.downsample = (layers.ConvBN(cin, cout, 1, stride, relu=False, **kw)
+    self.conv3 = layers.ConvBN(planes, cout, 1, act=None, **kw)
+    self.downsample = (layers.ConvBN(cin, cout, 1, stride, act=None, **kw)
                        if stride != 1 or cin != cout else None)
 
   def __call__(self, x):

@@ -19,7 +19,7 @@ class EntryBlock(nnx.Module):
 
   def __init__(self, cin, c1, c2, relu_first, *, bn, dtype, depthwise, rngs):
     kw = dict(dtype=dtype, depthwise=depthwise, rngs=rngs)
-    self.shortcut = layers.ConvBN(cin, c2, 1, 2, relu=False, bn=bn, dtype=dtype, rngs=rngs)
+    self.shortcut = layers.ConvBN(cin, c2, 1, 2, act=None, bn=bn, dtype=dtype, rngs=rngs)
     self.sep1 = layers.SeparableConv(cin, c1, **kw)
     self.bn1 = nnx.BatchNorm(c1, dtype=dtype, rngs=rngs, **bn)
     self.sep2 = layers.SeparableConv(c1, c2, **kw)

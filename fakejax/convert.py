@@ -1,0 +1,271 @@
+r"""ImageNet weights from the files users already have: Keras H5 and torchvision state dicts.
+
+  python -m fakejax.convert --from keras --model xception xception_weights_tf_dim_ordering_tf_kernels_notop.h5 OUT
+  python -m fakejax.convert --from keras --model mobilenet_v2 mobilenet_v2_weights_...no_top.h5 OUT
+  python -m fakejax.convert --from torchvision --model resnet50 resnet50-0676ba61.pth|.safetensors OUT
+
+OUT is a weights folder that `--config.model.init_from=OUT` loads into a fresh
+model (`keras:FILE` / `torchvision:FILE` load a file directly, and a training
+run's workdir works too). The classification head is never converted: it is
+built for the configured number of classes. Everything else must match
+exactly, or the error names every mismatched parameter.
+
+Keras files are read in the legacy H5 layout of the Keras applications weight
+files (also what `model.save('file.h5')` writes): layers by name, weights in
+layer order. torchvision `.safetensors` files need no PyTorch; `.pth` files are
+read with `torch.load(weights_only=True)` when PyTorch is installed. Nothing
+is ever unpickled otherwise.
+"""
+
+import json
+import os
+import re
+
+from absl import flags
+from flax import nnx
+import jax
+import numpy as np
+
+from fakejax import checkpoint
+from fakejax import cli
+from fakejax import models
+
+ORIGINS = {"keras": "minus_one_one", "torchvision": "imagenet"}  # origin -> input preprocessing
+SUPPORTED = {"keras": ("xception", "mobilenet_v2"), "torchvision": ("resnet50", "resnet101")}
+KERAS_TOPS = ("predictions", "Logits")  # ImageNet classifiers of Keras applications: dropped.
+
+
+class ConversionError(checkpoint.MismatchError):
+  """A weight file that does not fit the model (names every mismatch)."""
+
+
+# ---------------------------------------------------------------------------
+# Keras.
+# ---------------------------------------------------------------------------
+def read_keras_h5(path):
+  """{layer name: [arrays in the layer's weight order]} of a legacy-layout Keras H5 file."""
+  import h5py  # pylint: disable=g-import-not-at-top
+  decode = lambda s: s.decode() if isinstance(s, bytes) else str(s)
+  with h5py.File(path, "r") as f:
+    g = f["model_weights"] if "layer_names" not in f.attrs and "model_weights" in f else f
+    if "layer_names" not in g.attrs:
+      raise ConversionError(
+          f"{path} is not a Keras weight file in the H5 layout of the Keras applications files "
+          "(no 'layer_names'). A Keras 3 '.weights.h5' file names layers by class, not by name: "
+          "save the model with model.save('file.h5') instead.")
+    out = {}
+    for name in map(decode, g.attrs["layer_names"]):
+      names = [decode(w) for w in g[name].attrs.get("weight_names", [])]
+      if names:
+        out[name] = [np.asarray(g[name][w]) for w in names]
+  return out
+
+
+def _bn(dst, w):
+  return dict(zip((f"{dst}/scale", f"{dst}/bias", f"{dst}/mean", f"{dst}/var"), w))
+
+
+def _conv(dst, w):
+  return {f"{dst}/kernel": w[0]}
+
+
+def _depthwise(dst, w):  # Keras (kh, kw, C, 1) -> nnx.Conv with feature_group_count=C: (kh, kw, 1, C)
+  return {f"{dst}/kernel": w[0].transpose(0, 1, 3, 2)}
+
+
+def _separable(dst, w):
+  return {**_depthwise(f"{dst}/depthwise", w[:1]), **_conv(f"{dst}/pointwise", w[1:])}
+
+
+def _unnamed(layer_names, prefix):
+  """Layers Keras named by class ('conv2d', 'conv2d_1', ...), in creation order."""
+  found = [n for n in layer_names if re.fullmatch(prefix + r"(_\d+)?", n)]
+  return sorted(found, key=lambda n: int(n[len(prefix) + 1:] or 0) if n != prefix else -1)
+
+
+def _keras_xception_plan(layer_names):
+  plan = [("block1_conv1", _conv, "conv1/conv"), ("block1_conv1_bn", _bn, "conv1/bn"),
+          ("block1_conv2", _conv, "conv2/conv"), ("block1_conv2_bn", _bn, "conv2/bn")]
+  entry = (("block1", 2), ("block2", 3), ("block3", 4), ("block13", 13))
+  for (ours, k), conv, bn in zip(entry, _unnamed(layer_names, "conv2d"),
+                                 _unnamed(layer_names, "batch_normalization")):
+    plan += [(conv, _conv, f"{ours}/shortcut/conv"), (bn, _bn, f"{ours}/shortcut/bn")]
+  for ours, k in entry:
+    for j in (1, 2):
+      plan += [(f"block{k}_sepconv{j}", _separable, f"{ours}/sep{j}"),
+               (f"block{k}_sepconv{j}_bn", _bn, f"{ours}/bn{j}")]
+  for i in range(8):
+    for j in range(3):
+      plan += [(f"block{i + 5}_sepconv{j + 1}", _separable, f"middle/{i}/seps/{j}"),
+               (f"block{i + 5}_sepconv{j + 1}_bn", _bn, f"middle/{i}/bns/{j}")]
+  plan += [("block14_sepconv1", _separable, "sep14"), ("block14_sepconv1_bn", _bn, "bn14"),
+           ("block14_sepconv2", _separable, "sep15"), ("block14_sepconv2_bn", _bn, "bn15")]
+  return plan
+
+
+def _keras_mobilenet_v2_plan(layer_names):
+  del layer_names
+  plan = [("Conv1", _conv, "stem/conv"), ("bn_Conv1", _bn, "stem/bn")]
+  for i in range(17):
+    p = f"block_{i}_" if i else "expanded_conv_"
+    if i:
+      plan += [(p + "expand", _conv, f"blocks/{i}/expand/conv"), (p + "expand_BN", _bn, f"blocks/{i}/expand/bn")]
+    plan += [(p + "depthwise", _depthwise, f"blocks/{i}/depthwise/conv"),
+             (p + "depthwise_BN", _bn, f"blocks/{i}/depthwise/bn"),
+             (p + "project", _conv, f"blocks/{i}/project/conv"),
+             (p + "project_BN", _bn, f"blocks/{i}/project/bn")]
+  return plan + [("Conv_1", _conv, "last/conv"), ("Conv_1_bn", _bn, "last/bn")]
+
+
+def from_keras(model, layers):
+  """{our parameter path: array} from read_keras_h5's layers."""
+  plan = {"xception": _keras_xception_plan, "mobilenet_v2": _keras_mobilenet_v2_plan}[model](list(layers))
+  planned = {name for name, _, _ in plan}
+  missing = [name for name, _, _ in plan if name not in layers]
+  extra = [name for name in layers if name not in planned and name not in KERAS_TOPS]
+  if missing or extra:
+    raise ConversionError(f"Not the Keras {model} weights: {len(missing)} layer(s) missing "
+                          f"({', '.join(missing)}) and {len(extra)} unexpected ({', '.join(extra)})")
+  out = {}
+  for name, fn, dst in plan:
+    out.update(fn(dst, layers[name]))
+  return out
+
+
+# ---------------------------------------------------------------------------
+# torchvision.
+# ---------------------------------------------------------------------------
+def read_torch_state_dict(path):
+  """{name: array} of a .safetensors file (no PyTorch needed) or a .pth state dict (PyTorch)."""
+  if path.endswith(".safetensors"):
+    from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+    return load_file(path)
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise ConversionError(f"Reading {os.path.basename(path)} needs PyTorch (pip install torch); or "
+                          "save the state dict as .safetensors, which needs no PyTorch") from None
+  sd = torch.load(path, map_location="cpu", weights_only=True)  # Never unpickles arbitrary objects.
+  sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+  return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()}
+
+
+_BN_NAMES = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
+
+
+def from_torchvision_resnet(sd):
+  """{our parameter path: array} of a torchvision ResNet state dict (fc dropped)."""
+  out, unknown = {}, []
+  for key, value in sd.items():
+    key = key.removeprefix("module.")  # Saved from DataParallel.
+    if key.startswith("fc.") or key.endswith("num_batches_tracked"):
+      continue
+    m = re.fullmatch(r"(conv1|bn1)\.(\w+)", key) or re.fullmatch(
+        r"layer(\d)\.(\d+)\.(conv\d|bn\d|downsample\.[01])\.(\w+)", key)
+    if m is None:
+      unknown.append(key)
+      continue
+    if m.group(1) in ("conv1", "bn1"):
+      dst, kind, name = "stem", m.group(1)[:-1], m.group(2)
+    else:
+      layer = m.group(3)
+      sub = ("downsample" if layer.startswith("downsample") else f"conv{layer[-1]}")
+      kind = {"downsample.0": "conv", "downsample.1": "bn"}.get(layer, layer[:-1])
+      dst, name = f"stages/{int(m.group(1)) - 1}/{m.group(2)}/{sub}", m.group(4)
+    if kind == "conv":
+      out[f"{dst}/conv/kernel"] = np.asarray(value).transpose(2, 3, 1, 0)  # OIHW -> HWIO
+    else:
+      out[f"{dst}/bn/{_BN_NAMES[name]}"] = np.asarray(value)
+  if unknown:
+    raise ConversionError(f"Not a torchvision ResNet state dict: {len(unknown)} unexpected key(s): "
+                          f"{', '.join(unknown)}")
+  return out
+
+
+# ---------------------------------------------------------------------------
+# Loading into a model.
+# ---------------------------------------------------------------------------
+def convert(origin, model, path):
+  """(weights {path: array}, info) of a weight file of `origin` ('keras' or 'torchvision')."""
+  if origin not in SUPPORTED:
+    raise ValueError(f"Unknown weight origin {origin!r}; known: {', '.join(SUPPORTED)}")
+  if model not in SUPPORTED[origin]:
+    raise ValueError(f"{origin} weights are supported for {', '.join(SUPPORTED[origin])}, not {model!r}")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"No weight file {path}")
+  weights = (from_keras(model, read_keras_h5(path)) if origin == "keras"
+             else from_torchvision_resnet(read_torch_state_dict(path)))
+  info = {"origin": origin, "model": model, "preprocess": ORIGINS[origin], "source": os.path.abspath(path)}
+  return weights, info
+
+
+def pretrained_info(spec, model):
+  """What `init_from` points at, without reading its arrays: {'origin', 'model', 'preprocess', ...}."""
+  origin, sep, path = spec.partition(":")
+  if sep and origin in ORIGINS:
+    return {"origin": origin, "model": model, "preprocess": ORIGINS[origin], "source": path}
+  if checkpoint.is_weights(spec):
+    with open(os.path.join(spec, checkpoint.WEIGHTS_INFO)) as f:
+      return json.load(f)
+  if os.path.isfile(os.path.join(spec, "config.json")):  # A training run.
+    with open(os.path.join(spec, "config.json")) as f:
+      m = json.load(f)["model"]
+    return {"origin": "run", "model": m["name"], "preprocess": m["preprocess"], "source": spec}
+  raise FileNotFoundError(f"init_from {spec!r} is neither a folder written by fakejax.convert, a "
+                          "training run, nor keras:FILE.h5 / torchvision:FILE")
+
+
+def load_pretrained(spec, model):
+  """(weights {path: array}, info) of `init_from` for a model of name `model`."""
+  info = pretrained_info(spec, model)
+  if info["model"] != model:
+    raise ConversionError(f"init_from {spec} holds {info['model']} weights, but the model is {model}")
+  origin, sep, path = spec.partition(":")
+  if sep and origin in ORIGINS:
+    return convert(origin, model, path)
+  if info["origin"] == "run":
+    return checkpoint.load_run_weights(spec), info
+  return checkpoint.load_weights(spec)
+
+
+def init_model_state(model_state, weights, what):
+  """Copies `weights` into an nnx.State of a model (in place); returns it.
+
+  The head is taken only where the weights have one of the same shape (a run of
+  the same task); every other parameter and BatchNorm statistic must be there
+  with the right shape, else a MismatchError names each one.
+  """
+  pure = nnx.to_pure_dict(model_state)
+  want = checkpoint.flat(pure)
+  head = lambda k: k.startswith("head/")
+  weights = {k: v for k, v in weights.items()
+             if not head(k) or (k in want and tuple(want[k].shape) == tuple(np.shape(v)))}
+  target = {k: v for k, v in want.items() if not head(k) or k in weights}
+  checkpoint.check_compatible(weights, target, what)
+  key = lambda path: "/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
+  pure = jax.tree_util.tree_map_with_path(
+      lambda p, x: np.asarray(weights[key(p)], x.dtype) if key(p) in weights else x, pure)
+  nnx.replace_by_pure_dict(model_state, pure)
+  return model_state
+
+
+def main(argv):
+  if len(argv) != 3:
+    raise cli.UserError("usage: python -m fakejax.convert --from keras|torchvision --model NAME FILE OUT")
+  src, out = argv[1], argv[2]
+  model = flags.FLAGS.model
+  weights, info = convert(flags.FLAGS["from"].value, model, src)
+  # Check against the architecture before writing anything.
+  abstract = nnx.state(nnx.eval_shape(lambda: models.create(model, 2)))
+  init_model_state(abstract, weights, f"{src}")
+  checkpoint.save_weights(out, weights, info)
+  n = sum(int(np.prod(np.shape(v))) for v in weights.values())
+  print(f"{len(weights)} arrays ({n:,} values) of {info['origin']} {model} -> {os.path.abspath(out)}\n"
+        f"train from them with: --config.model.name={model} --config.model.init_from={out}")
+
+
+if __name__ == "__main__":
+  flags.DEFINE_enum("from", None, list(SUPPORTED), "Origin of the weight file.")
+  flags.DEFINE_enum("model", None, sorted({m for v in SUPPORTED.values() for m in v}), "Model name.")
+  flags.mark_flags_as_required(["from", "model"])
+  cli.run(main)
