@@ -40,8 +40,11 @@ if __name__ == "__main__":
   _WIDTH = flags.DEFINE_float("width", 1.0, "Channel multiplier (1.0: the published model).")
   _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps.")
   _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
-  _INPUT = flags.DEFINE_enum("input", "device", ["device", "pipeline", "both"],
-                             "Batches already on device, from the grain pipeline, or both.")
+  _INPUT = flags.DEFINE_enum("input", "device", ["device", "pipeline", "both", "data"],
+                             "Batches already on device, from the grain pipeline, both, or "
+                             "'data': the input pipeline alone (no model).")
+  _PIPE_BATCHES = flags.DEFINE_integer("pipeline_batches", 100, "Batches timed for the pipeline's "
+                                       "sustained throughput (after its first batches).")
   _WORKERS = flags.DEFINE_integer("workers", 2, "grain worker processes in pipeline mode.")
   _PATCH = flags.DEFINE_integer("patch_size", 0, "Also time patch evaluation with this patch size.")
   _PEER = flags.DEFINE_enum("peer", "", ["", "torch"], "Also run the PyTorch equivalent.")
@@ -96,13 +99,41 @@ def _row(kind, config, times, compile_s, flops, images, peak):
   return row
 
 
+def pipeline_throughput(config, workers, data_cache, batches=100, warmup=10):
+  """Sustained images/s of the grain train pipeline: `batches` batches after `warmup` batches.
+
+  Timed over many batches, not per batch: worker processes prefetch, so the first
+  batches come from a buffer filled while nothing was timed.
+  """
+  c = config.copy_and_resolve_references()
+  c.data.workers = workers
+  c.data.synthetic.size = max(c.data.image_size, 64)
+  c.data.cache_dir = data_cache
+  ds = datasets.open_dataset(c.data)
+  it = input_pipeline.make_train_iter(ds, c.data, c.aug, c.batch_size, seed=0)
+  try:
+    for _ in range(warmup):
+      next(it)
+    t = time.perf_counter()
+    for _ in range(batches):
+      next(it)
+    dt = time.perf_counter() - t
+  finally:
+    it.close()
+  return {"kind": "pipeline", "model": "-", "image_size": c.data.image_size, "batch": c.batch_size,
+          "workers": workers, "blur_jpeg": c.aug.blur_prob, "batches": batches,
+          "step_s_median": dt / batches, "images_per_s": batches * c.batch_size / dt}
+
+
 def benchmark(config, steps=10, warmup=2, input_mode="device", workers=2, patch_size=0, peak=0.0,
-              data_cache="data"):
+              data_cache="data", pipeline_batches=100):
   """Measures the train step, the eval step and optionally the input pipeline and patch voting.
 
   Returns:
     a list of result rows (dicts).
   """
+  if input_mode == "data":
+    return [pipeline_throughput(config, workers, data_cache, pipeline_batches)]
   mesh = sharding.make_mesh()
   peak = peak or KNOWN_PEAKS.get(jax.devices()[0].device_kind, 0.0) * jax.device_count()
   b, s = config.batch_size, config.data.image_size
@@ -140,12 +171,9 @@ def benchmark(config, steps=10, warmup=2, input_mode="device", workers=2, patch_
     c.data.workers = workers
     c.data.synthetic.size = max(s, 64)
     c.data.cache_dir = data_cache
-    ds = datasets.open_dataset(c.data)
-    it = input_pipeline.make_train_iter(ds, c.data, c.aug, b, seed=0)
+    rows.append(pipeline_throughput(config, workers, data_cache, pipeline_batches))
+    it = input_pipeline.make_train_iter(datasets.open_dataset(c.data), c.data, c.aug, b, seed=0)
     try:
-      pipe = _times(lambda: next(it), steps, warmup)
-      rows.append({"kind": "pipeline", "model": "-", "image_size": s, "batch": b, "workers": workers,
-                   "step_s_median": statistics.median(pipe), "images_per_s": b / statistics.median(pipe)})
       e2e = _times(lambda: one_step(sharding.to_global(mesh, next(it))), steps, warmup)
       rows.append(_row("train_end_to_end", config, e2e, 0.0, _flops(step), b, peak))
     finally:
@@ -198,7 +226,7 @@ def main(argv):
   config.aug.blur_prob = config.aug.jpg_prob = _BLUR_JPEG.value
   sharding.check_batch(config.batch_size, sharding.make_mesh())
   rows = benchmark(config, _STEPS.value, _WARMUP.value, _INPUT.value, _WORKERS.value, _PATCH.value,
-                   _PEAK.value, _DATA.value)
+                   _PEAK.value, _DATA.value, _PIPE_BATCHES.value)
   if _PEER.value == "torch":
     peer, why = torch_peer(_MODEL.value, _SIZE.value, _BATCH.value, _STEPS.value, _WARMUP.value,
                            _PEER_PYTHON.value)

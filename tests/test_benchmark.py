@@ -30,6 +30,15 @@ def test_benchmark_reports_consistent_fields(make_config):
   assert "train" in benchmark.format_table(rows)
 
 
+def test_pipeline_throughput_alone(make_config):
+  config = make_config()
+  config.aug.blur_prob = config.aug.jpg_prob = 0.5
+  (row,) = benchmark.benchmark(config, input_mode="data", workers=0,
+                               data_cache=config.data.cache_dir, pipeline_batches=3)
+  assert row["kind"] == "pipeline" and row["batches"] == 3 and row["blur_jpeg"] == 0.5
+  assert np.isclose(row["images_per_s"], config.batch_size / row["step_s_median"])
+
+
 def test_torch_peer_skips_with_a_reason_when_absent():
   rows, why = benchmark.torch_peer("resnet50", 32, 2, 1, 0, sys.executable)
   if importlib.util.find_spec("torch") is None:

@@ -75,6 +75,25 @@ def test_shifted_depthwise_matches_xla_with_gradients(stride, padding):
     np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("kernel,stride,padding", [(1, 1, "SAME"), (1, 2, "SAME"), (1, 2, "VALID"),
+                                                   (1, 1, ((1, 0), (0, 2))), (3, 1, "SAME")])
+def test_matmul_pointwise_conv_matches_xla_with_gradients(kernel, stride, padding):
+  k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(k1, (2, 9, 7, 5))
+  w = jax.random.normal(k2, (kernel, kernel, 5, 6))
+
+  def run(fn):
+    return jax.vjp(lambda x, w: fn(x, w, (stride, stride), padding,
+                                   dimension_numbers=("NHWC", "HWIO", "NHWC")), x, w)
+
+  ref, ref_vjp = run(lax.conv_general_dilated)
+  got, got_vjp = run(layers.matmul_pointwise_conv)
+  np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+  ct = jax.random.normal(k3, ref.shape)
+  for g, r in zip(got_vjp(ct), ref_vjp(ct)):
+    np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)
+
+
 def test_tiny_xception_same_output_with_either_depthwise_impl():
   x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
   a = models.create("xception", 2, width=0.125, middle_blocks=1, depthwise="shift")

@@ -1,9 +1,11 @@
-"""Shared layers: a depthwise convolution that is fast on every backend, conv+BN blocks.
+"""Shared layers: convolutions that are fast on every backend, conv+BN blocks.
 
 XLA's CPU depthwise convolution (feature_group_count == channels) is ~50x slower
 than PyTorch's (jax issue 23713). On CPU we compute it as kh*kw shifted
 multiply-adds over the padded input instead: the same sums, a few ms instead of
-tens. On GPU/TPU the grouped convolution (cuDNN) stays. Both are exposed through
+tens. XLA's CPU 1x1 convolution is 2-4x slower than its matrix multiply (its
+filter gradient more), so on CPU a 1x1 convolution is a reshape and a matrix
+multiply. On GPU/TPU XLA's convolutions (cuDNN) stay. All are exposed through
 nnx.Conv's `conv_general_dilated` hook, so parameters look like any nnx.Conv.
 """
 
@@ -43,6 +45,45 @@ def shifted_depthwise_conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
   return out
 
 
+def matmul_pointwise_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                          dimension_numbers=None, feature_group_count=1, precision=None,
+                          preferred_element_type=None, **unused):
+  """1x1 NHWC/HWIO convolution as one 2-D matrix multiply (lax.conv_general_dilated API).
+
+  Anything but an undilated, ungrouped 1x1 kernel goes to lax.conv_general_dilated.
+  """
+  del unused
+  kh, kw, cin, cout = rhs.shape
+  if ((kh, kw) != (1, 1) or feature_group_count != 1
+      or any(d not in (None, 1) and tuple(d) != (1, 1) for d in (lhs_dilation, rhs_dilation))):
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                    dimension_numbers, feature_group_count, precision=precision,
+                                    preferred_element_type=preferred_element_type)
+  sh, sw = window_strides
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(lhs.shape[1:3], (1, 1), (sh, sw), padding)
+  x = jnp.pad(lhs, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+  if (sh, sw) != (1, 1):
+    x = x[:, ::sh, ::sw, :]
+  n, h, w, _ = x.shape
+  y = lax.dot(x.reshape(n * h * w, cin), rhs.reshape(cin, cout), precision=precision,
+              preferred_element_type=preferred_element_type)
+  return y.reshape(n, h, w, cout)
+
+
+def conv_impl(impl="auto"):
+  """The conv function for ungrouped layers: 'matmul' (CPU default: 1x1 as a matrix multiply) or 'xla'.
+
+  XLA's CPU convolution runs a 1x1 kernel 2-4x slower than its own matrix multiply of the same
+  sums, and its filter gradient slower still; on GPU/TPU XLA's convolution stays.
+  """
+  if impl == "auto":
+    impl = "matmul" if jax.default_backend() == "cpu" else "xla"
+  if impl not in ("matmul", "xla"):
+    raise ValueError(f"Unknown conv impl {impl!r}; known: auto, matmul, xla")
+  return matmul_pointwise_conv if impl == "matmul" else lax.conv_general_dilated
+
+
 def depthwise_impl(impl="auto"):
   """The conv function for depthwise layers: 'shift' (CPU default) or 'xla'."""
   if impl == "auto":
@@ -63,10 +104,11 @@ class ConvBN(nnx.Module):
   """
 
   def __init__(self, cin, cout, kernel, stride=1, padding="SAME", act=nnx.relu, groups=1,
-               depthwise="auto", *, bn, dtype, rngs):
-    kw = dict(conv_general_dilated=depthwise_impl(depthwise)) if groups > 1 else {}
+               depthwise="auto", conv="auto", *, bn, dtype, rngs):
+    fn = depthwise_impl(depthwise) if groups > 1 else conv_impl(conv)
     self.conv = nnx.Conv(cin, cout, (kernel, kernel), (stride, stride), padding=padding,
-                         feature_group_count=groups, use_bias=False, dtype=dtype, rngs=rngs, **kw)
+                         feature_group_count=groups, use_bias=False, dtype=dtype, rngs=rngs,
+                         conv_general_dilated=fn)
     self.bn = nnx.BatchNorm(cout, dtype=dtype, rngs=rngs, **bn)
     self.act = act
 
@@ -78,11 +120,12 @@ class ConvBN(nnx.Module):
 class SeparableConv(nnx.Module):
   """Keras SeparableConv2D without bias: depthwise 3x3 then pointwise 1x1."""
 
-  def __init__(self, cin, cout, *, dtype, depthwise="auto", rngs):
+  def __init__(self, cin, cout, *, dtype, depthwise="auto", conv="auto", rngs):
     self.depthwise = nnx.Conv(cin, cin, (3, 3), padding="SAME", feature_group_count=cin,
                               use_bias=False, dtype=dtype, rngs=rngs,
                               conv_general_dilated=depthwise_impl(depthwise))
-    self.pointwise = nnx.Conv(cin, cout, (1, 1), use_bias=False, dtype=dtype, rngs=rngs)
+    self.pointwise = nnx.Conv(cin, cout, (1, 1), use_bias=False, dtype=dtype, rngs=rngs,
+                              conv_general_dilated=conv_impl(conv))
 
   def __call__(self, x):
     return self.pointwise(self.depthwise(x))
