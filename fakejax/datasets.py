@@ -13,11 +13,13 @@ A dataset directory looks like::
 """
 
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import io
 import json
 import os
+import resource
 import shutil
 import warnings
 
@@ -25,6 +27,7 @@ from absl import logging
 import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core import shuffle as tfds_shuffle
 import tqdm
 
 from fakejax import synthetic
@@ -290,12 +293,51 @@ def _example(rgb, class_names, class_name, source, category, path, fmt, orig_siz
   }
 
 
+# tfds shuffles each split in memory until it holds 1 GB of encoded examples, then spills to
+# disk buckets; a smaller threshold keeps the build's memory flat whatever the dataset size.
+SHUFFLE_MEMORY_BYTES = 64 << 20
+
+
+class _LocalGfile:
+  """The part of `tf` that tfds' shuffler uses for its disk buckets, on local files.
+
+  tfds reads and writes those buckets with tf.io.gfile, so without TensorFlow a split
+  over the memory threshold would fail to build. Our datasets are local folders.
+  """
+
+  class io:  # pylint: disable=invalid-name
+    class gfile:  # pylint: disable=invalid-name
+      GFile = staticmethod(open)
+      exists = staticmethod(os.path.exists)
+      remove = staticmethod(os.remove)
+
+  class errors:  # pylint: disable=invalid-name
+    class ResourceExhaustedError(Exception):
+      pass
+
+
+@contextlib.contextmanager
+def _bounded_memory_shuffler():
+  """tfds' shuffler spilling to local files above SHUFFLE_MEMORY_BYTES (no public option: module globals)."""
+  saved = tfds_shuffle.MAX_MEM_BUFFER_SIZE, tfds_shuffle.tf
+  soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+  want = max(soft, min(hard, 4096))  # tfds keeps one file open per bucket (1000).
+  resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+  tfds_shuffle.MAX_MEM_BUFFER_SIZE, tfds_shuffle.tf = SHUFFLE_MEMORY_BYTES, _LocalGfile
+  try:
+    yield
+  finally:
+    tfds_shuffle.MAX_MEM_BUFFER_SIZE, tfds_shuffle.tf = saved
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 def _write(out, examples, class_names, meta):
   """Builds the dataset at `out` and writes its index and metadata."""
   builder = FakejaxImages(examples=examples, class_names=class_names, data_dir=out,
                           file_format="array_record")
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      download_mode=tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS))
+  with _bounded_memory_shuffler():
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        download_mode=tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS))
   shutil.rmtree(os.path.join(out, "downloads"), ignore_errors=True)  # Empty: nothing is downloaded.
   ds = Dataset(out, meta)
   ds.write_index()

@@ -2,7 +2,7 @@
 
   python scripts/torch_peer.py MODEL IMAGE_SIZE BATCH STEPS WARMUP
 
-torchvision ResNet-50/101 or timm's legacy_xception; the same batch, image size
+torchvision ResNet-50/101 / MobileNetV2 or timm's legacy_xception; the same batch, image size
 and optimizer (Adam), float32, channels_last. Prints one JSON line per step kind.
 """
 
@@ -18,7 +18,7 @@ def main():
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError:
     sys.exit("PyTorch is not installed in this interpreter (see --peer_python)")
-  if model_name.startswith("resnet"):
+  if model_name in ("resnet50", "resnet101", "mobilenet_v2"):
     try:
       import torchvision  # pylint: disable=g-import-not-at-top
     except ImportError:

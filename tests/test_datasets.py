@@ -27,7 +27,11 @@ def _read_all(ds, split):
   return {src[i]["path"].decode(): src[i] for i in range(len(src))}
 
 
-def test_lossless_round_trip(tmp_path):
+@pytest.mark.parametrize("spill", [False, True], ids=["in_memory", "spilled_to_disk"])
+def test_lossless_round_trip(tmp_path, monkeypatch, spill):
+  """Exact pixels back, also when the build spills its shuffle buffer to disk (big datasets)."""
+  if spill:
+    monkeypatch.setattr(datasets, "SHUFFLE_MEMORY_BYTES", 1)
   root = tmp_path / "imgs"
   originals = {}
   for cls in ("real", "fake"):
