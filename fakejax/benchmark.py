@@ -99,18 +99,23 @@ def _row(kind, config, times, compile_s, flops, images, peak):
   return row
 
 
+def _pipeline(config, workers, data_cache):
+  """The grain train iterator over the synthetic benchmark at the config's image size."""
+  c = config.copy_and_resolve_references()
+  c.data.workers = workers
+  c.data.synthetic.size = max(c.data.image_size, 64)
+  c.data.cache_dir = data_cache
+  return input_pipeline.make_train_iter(datasets.open_dataset(c.data), c.data, c.aug, c.batch_size,
+                                        seed=0)
+
+
 def pipeline_throughput(config, workers, data_cache, batches=100, warmup=10):
   """Sustained images/s of the grain train pipeline: `batches` batches after `warmup` batches.
 
   Timed over many batches, not per batch: worker processes prefetch, so the first
   batches come from a buffer filled while nothing was timed.
   """
-  c = config.copy_and_resolve_references()
-  c.data.workers = workers
-  c.data.synthetic.size = max(c.data.image_size, 64)
-  c.data.cache_dir = data_cache
-  ds = datasets.open_dataset(c.data)
-  it = input_pipeline.make_train_iter(ds, c.data, c.aug, c.batch_size, seed=0)
+  it = _pipeline(config, workers, data_cache)
   try:
     for _ in range(warmup):
       next(it)
@@ -120,9 +125,10 @@ def pipeline_throughput(config, workers, data_cache, batches=100, warmup=10):
     dt = time.perf_counter() - t
   finally:
     it.close()
-  return {"kind": "pipeline", "model": "-", "image_size": c.data.image_size, "batch": c.batch_size,
-          "workers": workers, "blur_jpeg": c.aug.blur_prob, "batches": batches,
-          "step_s_median": dt / batches, "images_per_s": batches * c.batch_size / dt}
+  b = config.batch_size
+  return {"kind": "pipeline", "model": "-", "image_size": config.data.image_size, "batch": b,
+          "workers": workers, "blur_jpeg": config.aug.blur_prob, "batches": batches,
+          "step_s_median": dt / batches, "images_per_s": batches * b / dt}
 
 
 def benchmark(config, steps=10, warmup=2, input_mode="device", workers=2, patch_size=0, peak=0.0,
@@ -167,12 +173,8 @@ def benchmark(config, steps=10, warmup=2, input_mode="device", workers=2, patch_
 
   # --- Input pipeline alone, and end to end ----------------------------------------------
   if input_mode in ("pipeline", "both"):
-    c = config.copy_and_resolve_references()
-    c.data.workers = workers
-    c.data.synthetic.size = max(s, 64)
-    c.data.cache_dir = data_cache
     rows.append(pipeline_throughput(config, workers, data_cache, pipeline_batches))
-    it = input_pipeline.make_train_iter(datasets.open_dataset(c.data), c.data, c.aug, b, seed=0)
+    it = _pipeline(config, workers, data_cache)
     try:
       e2e = _times(lambda: one_step(sharding.to_global(mesh, next(it))), steps, warmup)
       rows.append(_row("train_end_to_end", config, e2e, 0.0, _flops(step), b, peak))

@@ -40,10 +40,14 @@ def _manager(path, items, keep=None):
   return ocp.CheckpointManager(os.path.abspath(path), options=options, item_handlers=_handlers(items))
 
 
+def path_name(path):
+  """'a/b/0/kernel' of a jax.tree_util key path (the names every error message shows)."""
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
 def flat(tree):
-  """{'a/b/0/kernel': leaf} of a nested tree (the names every error message shows)."""
-  return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): leaf
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  """{path_name: leaf} of a nested tree."""
+  return {path_name(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def _nested(flat_dict):

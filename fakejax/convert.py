@@ -242,9 +242,9 @@ def init_model_state(model_state, weights, what):
              if not head(k) or (k in want and tuple(want[k].shape) == tuple(np.shape(v)))}
   target = {k: v for k, v in want.items() if not head(k) or k in weights}
   checkpoint.check_compatible(weights, target, what)
-  key = lambda path: "/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
+  name = checkpoint.path_name
   pure = jax.tree_util.tree_map_with_path(
-      lambda p, x: np.asarray(weights[key(p)], x.dtype) if key(p) in weights else x, pure)
+      lambda p, x: np.asarray(weights[name(p)], x.dtype) if name(p) in weights else x, pure)
   nnx.replace_by_pure_dict(model_state, pure)
   return model_state
 

@@ -68,9 +68,6 @@ def create_learning_rate_fn(optim, total_steps):
   return optax.join_schedules([warm, main], [optim.warmup_steps])
 
 
-TRANSFER_MODES = ("finetune", "linear_probe", "freeze_bn")
-
-
 def create_optimizer(optim, lr_fn):
   if optim.name == "adam":
     return optax.adam(lr_fn)
@@ -79,6 +76,9 @@ def create_optimizer(optim, lr_fn):
   if optim.name == "sgd":
     return optax.sgd(lr_fn, momentum=optim.momentum or None)
   raise ValueError(f"Unknown optimizer {optim.name!r}; known: adam, adamw, sgd")
+
+
+TRANSFER_MODES = ("finetune", "linear_probe", "freeze_bn")
 
 
 def _is_head(path):
