@@ -17,24 +17,42 @@ from jax import lax
 import jax.numpy as jnp
 
 
-def shifted_depthwise_conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
-                           rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
-                           precision=None, preferred_element_type=None, **unused):
-  """Depthwise NHWC/HWIO convolution as shifted multiply-adds (lax.conv_general_dilated API)."""
-  del unused
-  kh, kw, one, c = rhs.shape
-  if (one != 1 or feature_group_count != c or lhs.shape[-1] != c
-      or any(d not in (None, 1) and tuple(d) != (1, 1) for d in (lhs_dilation, rhs_dilation))):
-    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                                    dimension_numbers, feature_group_count, precision=precision,
-                                    preferred_element_type=preferred_element_type)
-  sh, sw = window_strides
-  if isinstance(padding, str):
-    padding = lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), (sh, sw), padding)
-  x = jnp.pad(lhs, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+def _xla_unless(applies):
+  """A fast NHWC/HWIO formulation behind the lax.conv_general_dilated API.
+
+  The wrapped `fast(x, rhs, strides, precision, preferred_element_type)` gets the input
+  already padded; anything `applies(lhs, rhs, feature_group_count)` rejects, or any
+  dilation, goes to lax.conv_general_dilated unchanged.
+  """
+  def wrap(fast):
+    @functools.wraps(fast)
+    def conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+             dimension_numbers=None, feature_group_count=1, precision=None,
+             preferred_element_type=None, **unused):
+      del unused
+      undilated = all(d is None or all(v == 1 for v in d) for d in (lhs_dilation, rhs_dilation))
+      if not (undilated and applies(lhs, rhs, feature_group_count)):
+        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
+                                        rhs_dilation, dimension_numbers, feature_group_count,
+                                        precision=precision,
+                                        preferred_element_type=preferred_element_type)
+      if isinstance(padding, str):
+        padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
+      x = jnp.pad(lhs, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+      return fast(x, rhs, tuple(window_strides), precision, preferred_element_type)
+    return conv
+  return wrap
+
+
+@_xla_unless(lambda lhs, rhs, groups: rhs.shape[2] == 1 and groups == rhs.shape[3] == lhs.shape[3])
+def shifted_depthwise_conv(x, rhs, strides, precision, preferred_element_type):
+  """Depthwise convolution as kh*kw shifted multiply-adds over the padded input."""
+  del precision
+  kh, kw, _, c = rhs.shape
+  sh, sw = strides
   oh = (x.shape[1] - kh) // sh + 1
   ow = (x.shape[2] - kw) // sw + 1
-  acc_dtype = preferred_element_type or lhs.dtype
+  acc_dtype = preferred_element_type or x.dtype
   out = None
   for i in range(kh):
     for j in range(kw):
@@ -45,30 +63,16 @@ def shifted_depthwise_conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
   return out
 
 
-def matmul_pointwise_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                          dimension_numbers=None, feature_group_count=1, precision=None,
-                          preferred_element_type=None, **unused):
-  """1x1 NHWC/HWIO convolution as one 2-D matrix multiply (lax.conv_general_dilated API).
-
-  Anything but an undilated, ungrouped 1x1 kernel goes to lax.conv_general_dilated.
-  """
-  del unused
-  kh, kw, cin, cout = rhs.shape
-  if ((kh, kw) != (1, 1) or feature_group_count != 1
-      or any(d not in (None, 1) and tuple(d) != (1, 1) for d in (lhs_dilation, rhs_dilation))):
-    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                                    dimension_numbers, feature_group_count, precision=precision,
-                                    preferred_element_type=preferred_element_type)
-  sh, sw = window_strides
-  if isinstance(padding, str):
-    padding = lax.padtype_to_pads(lhs.shape[1:3], (1, 1), (sh, sw), padding)
-  x = jnp.pad(lhs, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+@_xla_unless(lambda lhs, rhs, groups: rhs.shape[:2] == (1, 1) and groups == 1)
+def matmul_pointwise_conv(x, rhs, strides, precision, preferred_element_type):
+  """1x1 convolution as one 2-D matrix multiply."""
+  sh, sw = strides
   if (sh, sw) != (1, 1):
     x = x[:, ::sh, ::sw, :]
-  n, h, w, _ = x.shape
-  y = lax.dot(x.reshape(n * h * w, cin), rhs.reshape(cin, cout), precision=precision,
+  n, h, w, cin = x.shape
+  y = lax.dot(x.reshape(n * h * w, cin), rhs.reshape(cin, -1), precision=precision,
               preferred_element_type=preferred_element_type)
-  return y.reshape(n, h, w, cout)
+  return y.reshape(n, h, w, -1)
 
 
 def conv_impl(impl="auto"):
