@@ -53,45 +53,34 @@ def test_unknown_model_lists_the_known_ones():
     models.create("vgg", 2)
 
 
-@pytest.mark.parametrize("stride,padding", [(1, "SAME"), (2, "SAME"), (1, "VALID"), (2, ((1, 2), (0, 1)))])
-def test_shifted_depthwise_matches_xla_with_gradients(stride, padding):
+def _assert_matches_xla_with_gradients(fn, x_shape, w_shape, stride, padding, groups=1):
+  """`fn` (the lax.conv_general_dilated API) against XLA's convolution: outputs and both gradients."""
   k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
-  x = jax.random.normal(k1, (2, 11, 9, 6))
-  w = jax.random.normal(k2, (3, 3, 1, 6))
-  ct = None
+  x, w = jax.random.normal(k1, x_shape), jax.random.normal(k2, w_shape)
 
-  def run(fn):
-    def f(x, w):
-      return fn(x, w, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                feature_group_count=6)
-    y, vjp = jax.vjp(f, x, w)
-    return y, vjp
+  def run(conv):
+    return jax.vjp(lambda x, w: conv(x, w, (stride, stride), padding, feature_group_count=groups,
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC")), x, w)
 
   ref, ref_vjp = run(lax.conv_general_dilated)
-  got, got_vjp = run(layers.shifted_depthwise_conv)
+  got, got_vjp = run(fn)
   np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
   ct = jax.random.normal(k3, ref.shape)
   for g, r in zip(got_vjp(ct), ref_vjp(ct)):
     np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("stride,padding", [(1, "SAME"), (2, "SAME"), (1, "VALID"), (2, ((1, 2), (0, 1)))])
+def test_shifted_depthwise_matches_xla_with_gradients(stride, padding):
+  _assert_matches_xla_with_gradients(layers.shifted_depthwise_conv, (2, 11, 9, 6), (3, 3, 1, 6),
+                                     stride, padding, groups=6)
 
 
 @pytest.mark.parametrize("kernel,stride,padding", [(1, 1, "SAME"), (1, 2, "SAME"), (1, 2, "VALID"),
                                                    (1, 1, ((1, 0), (0, 2))), (3, 1, "SAME")])
 def test_matmul_pointwise_conv_matches_xla_with_gradients(kernel, stride, padding):
-  k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
-  x = jax.random.normal(k1, (2, 9, 7, 5))
-  w = jax.random.normal(k2, (kernel, kernel, 5, 6))
-
-  def run(fn):
-    return jax.vjp(lambda x, w: fn(x, w, (stride, stride), padding,
-                                   dimension_numbers=("NHWC", "HWIO", "NHWC")), x, w)
-
-  ref, ref_vjp = run(lax.conv_general_dilated)
-  got, got_vjp = run(layers.matmul_pointwise_conv)
-  np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
-  ct = jax.random.normal(k3, ref.shape)
-  for g, r in zip(got_vjp(ct), ref_vjp(ct)):
-    np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)
+  _assert_matches_xla_with_gradients(layers.matmul_pointwise_conv, (2, 9, 7, 5),
+                                     (kernel, kernel, 5, 6), stride, padding)
 
 
 def test_tiny_xception_same_output_with_either_depthwise_impl():
