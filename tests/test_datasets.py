@@ -36,7 +36,7 @@ def test_lossless_round_trip(tmp_path, monkeypatch, spill):
   originals = {}
   for cls in ("real", "fake"):
     for i in range(12):
-      arr = _rand(hash((cls, i)) % 1000)
+      arr = _rand(100 * (cls == "fake") + i)  # Distinct seeds (hash() of str varies per process).
       rel = f"{cls}/img{i}.png"
       _png(str(root / rel), arr)
       originals[rel] = arr
@@ -175,7 +175,7 @@ def test_leakage_report_and_dedup(tmp_path):
     for cls in ("real", "fake"):
       for i in range(3):
         _png(str(root / split / "x" / ("0_real" if cls == "real" else "1_fake") / f"{i}.png"),
-             _rand(hash((split, cls, i)) % 10000))
+             _rand(1000 + 100 * (split == "test") + 10 * (cls == "fake") + i))  # Distinct seeds.
   _png(str(root / "train/x/0_real/dup.png"), dup)
   _png(str(root / "test/x/0_real/dup_copy.png"), dup)
   _, summary = datasets.prepare_folder(str(root), str(tmp_path / "out"))
