@@ -70,9 +70,12 @@ def _assert_matches_xla_with_gradients(fn, x_shape, w_shape, stride, padding, gr
     np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("chunk_bytes", [None, 1, 1500], ids=["whole_images", "row_by_row", "row_blocks"])
 @pytest.mark.parametrize("stride,padding", [(1, "SAME"), (2, "SAME"), (1, "VALID"), (2, ((1, 2), (0, 1)))])
-def test_shifted_depthwise_matches_xla_with_gradients(stride, padding):
-  _assert_matches_xla_with_gradients(layers.shifted_depthwise_conv, (2, 11, 9, 6), (3, 3, 1, 6),
+def test_shifted_depthwise_matches_xla_with_gradients(stride, padding, chunk_bytes, monkeypatch):
+  if chunk_bytes:  # The filter gradient walks blocks of output rows that fit this many bytes.
+    monkeypatch.setattr(layers, "FILTER_GRAD_CHUNK_BYTES", chunk_bytes)
+  _assert_matches_xla_with_gradients(layers.shifted_depthwise_conv, (2, 12, 9, 6), (3, 3, 1, 6),
                                      stride, padding, groups=6)
 
 
