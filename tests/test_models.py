@@ -86,6 +86,37 @@ def test_matmul_pointwise_conv_matches_xla_with_gradients(kernel, stride, paddin
                                      (kernel, kernel, 5, 6), stride, padding)
 
 
+def _xla_max_pool(x, window=3, stride=2, padding="SAME"):
+  return nnx.max_pool(x, (window, window), (stride, stride), padding=padding)
+
+
+@pytest.mark.parametrize("size,padding", [(9, "SAME"), (8, "SAME"), (8, ((1, 1), (1, 1)))])
+def test_max_pool_matches_xla_with_gradients_and_ties(size, padding):
+  # Few distinct values, so most windows hold their max more than once: the gradient must go to
+  # the same (first) input as XLA's select-and-scatter, or some error would be of order 1.
+  x = jax.random.randint(jax.random.key(0), (2, size, size + 1, 3), 0, 4).astype(jnp.float32)
+  y, got_vjp = jax.vjp(lambda x: layers.max_pool(x, 3, 2, padding), x)
+  want, ref_vjp = jax.vjp(lambda x: _xla_max_pool(x, 3, 2, padding), x)
+  np.testing.assert_array_equal(y, want)
+  ct = jax.random.normal(jax.random.key(1), y.shape)
+  np.testing.assert_allclose(got_vjp(ct)[0], ref_vjp(ct)[0], rtol=0, atol=1e-6)
+
+
+def test_tiny_xception_jitted_gradients_same_with_either_max_pool(monkeypatch):
+  # Under jit XLA may compute a pool's input twice with different rounding; the gradient must not
+  # depend on finding the max again by comparison (it once dropped most of them).
+  x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+  grads = []
+  for pool in (layers.max_pool, _xla_max_pool):
+    monkeypatch.setattr(layers, "max_pool", pool)
+    model = models.create("xception", 2, width=0.125, middle_blocks=1, dropout=0.0)
+    g = nnx.jit(nnx.grad(lambda m, x: jnp.sum(m(x) ** 2)))(model, x)
+    grads.append(jax.tree.leaves(nnx.to_pure_dict(g)))
+  scale = max(float(np.abs(b).max()) for b in grads[1])
+  for a, b in zip(*grads):
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-4 * scale)
+
+
 def test_tiny_xception_same_output_with_either_depthwise_impl():
   x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
   a = models.create("xception", 2, width=0.125, middle_blocks=1, depthwise="shift")

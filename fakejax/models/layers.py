@@ -202,4 +202,64 @@ def global_avg_pool(x):
   return jnp.mean(x, axis=(1, 2))
 
 
-max_pool_same = functools.partial(nnx.max_pool, window_shape=(3, 3), strides=(2, 2), padding="SAME")
+def max_pool(x, window=3, stride=2, padding="SAME"):
+  """Square max pooling over NHWC.
+
+  On CPU the forward outside training is XLA's reduce_window, and the gradient is computed tap by
+  tap (below): XLA's CPU select-and-scatter takes 3-4x longer (docs/performance.md). Elsewhere
+  XLA's own.
+  """
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(x.shape[1:3], (window, window), (stride, stride), padding)
+  padding = tuple(tuple(p) for p in padding)
+  if jax.default_backend() != "cpu":
+    return nnx.max_pool(x, (window, window), (stride, stride), padding=padding)
+  return _tap_max_pool(x, window, stride, padding)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _tap_max_pool(x, window, stride, padding):
+  return nnx.max_pool(x, (window, window), (stride, stride), padding=padding)
+
+
+def _tap_max_pool_fwd(x, window, stride, padding):
+  """The max over window*window strided taps, and which tap held it first (row-major).
+
+  The gradient follows that index, XLA's select-and-scatter rule. It must not be found again by
+  comparing the output with its input in the backward pass: XLA may compute the input twice, with
+  different rounding, and the comparison would then drop gradients.
+  """
+  (top, bottom), (left, right) = padding
+  xp = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=-jnp.inf)
+  oh = (xp.shape[1] - window) // stride + 1
+  ow = (xp.shape[2] - window) // stride + 1
+  y = first = None
+  for k in range(window * window):
+    i, j = divmod(k, window)
+    v = lax.slice(xp, (0, i, j, 0), (x.shape[0], i + (oh - 1) * stride + 1,
+                                     j + (ow - 1) * stride + 1, x.shape[3]), (1, stride, stride, 1))
+    if y is None:
+      y, first = v, jnp.zeros(v.shape, jnp.int32)
+    else:
+      later = v > y
+      y, first = jnp.where(later, v, y), jnp.where(later, k, first)
+  return y, (first, jnp.zeros(x.shape[1:3] + (0,), x.dtype))  # The second only carries H, W.
+
+
+def _tap_max_pool_bwd(window, stride, padding, res, g):
+  first, hw = res
+  (top, bottom), (left, right) = padding
+  hp, wp = hw.shape[0] + top + bottom, hw.shape[1] + left + right
+  _, oh, ow, _ = g.shape
+  zero = jnp.zeros((), g.dtype)
+  dxp = None
+  for k in range(window * window):  # Each tap's share, scattered back to its strided positions.
+    i, j = divmod(k, window)
+    part = lax.pad(jnp.where(first == k, g, zero), zero,
+                   ((0, 0, 0), (i, hp - i - (oh - 1) * stride - 1, stride - 1),
+                    (j, wp - j - (ow - 1) * stride - 1, stride - 1), (0, 0, 0)))
+    dxp = part if dxp is None else dxp + part
+  return (dxp[:, top:top + hw.shape[0], left:left + hw.shape[1]],)
+
+
+_tap_max_pool.defvjp(_tap_max_pool_fwd, _tap_max_pool_bwd)

@@ -57,7 +57,7 @@ class ResNet(nnx.Module):
   def __call__(self, x, *, rngs=None, return_features=False):
     feats = {}
     x = self.stem(x)
-    x = nnx.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    x = layers.max_pool(x, padding=((1, 1), (1, 1)))
     feats["stem"] = x
     for i, stage in enumerate(self.stages):
       for blk in stage:

@@ -31,7 +31,7 @@ class EntryBlock(nnx.Module):
     x = nnx.relu(x) if self.relu_first else x
     x = nnx.relu(self.bn1(self.sep1(x)))
     x = self.bn2(self.sep2(x))
-    return layers.max_pool_same(x) + r
+    return layers.max_pool(x) + r
 
 
 class MiddleBlock(nnx.Module):
