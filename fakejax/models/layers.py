@@ -7,6 +7,8 @@ tens. XLA's CPU 1x1 convolution is 2-4x slower than its matrix multiply (its
 filter gradient more), so on CPU a 1x1 convolution is a reshape and a matrix
 multiply. On GPU/TPU XLA's convolutions (cuDNN) stay. All are exposed through
 nnx.Conv's `conv_general_dilated` hook, so parameters look like any nnx.Conv.
+Two gradients get their own CPU code for the same reason: the depthwise filter
+gradient (cache-sized blocks) and max pooling (by tap index).
 """
 
 import functools
