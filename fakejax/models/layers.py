@@ -208,7 +208,7 @@ def max_pool(x, window=3, stride=2, padding="SAME"):
   """Square max pooling over NHWC.
 
   On CPU the forward outside training is XLA's reduce_window, and the gradient is computed tap by
-  tap (below): XLA's CPU select-and-scatter takes 3-4x longer (docs/performance.md). Elsewhere
+  tap (below): XLA's CPU select-and-scatter takes 5x longer (docs/performance.md). Elsewhere
   XLA's own.
   """
   if isinstance(padding, str):
@@ -241,7 +241,7 @@ def _tap_max_pool_fwd(x, window, stride, padding):
     v = lax.slice(xp, (0, i, j, 0), (x.shape[0], i + (oh - 1) * stride + 1,
                                      j + (ow - 1) * stride + 1, x.shape[3]), (1, stride, stride, 1))
     if y is None:
-      y, first = v, jnp.zeros(v.shape, jnp.int32)
+      y, first = v, jnp.zeros(v.shape, jnp.int8 if window * window < 128 else jnp.int32)
     else:
       later = v > y
       y, first = jnp.where(later, v, y), jnp.where(later, k, first)
