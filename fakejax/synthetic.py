@@ -14,9 +14,16 @@ quantised the same way and stored through the same (lossless PNG) builder.
 Everything is numpy and deterministic from a seed; no download.
 """
 
+import functools
+
 import numpy as np
 
-CATEGORIES = ("leaves", "blocks", "clouds")
+from fakejax import cli
+
+# Content categories, each with its own statistics (spectral slope, edges, colour, contrast).
+# The first three are the default benchmark; the content-diversity study uses all of them.
+CATEGORIES = ("leaves", "blocks", "clouds", "stripes", "bokeh", "rings", "mosaic", "grain", "sky")
+DEFAULT_CATEGORIES = CATEGORIES[:3]
 FAMILIES = ("tconv", "nn_conv", "bilinear_conv", "pixel_shuffle")
 SENSOR_NOISE = 2.0  # std of the sensor noise, in 8-bit levels, added to real and fake alike.
 
@@ -79,6 +86,66 @@ def _clouds(rng, size):
   return (img * rng.uniform(25, 50) + rng.uniform(60, 190, 3)).astype(np.float32)
 
 
+def _stripes(rng, size):
+  """Man-made regular structure: a few oriented gratings, each in its own band of the image."""
+  yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+  img = np.empty((size, size, 3), np.float32)
+  img[:] = rng.uniform(40, 215, 3)
+  edges = np.sort(rng.uniform(0, size, rng.integers(1, 4)))
+  band = np.searchsorted(edges, yy if rng.uniform() < 0.5 else xx)
+  for b in range(len(edges) + 1):
+    g = _texture(rng, size, size)[..., None] * rng.uniform(30, 90) + rng.uniform(40, 215, 3)
+    img = np.where((band == b)[..., None], g, img)
+  return img
+
+
+def _bokeh(rng, size):
+  """Defocused light: overlapping soft Gaussian discs, almost no high frequencies."""
+  yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+  img = np.zeros((size, size, 3), np.float32) + rng.uniform(0, 60, 3)
+  for _ in range(rng.integers(6, 16)):
+    cy, cx = rng.uniform(0, size, 2)
+    r = rng.uniform(size / 16, size / 4)
+    img += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r**2))[..., None] * rng.uniform(20, 140, 3)
+  return np.clip(img, 0, 255)
+
+
+def _rings(rng, size):
+  """Concentric rings around a few centres: radial structure, chirp-like spectra."""
+  yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+  img = np.zeros((size, size, 3), np.float32)
+  for _ in range(rng.integers(1, 4)):
+    cy, cx = rng.uniform(0, size, 2)
+    rad = np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2)
+    img += np.sin(rad * rng.uniform(0.15, 0.8) + rng.uniform(0, 2 * np.pi))[..., None] * rng.uniform(15, 45, 3)
+  return img + rng.uniform(70, 185, 3)
+
+
+def _mosaic(rng, size):
+  """Voronoi cells of flat colour: sharp edges between constant regions."""
+  yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+  n = int(rng.integers(8, 40))
+  pts = rng.uniform(0, size, (n, 2))
+  d = (yy[..., None] - pts[:, 0]) ** 2 + (xx[..., None] - pts[:, 1]) ** 2
+  return rng.uniform(0, 255, (n, 3)).astype(np.float32)[d.argmin(-1)]
+
+
+def _grain(rng, size):
+  """Fine isotropic texture (sand, foliage at a distance): a nearly flat spectrum."""
+  base = rng.uniform(60, 190, 3)
+  noise = rng.normal(size=(size, size, 1)) * rng.uniform(15, 40)
+  tint = rng.normal(size=(size, size, 3)) * rng.uniform(2, 8)
+  return (base + noise + tint).astype(np.float32)
+
+
+def _sky(rng, size):
+  """A smooth vertical gradient with faint clouds: low contrast, steep spectrum."""
+  t = np.linspace(0, 1, size, dtype=np.float32)[:, None, None]
+  top, bottom = rng.uniform(80, 230, 3), rng.uniform(80, 230, 3)
+  img = top * (1 - t) + bottom * t + np.zeros((size, size, 3), np.float32)
+  return img + 0.25 * (_clouds(rng, size) - 128)
+
+
 def real_image(rng, size, category):
   """A clean (noise-free, float) real image of one content category."""
   if category == "leaves":
@@ -87,7 +154,11 @@ def real_image(rng, size, category):
     return _dead_leaves(rng, size, "rect")
   if category == "clouds":
     return _clouds(rng, size)
-  raise ValueError(f"Unknown synthetic category {category!r}; known: {', '.join(CATEGORIES)}")
+  makers = {"stripes": _stripes, "bokeh": _bokeh, "rings": _rings, "mosaic": _mosaic,
+            "grain": _grain, "sky": _sky}
+  if category in makers:
+    return makers[category](rng, size)
+  raise cli.UserError(f"Unknown synthetic category {category!r}; known: {', '.join(CATEGORIES)}")
 
 
 # ---------------------------------------------------------------------------
@@ -122,7 +193,7 @@ class Family:
 
   def __init__(self, name, seed=0):
     if name not in FAMILIES:
-      raise ValueError(f"Unknown generator family {name!r}; known: {', '.join(FAMILIES)}")
+      raise cli.UserError(f"Unknown generator family {name!r}; known: {', '.join(FAMILIES)}")
     self.name = name
     rng = np.random.default_rng([seed, FAMILIES.index(name)])
     self.mix = np.eye(3) + 0.08 * rng.normal(size=(3, 3))
@@ -177,7 +248,33 @@ def finish(img, rng):
   return np.clip(np.round(img), 0, 255).astype(np.uint8)
 
 
-def generate(split_counts, size=64, seed=0, categories=CATEGORIES, families=FAMILIES):
+@functools.lru_cache(maxsize=64)
+def _family(name, seed):
+  return Family(name, seed)
+
+
+def generate_one(split_counts, size, seed, families, split, category, i):
+  """The i-th real image of a split and category, then its fake from each family.
+
+  Each real image has its own seed, so any image can be made alone (in any process).
+
+  Returns:
+    [dict(image=uint8 HxWx3, source=family or 'real', category=..., name=...)].
+  """
+  if size % 2:
+    raise cli.UserError(f"synthetic image size must be even, got {size}")
+  s_idx = sorted(split_counts).index(split)
+  rng = np.random.default_rng([seed, s_idx, CATEGORIES.index(category), i])
+  real = real_image(rng, size, category)
+  name = f"{split}/{category}/{i:06d}"
+  out = [dict(image=finish(real, rng), source="real", category=category, name=f"{name}_real")]
+  for f in families:
+    out.append(dict(image=finish(_family(f, seed)(real), rng), source=f, category=category,
+                    name=f"{name}_{f}"))
+  return out
+
+
+def generate(split_counts, size=64, seed=0, categories=DEFAULT_CATEGORIES, families=FAMILIES):
   """Yields (split, example) pairs of the synthetic benchmark.
 
   Args:
@@ -191,16 +288,8 @@ def generate(split_counts, size=64, seed=0, categories=CATEGORIES, families=FAMI
   Yields:
     (split, dict(image=uint8 HxWx3, source=family or 'real', category=..., name=...)).
   """
-  if size % 2:
-    raise ValueError(f"synthetic image size must be even, got {size}")
-  gens = [Family(f, seed) for f in families]
-  for s_idx, (split, count) in enumerate(sorted(split_counts.items())):
-    for c_idx, cat in enumerate(categories):
+  for split, count in sorted(split_counts.items()):
+    for cat in categories:
       for i in range(count):
-        rng = np.random.default_rng([seed, s_idx, CATEGORIES.index(cat), i])
-        real = real_image(rng, size, cat)
-        name = f"{split}/{cat}/{i:06d}"
-        yield split, dict(image=finish(real, rng), source="real", category=cat, name=f"{name}_real")
-        for g in gens:
-          yield split, dict(image=finish(g(real), rng), source=g.name, category=cat,
-                            name=f"{name}_{g.name}")
+        for ex in generate_one(split_counts, size, seed, tuple(families), split, cat, i):
+          yield split, ex

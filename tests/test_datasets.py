@@ -1,4 +1,4 @@
-"""Dataset preparation: layouts, lossless pixels, bad files, bias and leakage reports."""
+"""Dataset preparation: published layouts as mirrors, lossless pixels, bad files, bias and leakage."""
 
 import json
 import os
@@ -22,37 +22,208 @@ def _rand(seed, h=24, w=20):
   return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
+def _tree(root, folders, n=2, start=0):
+  """n distinct tiny PNGs in each folder (relative paths); returns the next free seed."""
+  seed = start
+  for d in folders:
+    for i in range(n):
+      _png(os.path.join(root, d, f"{i:04d}.png"), _rand(seed, 12, 12))
+      seed += 1
+  return seed
+
+
 def _read_all(ds, split):
-  src = ds.source(split)
-  return {src[i]["path"].decode(): src[i] for i in range(len(src))}
+  """{path: (record, index row)} of a split."""
+  src, idx = ds.source(split), ds.index(split)
+  return {idx["path"][i]: (src[i], {k: v[i] for k, v in idx.items()}) for i in range(len(src))}
 
 
-@pytest.mark.parametrize("spill", [False, True], ids=["in_memory", "spilled_to_disk"])
-def test_lossless_round_trip(tmp_path, monkeypatch, spill):
-  """Exact pixels back, also when the build spills its shuffle buffer to disk (big datasets)."""
+# ---------------------------------------------------------------------------
+# Layouts, each as a mirror of the published tree.
+# ---------------------------------------------------------------------------
+CNNDET_CATS = ("airplane", "bicycle", "car")
+
+
+def _cnndetection(root):
+  """CNNDetection as released: ProGAN train/val by LSUN category; test by generator, four of
+  them (progan, stylegan, stylegan2, cyclegan) split again by category, the others flat."""
+  folders = []
+  for split in ("train", "val"):
+    folders += [f"{split}/{c}/{l}" for c in CNNDET_CATS for l in ("0_real", "1_fake")]
+  nested = {"progan": CNNDET_CATS, "stylegan": ("bedroom", "car"), "stylegan2": ("church",),
+            "cyclegan": ("apple", "horse")}
+  for g, cats in nested.items():
+    folders += [f"test/{g}/{c}/{l}" for c in cats for l in ("0_real", "1_fake")]
+  for g in ("biggan", "gaugan", "deepfake"):
+    folders += [f"test/{g}/{l}" for l in ("0_real", "1_fake")]
+  _tree(root, folders)
+  return nested
+
+
+def test_cnndetection_mirror(tmp_path):
+  root = str(tmp_path / "CNNDetection")
+  nested = _cnndetection(root)
+  layout, classes, items, _ = datasets.scan(root)
+  assert layout == "cnndetection"
+  assert classes == ("real",) + tuple(sorted(list(nested) + ["biggan", "gaugan", "deepfake"]))
+  train = [i for i in items if i.split == "train"]
+  assert {i.source for i in train if i.class_name != "real"} == {"progan"}  # --train_source.
+  assert {i.category for i in train} == set(CNNDET_CATS)
+  assert {i.group for i in train if i.class_name == "real"} == {"progan"}
+  test = {i.path: i for i in items if i.split == "test"}
+  one = test[os.path.join("test", "stylegan", "bedroom", "1_fake", "0000.png")]
+  assert (one.source, one.category, one.class_name) == ("stylegan", "bedroom", "stylegan")
+  real = test[os.path.join("test", "biggan", "0_real", "0001.png")]
+  assert (real.source, real.group, real.category, real.class_name) == ("real", "biggan", "", "real")
+
+  ds, summary = datasets.prepare_folder(root, str(tmp_path / "out"), workers=0)
+  assert ds.splits == ("train", "val", "test") and summary["counts"]["test"] == len(test)
+  rows = dict(ds.test_sets("test", "source"))
+  idx = ds.index("test")
+  assert sorted(rows) == sorted(list(nested) + ["biggan", "gaugan", "deepfake"])
+  for g, sel in rows.items():  # Each generator against the reals of its own folder.
+    n_cats = len(nested.get(g, ("",)))
+    assert (idx["label"][sel] == 0).sum() == 2 * n_cats and (idx["label"][sel] == 1).sum() == 2 * n_cats
+    assert set(idx["group"][sel][idx["label"][sel] == 0]) == {g}
+  cats = dict(ds.test_sets("test", "category", sources=("progan", "stylegan")))
+  assert sorted(cats) == sorted({"airplane", "bicycle", "car", "bedroom"})
+  car = cats["car"]  # progan's and stylegan's cars, each with their own real cars.
+  assert (idx["label"][car] == 0).sum() == 4 and set(idx["source"][car]) == {"real", "progan", "stylegan"}
+
+
+def test_universalfakedetect_mirror_with_declared_pairs(tmp_path):
+  root = str(tmp_path / "diffusion_datasets")
+  gens = ("guided", "ldm_200", "ldm_200_cfg", "glide_100_27", "dalle")
+  _tree(root, [f"{g}/1_fake" for g in gens] + ["laion/0_real", "imagenet/0_real"], n=2)
+  _png(os.path.join(root, "laion", "0_real", "extra.png"), _rand(999, 12, 12))  # 3 LAION reals.
+  layout, _, items, _ = datasets.scan(root)
+  assert layout == "universalfakedetect" and {i.split for i in items} == {"test"}
+  with pytest.raises(datasets.LayoutError, match=r"real folder\(s\) \['coco'\]"):
+    datasets.prepare_folder(root, str(tmp_path / "bad"), pairs=datasets.parse_pairs(["guided=coco"]))
+  ds, summary = datasets.prepare_folder(
+      root, str(tmp_path / "out"), pairs=datasets.parse_pairs(["guided=imagenet", "*=laion"]))
+  assert summary["pairs"] == {"guided": ["imagenet"], "*": ["laion"]} == ds.pairs  # Stored.
+  idx = ds.index("test")
+  rows = dict(ds.test_sets("test", "source"))
+  assert sorted(rows) == sorted(gens)
+  assert set(idx["group"][rows["guided"]][idx["label"][rows["guided"]] == 0]) == {"imagenet"}
+  for g in gens[1:]:
+    reals = idx["label"][rows[g]] == 0
+    assert reals.sum() == 3 and set(idx["group"][rows[g]][reals]) == {"laion"}
+  # Without a declared pair the generators have no reals of their own: a clear error naming one.
+  plain, _ = datasets.prepare_folder(root, str(tmp_path / "unpaired"))
+  with pytest.raises(datasets.DatasetError, match=r"No real images pair with generator 'dalle'.*--pair dalle="):
+    plain.test_sets("test", "source")
+
+
+def test_genimage_mirror(tmp_path):
+  root = str(tmp_path / "GenImage")
+  _tree(root, [f"{g}/imagenet_ai_{g.lower()}/{s}/{l}" for g in ("ADM", "BigGAN")
+               for s in ("train", "val") for l in ("ai", "nature")])
+  _tree(root, [f"Midjourney/{s}/{l}" for s in ("train", "val") for l in ("ai", "nature")], start=500)
+  layout, classes, items, _ = datasets.scan(root)
+  assert layout == "genimage" and classes == ("real", "ADM", "BigGAN", "Midjourney")
+  assert {i.split for i in items} == {"train", "val"}
+  ds, _ = datasets.prepare_folder(root, str(tmp_path / "out"))
+  rows = dict(ds.test_sets("val", "source"))
+  idx = ds.index("val")
+  for g, sel in rows.items():
+    assert set(idx["group"][sel][idx["label"][sel] == 0]) == {g} and len(sel) == 4
+
+
+@pytest.mark.parametrize("tree,expected", [
+    # Label above the split, generator above both.
+    ({"stylegan/real/train": 2, "stylegan/fake/train": 2, "stylegan/real/test": 1, "stylegan/fake/test": 1},
+     {("train", "fake", "stylegan", ""), ("test", "real", "real", "")}),
+    # Split first, then a domain and a generator, CNNDetection's label folders.
+    ({"train/faces/sg2/0_real": 2, "train/faces/sg2/1_fake": 2, "test/cats/sg3/1_fake": 1,
+      "test/cats/sg3/0_real": 1},
+     {("train", "fake", "faces", "sg2"), ("test", "real", "real", "sg3")}),
+], ids=["label_then_split", "split_domain_generator"])
+def test_general_rule_on_unlisted_trees(tmp_path, tree, expected):
+  root = str(tmp_path / "t")
+  seed = 0
+  for folder, n in tree.items():
+    seed = _tree(root, [folder], n=n, start=seed)
+  layout, _, items, _ = datasets.scan(root)
+  assert layout == "general"
+  got = {(i.split, "real" if i.class_name == "real" else "fake", i.source, i.category) for i in items}
+  assert expected <= got
+  ds, _ = datasets.prepare_folder(root, str(tmp_path / "out"))
+  assert len(ds.test_sets("test", "source")) == 1
+
+
+def test_ambiguous_and_unknown_trees_are_clear_errors(tmp_path):
+  root = str(tmp_path / "amb")
+  _tree(root, ["a/real", "a/fake", "b/misc"])  # b/misc has no real/fake folder.
+  with pytest.raises(datasets.LayoutError) as e:
+    datasets.scan(root)
+  msg = str(e.value)
+  assert "matches no known layout" in msg and "b/misc/0000.png: no real/fake folder" in msg
+  assert "a/real/: 2 image(s)" in msg and "cnndetection:" in msg and "general:" in msg
+  mixed = str(tmp_path / "mixed")  # Some images under a split folder, some not.
+  _tree(mixed, ["train/x/real", "x/fake"])
+  with pytest.raises(datasets.LayoutError, match="which split is it"):
+    datasets.scan(mixed)
+  with pytest.raises(datasets.LayoutError, match="does not have the 'cnndetection' layout"):
+    datasets.scan(mixed, "cnndetection")
+
+
+def test_binary_and_attribution_layouts(tmp_path):
+  root = str(tmp_path / "bin")
+  _tree(root, ["real", "fake/sub"], n=6)
+  layout, classes, items, _ = datasets.scan(root)
+  assert layout == "binary" and classes == ("real", "fake")
+  assert {i.source for i in items} == {"real", "fake"} and {i.category for i in items} == {"", "sub"}
+  attr = str(tmp_path / "attr")
+  _tree(attr, [f"{s}/{c}" for s in ("train", "val", "test") for c in ("stylegan", "real", "pggan")])
+  layout, classes, _, _ = datasets.scan(attr)
+  assert layout == "attribution" and classes == ("real", "pggan", "stylegan")  # 'real' first: class 0.
+  ds, _ = datasets.prepare_folder(attr, str(tmp_path / "out"))
+  idx = ds.index("val")
+  for src, cl, lab in zip(idx["source"], idx["class_label"], idx["label"]):
+    assert classes[cl] == src and lab == (src != "real")
+
+
+# ---------------------------------------------------------------------------
+# Pixels, speed, bad files, reports.
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("storage,spill,workers", [("png", False, 0), ("raw", True, 2)],
+                         ids=["png_in_memory", "raw_spilled_2_workers"])
+def test_lossless_round_trip(tmp_path, monkeypatch, storage, spill, workers):
+  """Exact pixels back in either storage, also when the build spills to disk and runs in
+  worker processes (the records and their order do not depend on the number of workers)."""
   if spill:
-    monkeypatch.setattr(datasets, "SHUFFLE_MEMORY_BYTES", 1)
+    monkeypatch.setattr(datasets.builder, "SHUFFLE_MEMORY_BYTES", 1)
   root = tmp_path / "imgs"
   originals = {}
   for cls in ("real", "fake"):
     for i in range(12):
-      arr = _rand(100 * (cls == "fake") + i)  # Distinct seeds (hash() of str varies per process).
+      arr = _rand(100 * (cls == "fake") + i)
       rel = f"{cls}/img{i}.png"
       _png(str(root / rel), arr)
       originals[rel] = arr
   _png(str(root / "real/photo.jpg"), _rand(7), quality=80)
   with Image.open(root / "real/photo.jpg") as im:
     originals["real/photo.jpg"] = np.asarray(im.convert("RGB"))
-  ds, summary = datasets.prepare_folder(str(root), str(tmp_path / "out"), fractions=(1, 1, 1))
-  assert summary["layout"] == "binary"
+  ds, summary = datasets.prepare_folder(str(root), str(tmp_path / "out"), fractions=(1, 1, 1),
+                                        storage=storage, workers=workers)
+  assert summary["layout"] == "binary" and ds.storage == storage
+  assert summary["speed"]["workers"] == max(workers, 1) and summary["speed"]["bytes_on_disk"] > 0
   seen = {}
   for split in ds.splits:
     seen.update(_read_all(ds, split))
   assert set(seen) == set(originals)
-  for rel, ex in seen.items():
-    np.testing.assert_array_equal(datasets.decode_png(ex["image"]), originals[rel])
-    assert ex["label"] == (rel.startswith("fake"))
-  assert seen["real/photo.jpg"]["orig_format"].decode() == "JPEG"
+  for rel, (rec, row) in seen.items():
+    np.testing.assert_array_equal(ds.decode(rec), originals[rel])
+    assert rec["label"] == row["label"] == (rel.startswith("fake"))
+    assert (row["height"], row["width"]) == originals[rel].shape[:2]
+  assert seen["real/photo.jpg"][1]["format"] == "JPEG"
+  if workers:  # The same records in the same order as a build in this process.
+    ref, _ = datasets.prepare_folder(str(root), str(tmp_path / "ref"), fractions=(1, 1, 1),
+                                     storage=storage, workers=0)
+    for split in ds.splits:
+      assert list(ds.index(split)["hash"]) == list(ref.index(split)["hash"])
 
 
 def test_binary_split_is_deterministic():
@@ -62,50 +233,6 @@ def test_binary_split_is_deterministic():
   frac = {s: a.count(s) / len(a) for s in datasets.SPLITS}
   assert abs(frac["train"] - 0.56) < 0.04 and abs(frac["test"] - 0.2) < 0.04
   assert a != [datasets.hash_split(f"x/{i}.png", (0.56, 0.24, 0.2), 1) for i in range(2000)]
-
-
-def test_cnndetection_layout(tmp_path):
-  root = tmp_path / "cnn"
-  for split in ("train", "test"):
-    for g in ("car", "cat"):
-      for sub in ("0_real", "1_fake"):
-        for i in range(2):
-          _png(str(root / split / g / sub / f"{i}.png"), _rand(i))
-  layout, classes, items, _ = datasets.scan(str(root))
-  assert layout == "cnndetection" and classes == ("real", "fake")
-  assert len(items) == 16
-  fake = [i for i in items if i.class_name == "fake"]
-  assert {i.category for i in fake} == {"car", "cat"} and {i.source for i in fake} == {"car", "cat"}
-  assert all(i.source == "real" for i in items if i.class_name == "real")
-  ds, _ = datasets.prepare_folder(str(root), str(tmp_path / "out"))
-  assert ds.splits == ("train", "test")
-  idx = ds.index("test")
-  assert sorted(idx["category"]) == ["car"] * 4 + ["cat"] * 4
-
-
-def test_attribution_layout(tmp_path):
-  root = tmp_path / "attr"
-  for split in ("train", "val", "test"):
-    for cls in ("stylegan", "real", "pggan"):
-      for i in range(2):
-        _png(str(root / split / cls / f"{i}.png"), _rand(i + 10))
-  layout, classes, _, _ = datasets.scan(str(root))
-  assert layout == "attribution"
-  assert classes == ("real", "pggan", "stylegan")  # 'real' first: class 0.
-  ds, _ = datasets.prepare_folder(str(root), str(tmp_path / "out"))
-  idx = ds.index("val")
-  for src, cl, lab in zip(idx["source"], idx["class_label"], idx["label"]):
-    assert classes[cl] == src and lab == (src != "real")
-
-
-def test_empty_class_is_an_error_naming_the_folder(tmp_path):
-  root = tmp_path / "bin"
-  _png(str(root / "real/a.png"), _rand(1))
-  os.makedirs(root / "fake")
-  with pytest.raises(datasets.LayoutError, match=r"No images in .*fake.*expected layout 'binary'"):
-    datasets.scan(str(root))
-  with pytest.raises(datasets.LayoutError, match="Cannot tell the layout"):
-    datasets.scan(str(tmp_path / "bin" / "real"))
 
 
 def _bad_corpus(d):
@@ -149,11 +276,11 @@ def test_bad_file_corpus_is_skipped_with_reasons(tmp_path):
   saved = json.load(open(tmp_path / "out" / "build_summary.json"))
   assert saved["skipped"] == summary["skipped"]
   got = _read_all(ds, "train")
-  sixteen = datasets.decode_png(got["real/sixteen.png"]["image"])
+  sixteen = ds.decode(got["real/sixteen.png"][0])
   np.testing.assert_array_equal(sixteen[..., 0], np.arange(256).reshape(16, 16))  # >> 8 of v*257.
-  rgba = datasets.decode_png(got["real/rgba.png"]["image"])
+  rgba = ds.decode(got["real/rgba.png"][0])
   np.testing.assert_array_equal(rgba, _rand(3, 16, 16))  # Alpha dropped, colours kept exactly.
-  assert datasets.decode_png(got["real/cmyk.jpg"]["image"]).shape == (16, 16, 3)
+  assert ds.decode(got["real/cmyk.jpg"][0]).shape == (16, 16, 3)
 
 
 def test_format_bias_warning(tmp_path):
@@ -188,17 +315,25 @@ def test_leakage_report_and_dedup(tmp_path):
   assert "train/x/0_real/dup.png" in _read_all(ds, "train")
 
 
-def test_prepare_refuses_to_overwrite(tmp_path):
+def test_prepare_refuses_to_overwrite_and_clears_a_crashed_build(tmp_path):
   root = tmp_path / "r"
   for cls in ("real", "fake"):
     for i in range(4):
-      _png(str(root / cls / f"{i}.png"), _rand(i))
+      _png(str(root / cls / f"{i}.png"), _rand(i + 10 * (cls == "fake")))
   datasets.prepare_folder(str(root), str(tmp_path / "out"), fractions=(1, 1, 1))
   with pytest.raises(FileExistsError):
     datasets.prepare_folder(str(root), str(tmp_path / "out"), fractions=(1, 1, 1))
   assert datasets.Dataset(str(tmp_path / "out")).splits == ("train", "val", "test")
+  crashed = tmp_path / "crashed" / "fakejax_images" / "2.0.0"  # What a killed build leaves.
+  os.makedirs(crashed)
+  (crashed / "partial.array_record").write_bytes(b"junk")
+  ds, _ = datasets.prepare_folder(str(root), str(tmp_path / "crashed"), fractions=(1, 1, 1))
+  assert not (crashed / "partial.array_record").exists() and ds.splits == ("train", "val", "test")
 
 
+# ---------------------------------------------------------------------------
+# The synthetic benchmark.
+# ---------------------------------------------------------------------------
 def test_synthetic_is_deterministic_and_has_no_trivial_cue():
   a = list(synthetic.generate({"train": 6}, size=32, seed=1))
   b = list(synthetic.generate({"train": 6}, size=32, seed=1))
@@ -231,15 +366,37 @@ def test_synthetic_families_have_distinct_spectra():
       assert np.abs(mean[a][8:24, 8:24] - mean[b][8:24, 8:24]).mean() > 0.1, (a, b)
 
 
+def test_synthetic_categories_have_distinct_statistics():
+  """The content-diversity study needs >= 8 categories that differ in content statistics:
+  spectral slope, edge density and contrast of the real images."""
+  assert len(synthetic.CATEGORIES) >= 8
+  feats = {}
+  for cat in synthetic.CATEGORIES:
+    rows = []
+    for i in range(6):
+      g = synthetic.real_image(np.random.default_rng([3, i]), 64, cat).mean(-1)
+      p = np.abs(np.fft.fft2(g - g.mean())) ** 2
+      f = np.sqrt(np.fft.fftfreq(64)[:, None] ** 2 + np.fft.fftfreq(64)[None] ** 2)
+      m = (f > 0.02) & (f < 0.4)
+      slope = np.polyfit(np.log(f[m]), np.log(p[m] + 1e-9), 1)[0]
+      edges = np.mean(np.abs(np.diff(g, axis=1)) > 20)
+      rows.append((slope, edges, g.std() / 50))
+    feats[cat] = np.mean(rows, 0)
+  names = list(feats)
+  for i, a in enumerate(names):
+    for b in names[i + 1:]:
+      assert np.abs(feats[a] - feats[b]).max() > 0.1, (a, b, feats[a], feats[b])
+
+
 def test_synthetic_cache_reused_and_rebuilt_on_change(tiny_synthetic, data_root):
   again = datasets.synthetic_dataset(data_root, size=32, counts=(("train", 8), ("val", 4), ("test", 3)))
   assert again.path == tiny_synthetic.path
   other = datasets.synthetic_dataset(data_root, size=32, counts=(("train", 2), ("test", 1)), seed=5)
-  assert other.path != tiny_synthetic.path
+  assert other.path != tiny_synthetic.path and other.splits == ("train", "test")
   assert len(other.source("train")) == 2 * 3 * 5
   idx = tiny_synthetic.index("test")
   assert len(idx["label"]) == 3 * 3 * 5
-  assert set(idx["category"]) == set(synthetic.CATEGORIES)
+  assert set(idx["category"]) == set(synthetic.DEFAULT_CATEGORIES)
   sel = tiny_synthetic.select("test", sources=("nn_conv",), exclude_categories=("clouds",))
   assert set(idx["source"][sel]) == {"real", "nn_conv"} and "clouds" not in set(idx["category"][sel])
   with pytest.raises(ValueError, match="Unknown source"):
