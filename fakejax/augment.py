@@ -1,19 +1,23 @@
-"""Per-image augmentations on uint8 HxWx3 numpy arrays (run in grain workers).
+"""Image ops on uint8 HxWx3 numpy arrays: the one home of crops, flips, rotations, blur, JPEG
+and resizing, for training augmentation, test-time augmentation and the robustness protocol.
 
-Each op takes the image and a numpy Generator, so one seed gives one augmented
-batch. The defaults touch no pixel values: random crop and flip only. Resampling
-(resize, rotation, shift, zoom) is opt-in because it erases the up-sampling
-fingerprints a detector must see; blur + JPEG follow Wang et al. 2020
-(blur_prob / blur_sig / jpg_prob / jpg_qual).
+Random ops take a numpy Generator, so one seed gives one augmented batch. The training
+defaults touch no pixel values: random crop and flip only. Resampling (resize, rotation,
+shift, zoom) is opt-in because it erases the up-sampling fingerprints a detector must see;
+blur + JPEG follow Wang et al. 2020 (blur_prob / blur_sig / jpg_prob / jpg_qual).
 """
 
+import dataclasses
 import io
 
 import numpy as np
 from PIL import Image, ImageFilter
+from scipy import ndimage
+
+from fakejax import cli
 
 
-class TooSmall(ValueError):
+class TooSmall(cli.UserError):
   """An image smaller than the crop or patch the pipeline needs."""
 
 
@@ -83,7 +87,133 @@ def affine(img, rng, rotate=0.0, shift=0.0, zoom=0.0):
 
 
 def resize(img, size):
-  return np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
+  """Bilinear resize to size x size, or to (height, width) when `size` is a pair."""
+  h, w = (size, size) if np.isscalar(size) else size
+  return np.asarray(Image.fromarray(img).resize((int(w), int(h)), Image.BILINEAR))
+
+
+def rotate(img, angle):
+  """Rotation by `angle` degrees about the centre, same size, bilinear, edges extended.
+
+  What Keras' ImageDataGenerator(rotation_range=...) does (scipy, order 1, fill 'nearest'), as
+  in the test-time augmentation study.
+  """
+  if not angle:
+    return img
+  out = ndimage.rotate(img.astype(np.float32), angle, axes=(1, 0), reshape=False, order=1,
+                       mode="nearest")
+  return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def gamma(img, g):
+  """Gamma curve 255 * (x / 255) ** g."""
+  return np.clip(np.round(255.0 * (img / 255.0) ** g), 0, 255).astype(np.uint8)
+
+
+def gaussian_noise(img, std, rng):
+  """Additive Gaussian noise of `std` 8-bit levels."""
+  return np.clip(np.round(img + rng.normal(0, std, img.shape)), 0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------
+# Robustness protocol: one perturbation of a given kind and strength.
+# ---------------------------------------------------------------------------
+PERTURBATIONS = {
+    "jpeg": "JPEG re-compression at quality Q (PIL)",
+    "blur": "Gaussian blur of sigma S pixels",
+    "resize": "bilinear resize by factor F (0.5: half the side)",
+    "gamma": "gamma curve 255*(x/255)**G",
+    "noise": "additive Gaussian noise of std S (8-bit levels)",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Perturbation:
+  """One degradation of the robustness protocol, e.g. Perturbation('jpeg', 75)."""
+  kind: str
+  strength: float
+
+  def __post_init__(self):
+    if self.kind not in PERTURBATIONS:
+      raise cli.UserError(f"Unknown perturbation {self.kind!r}; known: {', '.join(PERTURBATIONS)}")
+
+  @property
+  def name(self):
+    return f"{self.kind}:{self.strength:g}"
+
+  def size_after(self, h, w):
+    if self.kind != "resize":
+      return h, w
+    return max(1, int(round(h * self.strength))), max(1, int(round(w * self.strength)))
+
+  def __call__(self, img, rng):
+    if self.kind == "jpeg":
+      return jpeg(img, self.strength)
+    if self.kind == "blur":
+      return gaussian_blur(img, self.strength)
+    if self.kind == "resize":
+      return resize(img, self.size_after(*img.shape[:2]))
+    if self.kind == "gamma":
+      return gamma(img, self.strength)
+    return gaussian_noise(img, self.strength, rng)
+
+
+def parse_perturbations(specs):
+  """['jpeg:95,75', 'blur:1,2'] -> [Perturbation('jpeg', 95), ...] in order."""
+  out = []
+  for spec in specs:
+    kind, sep, values = spec.partition(":")
+    if not sep or not values:
+      raise cli.UserError(f"--perturb {spec!r}: expected KIND:V1,V2,... with KIND one of "
+                       f"{', '.join(PERTURBATIONS)}")
+    try:
+      out += [Perturbation(kind, float(v)) for v in values.split(",")]
+    except ValueError as e:
+      raise cli.UserError(f"--perturb {spec!r}: {e}") from None
+  return out
+
+
+# ---------------------------------------------------------------------------
+# Test-time augmentation: the copies of an image whose predictions are averaged.
+# ---------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Copy:
+  """One test-time copy: optional horizontal flip, then a rotation in degrees."""
+  flip: bool = False
+  angle: float = 0.0
+
+  @property
+  def name(self):
+    return "identity" if not (self.flip or self.angle) else (
+        ("flip" if self.flip else "") + (f"rot{self.angle:+g}" if self.angle else ""))
+
+  def __call__(self, img):
+    return rotate(img[:, ::-1] if self.flip else img, self.angle)
+
+
+def tta_copies(specs, seed=0):
+  """The copies named by --tta, the identity first.
+
+  Specs: 'flip' (horizontal flip); 'rot=R' (rotated by +R and -R degrees); 'rand=R:N' (N
+  rotations by angles drawn uniformly from [-R, R], seeded - the study's rotation range).
+  """
+  copies = [Copy()]
+  for spec in specs:
+    kind, _, arg = spec.partition("=")
+    try:
+      if kind == "flip" and not arg:
+        copies.append(Copy(flip=True))
+      elif kind == "rot":
+        copies += [Copy(angle=float(arg)), Copy(angle=-float(arg))]
+      elif kind == "rand":
+        r, _, n = arg.partition(":")
+        angles = np.random.default_rng([seed, 104729]).uniform(-float(r), float(r), int(n or 4))
+        copies += [Copy(angle=round(float(a), 3)) for a in angles]
+      else:
+        raise ValueError("unknown kind")
+    except ValueError:
+      raise cli.UserError(f"--tta {spec!r}: expected flip, rot=DEGREES or rand=RANGE:N") from None
+  return tuple(dict.fromkeys(copies))
 
 
 def train_augment(img, rng, aug, size, too_small="error", name=""):
@@ -101,7 +231,7 @@ def train_augment(img, rng, aug, size, too_small="error", name=""):
     name: file name for error messages.
 
   Returns:
-    uint8 size x size x 3.
+    uint8 size x size x 3 (possibly a view of `img`).
   """
   if aug.resize:
     img = resize(img, aug.resize)
@@ -116,13 +246,4 @@ def train_augment(img, rng, aug, size, too_small="error", name=""):
     img = random_crop(img, size, rng) if aug.crop == "random" else center_crop(img, size)
   if aug.flip and rng.uniform() < aug.flip:
     img = img[:, ::-1]
-  return np.ascontiguousarray(img)
-
-
-def eval_preprocess(img, size, resize_to=0, too_small="error", name=""):
-  """Deterministic evaluation view: [resize] then centre crop to `size` (0: full image)."""
-  if resize_to:
-    img = resize(img, resize_to)
-  if size:
-    img = center_crop(fit(img, size, too_small, name), size)
-  return np.ascontiguousarray(img)
+  return img  # A view: batching copies it once, into the batch.

@@ -1,15 +1,16 @@
-"""grain input pipelines over the TFDS array_record datasets.
+"""The grain training pipeline over the TFDS array_record datasets.
 
-Train: seeded shuffle -> repeat -> per-process shard -> random_map(augment) ->
-batch(drop_remainder) -> [worker processes]. Its iterator state goes into the
+seeded shuffle -> repeat -> random_map(decode + augment) -> this process's part of each global
+batch -> batch -> [worker processes]. Augmentation randomness is drawn from the *global*
+position of an example in the stream, and each process takes a contiguous block of every
+global batch, so the global batch of a step - its examples, their order and their crops,
+flips, blur and JPEG - is the same on 1 process or N. The iterator state goes into the
 checkpoint, so a resumed run continues at the exact next batch.
 
-Eval: a fixed order where every example is seen exactly once; the last partial
-batch is padded and carries mask=0 for the padding.
-
-Batches are dicts of numpy arrays, process-local: `image` uint8 (B, H, W, 3)
-(normalisation happens on the device, which moves 4x fewer bytes), `label`
-int32 (B,), and for eval `mask` and `index`. Patch mode returns B*K patches.
+Batches are dicts of numpy arrays, process-local: `image` uint8 (B, H, W, 3) (normalisation
+happens on the device, which moves 4x fewer bytes), `label` int32 (B,) and `index` int32 (B,),
+the record index in the split. Patch mode returns B*K patches. Evaluation reads through
+fakejax.evaluator instead.
 """
 
 import dataclasses
@@ -19,7 +20,9 @@ import jax
 import numpy as np
 
 from fakejax import augment
-from fakejax import datasets
+from fakejax import cli
+from fakejax.datasets import images
+from fakejax.datasets import reader
 
 
 @dataclasses.dataclass
@@ -38,7 +41,7 @@ class Subset:
 def label_key(data_cfg):
   """The record field used as the label: binary real/fake or the attribution class."""
   if data_cfg.task not in ("binary", "attribution"):
-    raise ValueError(f"Unknown data.task {data_cfg.task!r}; known: binary, attribution")
+    raise cli.UserError(f"Unknown data.task {data_cfg.task!r}; known: binary, attribution")
   return "label" if data_cfg.task == "binary" else "class_label"
 
 
@@ -58,9 +61,61 @@ def balance(indices, labels, seed):
   return np.sort(np.concatenate(out))
 
 
-def _name(ex):
-  p = ex["path"]
-  return p.decode() if isinstance(p, bytes) else str(p)
+def validation_source(dataset, data_cfg):
+  """(split, record indices or None) the validation examples come from.
+
+  The dataset's 'val' split; for datasets released without one, a seeded `data.val_fraction`
+  of train (held out of training by `train_indices`).
+
+  Raises:
+    reader.DatasetError: before any training step, when there is neither.
+  """
+  if "val" in dataset.splits:
+    return "val", None
+  if not data_cfg.val_fraction:
+    raise reader.DatasetError(
+        f"{dataset.path} has no 'val' split (it has {', '.join(dataset.splits)}); set "
+        "--config.data.val_fraction=0.1 to hold out a seeded part of train for validation")
+  return "train", np.flatnonzero(_held_out(dataset, data_cfg))
+
+
+def _held_out(dataset, data_cfg):
+  """Mask over the train split of the records set aside for validation (val_fraction)."""
+  n = len(dataset.index("train")["label"])
+  mask = np.zeros(n, bool)
+  if "val" not in dataset.splits and data_cfg.val_fraction:
+    rng = np.random.default_rng([data_cfg.seed, 7919])
+    mask[rng.permutation(n)[:int(round(n * data_cfg.val_fraction))]] = True
+  return mask
+
+
+def train_indices(dataset, data_cfg, split="train"):
+  """Record indices of the training subset the config asks for."""
+  idx = dataset.select(split, tuple(data_cfg.train_sources), tuple(data_cfg.train_categories),
+                       tuple(data_cfg.exclude_categories))
+  if split == "train":
+    idx = idx[~_held_out(dataset, data_cfg)[idx]]
+  if data_cfg.train_per_category:
+    idx = per_group_subset(idx, dataset.index(split), data_cfg.train_per_category, data_cfg.seed)
+  if data_cfg.balance:
+    idx = balance(idx, dataset.index(split)[label_key(data_cfg)][idx], data_cfg.seed)
+  return idx
+
+
+def per_group_subset(indices, index, n, seed):
+  """A seeded subset of `indices` with at most `n` records per (category, source), sorted.
+
+  Args:
+    indices: record indices of a split.
+    index: that split's index columns (Dataset.index).
+    n: records kept per group.
+    seed: subset seed.
+  """
+  rng = np.random.default_rng([seed, 6449])
+  groups = np.char.add(np.char.add(index["category"][indices].astype(str), "/"),
+                       index["source"][indices].astype(str))
+  keep = [rng.permutation(indices[groups == g])[:n] for g in np.unique(groups)]
+  return np.sort(np.concatenate(keep)) if keep else indices
 
 
 @dataclasses.dataclass
@@ -70,37 +125,60 @@ class TrainTransform:
   size: int
   key: str
   too_small: str
+  storage: str
   patches: int = 0
   patch_size: int = 0
 
-  def __call__(self, ex, rng):
-    img = datasets.decode_png(ex["image"])
+  def __call__(self, item, rng):
+    i, ex = item
+    img = images.decode(ex["image"], ex["shape"], self.storage)
+    name = f"record {i}"
     if self.patches:
-      img = augment.train_augment(img, rng, self.aug, 0, self.too_small, _name(ex))
-      img = augment.fit(img, self.patch_size, self.too_small, _name(ex))
+      img = augment.train_augment(img, rng, self.aug, 0, self.too_small, name)
+      img = augment.fit(img, self.patch_size, self.too_small, name)
       img = augment.random_patches(img, self.patch_size, self.patches, rng)
     else:
-      img = augment.train_augment(img, rng, self.aug, self.size, self.too_small, _name(ex))
-    return {"image": img, "label": np.int32(ex[self.key])}
+      img = augment.train_augment(img, rng, self.aug, self.size, self.too_small, name)
+    return {"image": img, "label": np.int32(ex[self.key]), "index": np.int32(i)}
+
+
+@dataclasses.dataclass
+class _Indexed:
+  """Record i of a Subset, with its index in the split (for the batch's `index`)."""
+  subset: Subset
+
+  def __len__(self):
+    return len(self.subset)
+
+  def __getitem__(self, i):
+    return int(self.subset.indices[i]), self.subset[i]
+
+
+@dataclasses.dataclass
+class _ProcessPart:
+  """Element j of this process's stream: the examples [p*b, (p+1)*b) of every global batch."""
+  parent: object
+  global_batch: int
+  local_batch: int
+  process: int
+
+  def __len__(self):
+    return len(self.parent) // self.global_batch * self.local_batch
+
+  def __getitem__(self, j):
+    step, k = divmod(j, self.local_batch)
+    return self.parent[step * self.global_batch + self.process * self.local_batch + k]
 
 
 def _flatten_patches(batch):
-  """(B, K, P, P, 3) patches -> (B*K, P, P, 3), labels repeated K times."""
+  """(B, K, P, P, 3) patches -> (B*K, P, P, 3), labels and indices repeated K times."""
   b, k = batch["image"].shape[:2]
   return {"image": batch["image"].reshape((b * k,) + batch["image"].shape[2:]),
-          "label": np.repeat(batch["label"], k)}
+          "label": np.repeat(batch["label"], k), "index": np.repeat(batch["index"], k)}
 
 
-def train_indices(dataset, data_cfg, split="train"):
-  """Record indices of the training subset the config asks for."""
-  idx = dataset.select(split, tuple(data_cfg.train_sources), tuple(data_cfg.train_categories),
-                       tuple(data_cfg.exclude_categories))
-  if data_cfg.balance:
-    idx = balance(idx, dataset.index(split)[label_key(data_cfg)][idx], data_cfg.seed)
-  return idx
-
-
-def make_train_iter(dataset, data_cfg, aug_cfg, global_batch, seed):
+def make_train_iter(dataset, data_cfg, aug_cfg, global_batch, seed, process_index=None,
+                    process_count=None):
   """The training iterator (infinite, checkpointable).
 
   Args:
@@ -109,67 +187,27 @@ def make_train_iter(dataset, data_cfg, aug_cfg, global_batch, seed):
     aug_cfg: the config's `aug` block.
     global_batch: examples per step over all processes (patch mode: images).
     seed: shuffle and augmentation seed.
+    process_index, process_count: this process and how many (default: jax's).
 
   Returns:
     a grain DatasetIterator of process-local batches.
   """
-  nproc = jax.process_count()
+  nproc = jax.process_count() if process_count is None else process_count
+  proc = jax.process_index() if process_index is None else process_index
   if global_batch % nproc:
-    raise ValueError(f"Global batch {global_batch} is not divisible by the {nproc} processes")
-  src = Subset(dataset.source("train"), train_indices(dataset, data_cfg))
+    raise cli.UserError(f"Global batch {global_batch} is not divisible by the {nproc} processes")
+  src = _Indexed(Subset(dataset.source("train"), train_indices(dataset, data_cfg)))
   ds = grain.MapDataset.source(src).seed(seed).shuffle().repeat()
-  ds = ds[jax.process_index()::nproc]  # Each process reads only its own shard.
+  # Randomness from the global position, before this process takes its part of each batch.
   ds = ds.random_map(TrainTransform(aug_cfg, data_cfg.image_size, label_key(data_cfg),
-                                    data_cfg.too_small, data_cfg.patches_per_image,
+                                    data_cfg.too_small, dataset.storage, data_cfg.patches_per_image,
                                     data_cfg.patch_size))
-  ds = ds.batch(global_batch // nproc, drop_remainder=True)
+  local = global_batch // nproc
+  ds = grain.MapDataset.source(_ProcessPart(ds, global_batch, local, proc))
+  ds = ds.batch(local, drop_remainder=True)
   if data_cfg.patches_per_image:
     ds = ds.map(_flatten_patches)
   it = ds.to_iter_dataset()
   if data_cfg.workers:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_cfg.workers))
   return iter(it)
-
-
-@dataclasses.dataclass
-class EvalTransform:
-  """Index -> example for evaluation; indices past the end give masked padding."""
-  source: object
-  n: int
-  size: int
-  key: str
-  too_small: str
-  resize: int = 0
-
-  def __call__(self, i):
-    if i >= self.n:
-      return {"image": np.zeros((self.size, self.size, 3), np.uint8), "label": np.int32(0),
-              "mask": np.bool_(False), "index": np.int32(-1)}
-    ex = self.source[i]
-    img = augment.eval_preprocess(datasets.decode_png(ex["image"]), self.size, self.resize,
-                                  self.too_small, _name(ex))
-    return {"image": img, "label": np.int32(ex[self.key]), "mask": np.bool_(True),
-            "index": np.int32(i)}
-
-
-def make_eval_iter(source, data_cfg, global_batch, threads=4):
-  """Every record of `source` exactly once, in order, padded to whole batches.
-
-  Args:
-    source: a random-access source (e.g. a Subset).
-    data_cfg: the config's `data` block (image_size, task, too_small).
-    global_batch: examples per batch over all processes.
-    threads: decoding threads.
-
-  Returns:
-    an iterator of process-local batches with `mask` (False on padding) and
-    `index` (position in `source`, -1 on padding).
-  """
-  nproc = jax.process_count()
-  n = len(source)
-  padded = -(-n // global_batch) * global_batch
-  ds = grain.MapDataset.range(padded)[jax.process_index()::nproc]
-  ds = ds.map(EvalTransform(source, n, data_cfg.image_size, label_key(data_cfg), data_cfg.too_small,
-                            data_cfg.eval_resize))
-  ds = ds.batch(global_batch // nproc, drop_remainder=False)
-  return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=threads)))

@@ -25,18 +25,26 @@ def _same(a, b):
              for x, y in zip(a, b))
 
 
-def test_eval_pipeline_yields_every_example_once(tiny_synthetic):
+def test_process_shards_are_disjoint_cover_the_epoch_and_rebuild_the_global_batch(tiny_synthetic):
+  """2 processes: each step's two local batches are the 1-process global batch (same records,
+  order and augmentation draws), and an epoch's shards are disjoint and cover the data."""
   c = _cfg()
-  idx = tiny_synthetic.select("test")[:13]  # A prime count: never a whole number of batches.
-  src = input_pipeline.Subset(tiny_synthetic.source("test"), idx)
-  batches = list(input_pipeline.make_eval_iter(src, c.data, global_batch=8))
-  assert len(batches) == 2 and all(b["image"].shape == (8, 32, 32, 3) for b in batches)
-  mask = np.concatenate([b["mask"] for b in batches])
-  index = np.concatenate([b["index"] for b in batches])
-  assert mask.sum() == 13 and sorted(index[mask]) == list(range(13))
-  assert (index[~mask] == -1).all()
-  labels = np.concatenate([b["label"] for b in batches])[mask]
-  np.testing.assert_array_equal(labels, tiny_synthetic.index("test")["label"][idx])
+  c.aug.jpg_prob, c.aug.blur_prob = 0.5, 0.5
+  n = len(input_pipeline.train_indices(tiny_synthetic, c.data))
+  steps = n // 16
+  one = _take(input_pipeline.make_train_iter(tiny_synthetic, c.data, c.aug, 16, seed=2, process_index=0,
+                                             process_count=1), steps)
+  parts = [_take(input_pipeline.make_train_iter(tiny_synthetic, c.data, c.aug, 16, seed=2,
+                                                process_index=p, process_count=2), steps)
+           for p in range(2)]
+  seen = []
+  for s in range(steps):
+    joined = {k: np.concatenate([parts[0][s][k], parts[1][s][k]]) for k in one[s]}
+    assert _same([one[s]], [joined]) and np.array_equal(joined["index"], one[s]["index"])
+    assert not set(parts[0][s]["index"]) & set(parts[1][s]["index"])
+    seen += list(joined["index"])
+  assert len(seen) == len(set(seen)) == steps * 16  # No record twice within the epoch.
+  assert set(seen) <= set(input_pipeline.train_indices(tiny_synthetic, c.data))
 
 
 def test_same_seed_same_batches_and_restore(tiny_synthetic):
@@ -64,6 +72,31 @@ def test_worker_processes_give_the_same_batches(tiny_synthetic):
     assert _same(serial, _take(it, 4))
   finally:
     it.close()
+
+
+def test_validation_fraction_is_held_out_of_training(tiny_synthetic):
+  c = _cfg(train_sources=())
+  with pytest.raises(input_pipeline.reader.DatasetError, match="val_fraction"):
+    input_pipeline.validation_source(_NoVal(tiny_synthetic), c.data)
+  c.data.val_fraction = 0.25
+  split, held = input_pipeline.validation_source(_NoVal(tiny_synthetic), c.data)
+  train = input_pipeline.train_indices(_NoVal(tiny_synthetic), c.data)
+  total = len(tiny_synthetic.index("train")["label"])
+  assert split == "train" and len(held) == round(0.25 * total)
+  assert not set(held) & set(train) and len(held) + len(train) == total
+  again = input_pipeline.validation_source(_NoVal(tiny_synthetic), c.data)[1]
+  assert np.array_equal(held, again)  # Seeded.
+
+
+class _NoVal:
+  """A dataset as released without a validation split."""
+
+  def __init__(self, ds):
+    self._ds = ds
+    self.splits = ("train", "test")
+
+  def __getattr__(self, name):
+    return getattr(self._ds, name)
 
 
 def test_train_subset_and_balance(tiny_synthetic):
