@@ -46,23 +46,47 @@ def binary(labels, p_fake, threshold=0.5):
   }
 
 
-def attribution(labels, logits, class_names):
-  """Top-1 accuracy and confusion matrix (rows: true class, columns: predicted)."""
-  pred = np.asarray(logits).argmax(-1)
+def attribution(labels, scores, class_names):
+  """Top-1 accuracy and confusion matrix (rows: true class, columns: predicted) from per-class
+  scores (logits or probabilities)."""
+  pred = np.asarray(scores).argmax(-1)
   labels = np.asarray(labels)
   cm = skm.confusion_matrix(labels, pred, labels=range(len(class_names)))
   return {"top1": float((pred == labels).mean()), "n": int(len(labels)),
           "confusion": cm.tolist(), "classes": list(class_names)}
 
 
-def summarize(task, labels, logits, class_names, threshold=0.5):
-  """The metrics of a task from labels and logits; for attribution also real/fake ones."""
-  probs = softmax(np.asarray(logits, np.float64))
-  loss = {"loss": float(-np.log(probs[np.arange(len(labels)), np.asarray(labels)] + 1e-12).mean())}
-  if task == "binary":
-    return {**binary(labels, probs[:, 1], threshold), **loss}
-  out = {**attribution(labels, logits, class_names), **loss}
-  if "real" in class_names:  # Any non-real class counts as fake.
+def summarize(labels, probs, class_names, threshold=0.5, loss=True):
+  """The metrics of a test set from labels and per-image class probabilities.
+
+  Two classes: real/fake metrics on p_fake = probs[:, 1]. More (attribution): top-1 and the
+  confusion matrix, plus real/fake metrics where any non-real class counts as fake.
+
+  Args:
+    labels: (n,) class indices.
+    probs: (n, n_classes) probabilities (vote fractions in the voting modes).
+    class_names: the classes.
+    threshold: p_fake at or above which an image is fake.
+    loss: also report the cross-entropy (meaningless for vote fractions).
+  """
+  labels = np.asarray(labels)
+  probs = np.asarray(probs, np.float64)
+  out = {}
+  if loss:
+    out["loss"] = float(-np.log(probs[np.arange(len(labels)), labels] + 1e-12).mean())
+  if len(class_names) == 2:
+    return {**binary(labels, probs[:, 1], threshold), **out}
+  out.update(attribution(labels, probs, class_names))
+  if "real" in class_names:
     r = class_names.index("real")
-    out.update(binary(np.asarray(labels) != r, 1 - probs[:, r], threshold))
+    out.update(binary(labels != r, 1 - probs[:, r], threshold))
   return out
+
+
+def precision_recall(confusion):
+  """Per-class precision and recall of a confusion matrix (rows: true, columns: predicted)."""
+  cm = np.asarray(confusion, np.float64)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    precision = np.diag(cm) / cm.sum(0)
+    recall = np.diag(cm) / cm.sum(1)
+  return precision, recall

@@ -11,20 +11,51 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 from sklearn import metrics as skm  # pylint: disable=g-import-not-at-top
 from tensorboardX import SummaryWriter as _TBWriter  # pylint: disable=g-import-not-at-top
 
+from fakejax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
 
-class SummaryWriter:
-  """TensorBoard scalars under `workdir/tb` (tensorboardX: no TensorFlow needed)."""
 
-  def __init__(self, workdir):
-    self._w = _TBWriter(os.path.join(workdir, "tb"))
+class RunLog:
+  """What a training run writes for people: metrics.jsonl, TensorBoard events (tensorboardX:
+  no TensorFlow needed) and curves.png. On every process but one it writes nothing.
 
-  def scalars(self, prefix, row, step):
-    for k, v in row.items():
-      if k != "step" and isinstance(v, (int, float)):
-        self._w.add_scalar(f"{prefix}/{k}", v, step)
+  Args:
+    workdir: the run folder.
+    enabled: False on processes that must not write (sharding.is_main()).
+    resume_step: lines logged after this step are dropped (a killed run logged them; the
+      resumed run logs them again).
+  """
+
+  def __init__(self, workdir, enabled=True, resume_step=0):
+    self.enabled = enabled
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.curves = os.path.join(workdir, "curves.png")
+    if not enabled:
+      return
+    if os.path.exists(self.path):
+      with open(self.path) as f:
+        lines = [l for l in f if l.strip() and json.loads(l).get("step", 0) <= resume_step]
+      with open(self.path, "w") as f:
+        f.writelines(lines)
+    self._tb = _TBWriter(os.path.join(workdir, "tb"))
+
+  def log(self, rows, kind):
+    if not self.enabled:
+      return
+    with open(self.path, "a") as f:
+      for r in rows:
+        f.write(json.dumps({"kind": kind, **r}) + "\n")
+    for r in rows:
+      for k, v in r.items():
+        if k != "step" and isinstance(v, (int, float)):
+          self._tb.add_scalar(f"{kind}/{k}", v, r["step"])
+
+  def plot(self):
+    if self.enabled:
+      plot_curves(self.path, self.curves)
 
   def close(self):
-    self._w.close()
+    if self.enabled:
+      self._tb.close()
 
 
 def read_jsonl(path):
@@ -63,8 +94,9 @@ def plot_curves(metrics_path, out_png):
 # ---------------------------------------------------------------------------
 # Evaluation reports.
 # ---------------------------------------------------------------------------
-TABLE_COLUMNS = ("test_set", "n_real", "n_fake", "accuracy", "real_acc", "fake_acc", "ap", "auc",
-                 "eer", "top1", "patch_acc", "n_patches")
+TABLE_COLUMNS = ("test_set", "n_real", "n_fake", "accuracy", "plain_accuracy", "real_acc", "fake_acc",
+                 "ap", "plain_ap", "auc", "eer", "top1", "patch_acc", "n_patches")
+ROBUSTNESS_COLUMNS = ("perturbation", "strength", "test_set", "accuracy", "ap", "auc", "top1")
 
 
 def training_indicators(metrics_path):
@@ -89,19 +121,45 @@ def _fmt(v):
   return str(v)
 
 
-def write_tables(out, rows, info):
-  """report.json (everything), report.csv and report.md (the table)."""
+def _md_table(rows, cols):
+  cell = lambda r, c: f"{r[c]:g}" if c == "strength" else _fmt(r.get(c, ""))
+  lines = [f"| {' | '.join(cols)} |", "|" + "---|" * len(cols)]
+  return lines + [f"| {' | '.join(cell(r, c) for c in cols)} |" for r in rows]
+
+
+def write_tables(out, rows, info, robustness=()):
+  """report.json (everything), report.csv (the table) and report.md (the tables).
+
+  Args:
+    out: folder.
+    rows: one row per test set, the mean row last.
+    info: what was evaluated (mode, view, TTA, checkpoint, ...).
+    robustness: rows of the perturbed conditions ('perturbation', 'strength').
+  """
   cols = [c for c in TABLE_COLUMNS if any(c in r for r in rows)]
   with open(os.path.join(out, "report.json"), "w") as f:
-    json.dump({"info": info, "rows": rows}, f, indent=2)
+    json.dump({"info": info, "rows": rows, "robustness": list(robustness)}, f, indent=2)
   with open(os.path.join(out, "report.csv"), "w", newline="") as f:
     w = csv.writer(f)
     w.writerow(cols)
     for r in rows:
       w.writerow([r.get(c, "") for c in cols])
-  lines = [f"| {' | '.join(cols)} |", "|" + "---|" * len(cols)]
-  lines += [f"| {' | '.join(_fmt(r.get(c, '')) for c in cols)} |" for r in rows]
-  desc = f"mode={info['mode']}" + (f", patch={info['patch_size']}" if info.get("patch_size") else "")
+  lines = _md_table(rows, cols)
+  for r in rows:
+    if "confusion" in r:
+      prec, rec = metrics_lib.precision_recall(r["confusion"])
+      lines += ["", f"Per-class precision / recall ({r['test_set']}):", "",
+                "| class | precision | recall |", "|---|---|---|"]
+      lines += [f"| {c} | {_fmt(float(p))} | {_fmt(float(q))} |" for c, p, q in zip(r["classes"], prec, rec)]
+  if robustness:
+    rcols = [c for c in ROBUSTNESS_COLUMNS if any(c in r for r in robustness)]
+    lines += ["", "Robustness (each test set re-scored under each perturbation):", ""]
+    lines += _md_table(robustness, rcols)
+  view = info.get("view") or {}
+  desc = f"mode={info['mode']}" + (f", patch={view.get('patch_size')}" if info["mode"] in (
+      "grid", "random", "confident", "mean_logit", "mean_prob") else "")
+  if len(info.get("tta", ())) > 1:
+    desc += f", TTA over {len(info['tta'])} copies ({', '.join(info['tta'])}; plain_* = identity copy)"
   ind = info.get("training_indicators") or {}
   if ind:
     lines += ["", "Validation accuracy during training: best {best_val_accuracy:.4f}, mean of the 5 "
@@ -169,7 +227,7 @@ def plot_patch_heatmaps(items, patch_size, out_png, class_names):
   """Each image with its per-patch p_fake (grid modes) or its patch boxes (random mode).
 
   Args:
-    items: [(title, uint8 image, per-image result from inference.score_images)].
+    items: [(title, uint8 image, evaluator.Result)].
     patch_size: patch side.
     out_png: output file.
     class_names: the run's classes (p_fake = 1 - p(real)).
@@ -179,20 +237,213 @@ def plot_patch_heatmaps(items, patch_size, out_png, class_names):
   fig, axes = plt.subplots(1, len(items), figsize=(3.2 * len(items), 3.6), squeeze=False)
   for ax, (title, img, res) in zip(axes[0], items):
     ax.imshow(img)
-    logits = res["patch_logits"]
-    z = np.exp(logits - logits.max(-1, keepdims=True))
-    p_fake = 1 - (z / z.sum(-1, keepdims=True))[:, 0]
-    if res["grid"] is not None:
-      ny, nx = res["grid"]
+    p_fake = 1 - metrics_lib.softmax(np.asarray(res.patch_logits, np.float64))[:, 0]
+    if res.grid is not None:
+      ny, nx = res.grid
       heat = p_fake.reshape(ny, nx)
       ax.imshow(heat, cmap="coolwarm", vmin=0, vmax=1, alpha=0.45, interpolation="nearest",
                 extent=(0, nx * patch_size, ny * patch_size, 0))
       ax.set_xlim(0, img.shape[1])
       ax.set_ylim(img.shape[0], 0)
-    pred = class_names[res["pred"]] if len(class_names) > 2 else ("fake" if res["pred"] else "real")
-    ax.set_title(f"{title}\n{pred}, score {res['score']:.2f}", fontsize=8)
+    pred = class_names[res.pred] if len(class_names) > 2 else ("fake" if res.pred else "real")
+    ax.set_title(f"{title}\n{pred}, score {res.score:.2f}", fontsize=8)
     ax.axis("off")
   fig.tight_layout(rect=(0, 0.05, 1, 1))
   fig.text(0.5, 0.01, "overlay: per-patch p(fake), red = fake, blue = real", ha="center", fontsize=9)
+  fig.savefig(out_png, dpi=90)
+  plt.close(fig)
+
+
+def plot_confusion(confusion, class_names, out_png, title=""):
+  """Row-normalised confusion matrix (rows: true class) with the counts in the cells."""
+  cm = np.asarray(confusion, np.float64)
+  norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+  n = len(class_names)
+  fig, ax = plt.subplots(figsize=(0.9 * n + 2.8, 0.8 * n + 2.2))
+  im = ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
+  ax.set_xticks(range(n), class_names, rotation=30, ha="right")
+  ax.set_yticks(range(n), class_names)
+  ax.set_xlabel("predicted")
+  ax.set_ylabel("true")
+  for i in range(n):
+    for j in range(n):
+      ax.text(j, i, f"{int(cm[i, j])}\n{norm[i, j]:.0%}", ha="center", va="center", fontsize=8,
+              color="white" if norm[i, j] > 0.6 else "black")
+  fig.colorbar(im, ax=ax, fraction=0.04, label="share of the true class")
+  ax.set_title(title or "confusion matrix")
+  fig.tight_layout()
+  fig.savefig(out_png, dpi=90)
+  plt.close(fig)
+
+
+STRENGTH_LABELS = {"jpeg": "JPEG quality", "blur": "blur sigma (px)", "resize": "resize factor",
+                   "gamma": "gamma", "noise": "noise std (8-bit levels)"}
+
+
+def plot_robustness(plain, perturbed, out_png):
+  """Accuracy and AP against perturbation strength: one panel per kind, one line per test set.
+
+  The unperturbed score is drawn as a dotted line of the same colour.
+  """
+  kinds = list(dict.fromkeys(r["perturbation"] for r in perturbed))
+  metrics = [m for m in ("accuracy", "ap") if any(m in r for r in perturbed)] or ["top1"]
+  fig, axes = plt.subplots(len(metrics), len(kinds), figsize=(4 * len(kinds), 3.3 * len(metrics)),
+                           squeeze=False)
+  sets = list(dict.fromkeys(r["test_set"] for r in perturbed))
+  colours = plt.cm.tab10(np.arange(len(sets)) % 10)
+  for col, kind in enumerate(kinds):
+    for row, m in enumerate(metrics):
+      ax = axes[row, col]
+      for s, colour in zip(sets, colours):
+        pts = sorted((r["strength"], r[m]) for r in perturbed if r["perturbation"] == kind
+                     and r["test_set"] == s and m in r)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=colour, label=s)
+        base = next((r[m] for r in plain if r["test_set"] == s and m in r), None)
+        if base is not None:
+          ax.axhline(base, color=colour, ls=":", lw=1)
+      ax.set_xlabel(STRENGTH_LABELS.get(kind, f"{kind} strength"))
+      ax.set_ylabel(m)
+      ax.set_ylim(-0.02 if m != "accuracy" else 0.3, 1.02)
+      if kind == "jpeg":
+        ax.invert_xaxis()  # Lower quality = stronger.
+      if row == 0:
+        ax.set_title(kind)
+  axes[0, -1].legend(fontsize=7, loc="lower left")
+  fig.text(0.5, 0.005, "dotted: unperturbed", ha="center", fontsize=8)
+  fig.tight_layout(rect=(0, 0.03, 1, 1))
+  fig.savefig(out_png, dpi=90)
+  plt.close(fig)
+
+
+# ---------------------------------------------------------------------------
+# Explain: Grad-CAM grids, per-class mean maps, spectra (fakejax.explain).
+# ---------------------------------------------------------------------------
+def plot_gradcam_grid(rows, out_png, title=""):
+  """One row per image: the model's input, the Grad-CAM map, the overlay.
+
+  Args:
+    rows: [(text, uint8 image HxWx3, map in [0, 1] HxW, uint8 overlay HxWx3)].
+    out_png: output file.
+    title: figure title.
+  """
+  if not rows:
+    return
+  fig, axes = plt.subplots(len(rows), 3, figsize=(8.4, 2.7 * len(rows) + 0.4), squeeze=False)
+  for ax_row, (text, img, cam, over) in zip(axes, rows):
+    ax_row[0].imshow(img, interpolation="nearest")
+    ax_row[0].set_title(text, fontsize=7, loc="left")
+    im = ax_row[1].imshow(cam, cmap="jet", vmin=0, vmax=1, interpolation="nearest")
+    ax_row[2].imshow(over, interpolation="nearest")
+    for ax in ax_row:
+      ax.set_xticks([])
+      ax.set_yticks([])
+    fig.colorbar(im, ax=ax_row[1], fraction=0.046, pad=0.02)
+  for ax, name in zip(axes[-1], ("input", "Grad-CAM (max = 1)", "overlay")):
+    ax.set_xlabel(name, fontsize=8)
+  fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(out_png, dpi=90)
+  plt.close(fig)
+
+
+def plot_class_maps(maps, out_png, title=""):
+  """Mean Grad-CAM map of each class (top, one colour scale) and its difference from the mean
+  over the classes (bottom): what is particular to each generator.
+
+  Args:
+    maps: [(class name, mean map HxW, note)].
+    out_png: output file.
+    title: figure title.
+  """
+  n = len(maps)
+  rows = 2 if n > 1 else 1
+  fig, axes = plt.subplots(rows, n, figsize=(2.6 * n + 0.8, 2.6 * rows + 0.6), squeeze=False)
+  top = max(float(np.max(m)) for _, m, _ in maps) or 1.0
+  overall = np.mean([m for _, m, _ in maps], 0)
+  diff = max(float(np.max(np.abs(m - overall))) for _, m, _ in maps) or 1.0
+  for j, (name, m, note) in enumerate(maps):
+    im = axes[0, j].imshow(m, cmap="jet", vmin=0, vmax=top)
+    axes[0, j].set_title(f"{name}\n{note}", fontsize=8)
+    if rows > 1:
+      im2 = axes[1, j].imshow(m - overall, cmap="RdBu_r", vmin=-diff, vmax=diff)
+  for ax in axes.ravel():
+    ax.set_xticks([])
+    ax.set_yticks([])
+  axes[0, 0].set_ylabel("mean map", fontsize=8)
+  fig.colorbar(im, ax=axes[0, :].tolist(), fraction=0.02, pad=0.01)
+  if rows > 1:
+    axes[1, 0].set_ylabel("minus the mean\nover classes", fontsize=8)
+    fig.colorbar(im2, ax=axes[1, :].tolist(), fraction=0.02, pad=0.01)
+  fig.suptitle(title, fontsize=10)
+  fig.savefig(out_png, dpi=90, bbox_inches="tight")
+  plt.close(fig)
+
+
+def plot_spectra(spectra, freqs, out_png, title="", reference="real"):
+  """Mean residual spectrum (dB) of each class (top, one colour scale) and its difference from
+  the reference class (bottom): up-sampling peaks stand out against the real images.
+
+  The Nyquist row and column (-0.5 cycles/pixel) are drawn again at +0.5, so a period-2
+  pattern shows on both edges (corners for a checkerboard).
+
+  Args:
+    spectra: [(class name, centred dB spectrum SxS, number of images)], S even.
+    freqs: the S frequencies (cycles/pixel) of the rows and columns, from -0.5.
+    out_png: output file.
+    title: figure title.
+    reference: the class subtracted in the bottom row (left out when absent).
+  """
+  n = len(spectra)
+  wrap = lambda s: np.concatenate([np.concatenate([s, s[:1]], 0), np.concatenate([s, s[:1]], 0)[:, :1]], 1)
+  ref = next((s for c, s, _ in spectra if c == reference), None)
+  rows = 2 if ref is not None and n > 1 else 1
+  fig, axes = plt.subplots(rows, n, figsize=(2.7 * n + 0.8, 2.7 * rows + 0.6), squeeze=False)
+  d = freqs[1] - freqs[0]
+  extent = (freqs[0] - d / 2, 0.5 + d / 2, 0.5 + d / 2, freqs[0] - d / 2)
+  centre = len(freqs) // 2
+  values = np.concatenate([np.delete(s.ravel(), centre * len(freqs) + centre) for _, s, _ in spectra])
+  lo, hi = np.percentile(values, [1, 99.9])  # The residual's DC is ~0 (-120 dB): not the scale.
+  if rows > 1:
+    dmax = max(float(np.percentile(np.abs(s - ref), 99.9)) for _, s, _ in spectra) or 1.0
+  for j, (name, s, count) in enumerate(spectra):
+    im = axes[0, j].imshow(wrap(s), cmap="inferno", vmin=lo, vmax=hi, extent=extent)
+    axes[0, j].set_title(f"{name} (n={count})", fontsize=8)
+    if rows > 1 and name == reference:
+      axes[1, j].axis("off")
+      axes[1, j].text(0.5, 0.5, f"{reference}:\nthe reference", ha="center", va="center", fontsize=8,
+                      transform=axes[1, j].transAxes)
+    elif rows > 1:
+      im2 = axes[1, j].imshow(wrap(s - ref), cmap="RdBu_r", vmin=-dmax, vmax=dmax, extent=extent)
+  for ax in axes.ravel():
+    ax.set_xticks([-0.5, 0, 0.5])
+    ax.set_yticks([-0.5, 0, 0.5])
+    ax.tick_params(labelsize=6)
+  axes[-1, -1].set_xlabel("fx (cycles/pixel)", fontsize=7)
+  axes[0, 0].set_ylabel("fy (cycles/pixel)", fontsize=7)
+  fig.colorbar(im, ax=axes[0, :].tolist(), fraction=0.02, pad=0.01, label="mean 20 log10 |F| (dB)")
+  if rows > 1:
+    fig.colorbar(im2, ax=axes[1, :].tolist(), fraction=0.02, pad=0.01, label=f"dB above {reference}")
+  fig.suptitle(title, fontsize=10)
+  fig.savefig(out_png, dpi=90, bbox_inches="tight")
+  plt.close(fig)
+
+
+def plot_spectrum_profiles(profiles, out_png, title=""):
+  """Azimuthal average of each class's mean residual spectrum against radial frequency.
+
+  Args:
+    profiles: [(class name, radii in cycles/pixel, mean dB over each ring)].
+    out_png: output file.
+    title: figure title.
+  """
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for name, r, p in profiles:
+    ax.plot(r[1:], p[1:], lw=1.2, label=name)  # Radius 0 is the residual's ~0 DC.
+  ax.axvline(0.5, color="k", ls=":", lw=0.8)
+  ax.set_xlabel("radial frequency (cycles/pixel; 0.5 = Nyquist along an axis)")
+  ax.set_ylabel("mean 20 log10 |F| (dB)")
+  ax.legend(fontsize=8)
+  ax.set_title(title, fontsize=9)
+  fig.tight_layout()
   fig.savefig(out_png, dpi=90)
   plt.close(fig)

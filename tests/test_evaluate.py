@@ -1,4 +1,5 @@
-"""Evaluation: decision rules by hand, metrics against scikit-learn, reports, predict."""
+"""Evaluation: decision rules by hand, metrics against scikit-learn, the per-generator protocol,
+whole images, test-time augmentation, reports, predict."""
 
 import csv
 import json
@@ -7,13 +8,20 @@ import shutil
 import subprocess
 import sys
 
+from flax import nnx
+import jax
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 import pytest
 from sklearn import metrics as skm
 
-from fakejax import inference
+from fakejax import augment
+from fakejax import datasets
+from fakejax import evaluator
 from fakejax import metrics
+from fakejax import models
+from fakejax import sharding
 from tests import test_datasets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,59 +33,67 @@ def _logits(p_fake):
   return np.stack([np.zeros_like(p), np.log(p / (1 - p))], -1)
 
 
+def _verdict(rule, logits, threshold=0.5, theta=0.0):
+  return evaluator.verdict(evaluator.decide(rule, logits, threshold, theta), rule, threshold)
+
+
 def test_vote_majority_and_tie_counts_as_fake():
-  assert inference.decide("grid", _logits([0.9, 0.8, 0.1])) == (2 / 3, 1)
-  assert inference.decide("grid", _logits([0.9, 0.2, 0.1])) == (1 / 3, 0)
-  assert inference.decide("grid", _logits([0.9, 0.7, 0.2, 0.1])) == (0.5, 1)  # 2-2 tie -> fake.
-  score, pred = inference.decide("grid", _logits([0.6, 0.6, 0.2]), threshold=0.7)
-  assert (score, pred) == (0.0, 0)  # The threshold applies per patch.
+  assert _verdict("grid", _logits([0.9, 0.8, 0.1])) == (pytest.approx(2 / 3), 1)
+  assert _verdict("grid", _logits([0.9, 0.2, 0.1])) == (pytest.approx(1 / 3), 0)
+  assert _verdict("grid", _logits([0.9, 0.7, 0.2, 0.1])) == (0.5, 1)  # 2-2 tie -> fake.
+  assert _verdict("grid", _logits([0.6, 0.6, 0.2]), threshold=0.7) == (0.0, 0)  # Per-patch threshold.
 
 
 def test_confident_vote_and_its_fallback():
   # |p_fake - p_real| = |2p - 1|: 0.95 -> 0.9, 0.4 -> 0.2, 0.45 -> 0.1, 0.3 -> 0.4.
   lg = _logits([0.95, 0.4, 0.45, 0.3])
-  assert inference.decide("confident", lg, theta=0.5) == (1.0, 1)  # Only the 0.95 patch votes.
-  assert inference.decide("confident", lg, theta=0.3) == (0.5, 1)  # 0.95 and 0.3: tie -> fake.
-  # No patch passes theta = 0.95: everyone votes (1 fake of 4).
-  assert inference.decide("confident", lg, theta=0.95) == (0.25, 0)
+  assert _verdict("confident", lg, theta=0.5) == (1.0, 1)  # Only the 0.95 patch votes.
+  assert _verdict("confident", lg, theta=0.3) == (0.5, 1)  # 0.95 and 0.3: tie -> fake.
+  assert _verdict("confident", lg, theta=0.95) == (0.25, 0)  # No patch passes: all vote.
 
 
 def test_mean_logit_differs_from_mean_prob():
   lg = _logits([0.99, 0.3, 0.3])
-  s_prob, d_prob = inference.decide("mean_prob", lg)
-  s_logit, d_logit = inference.decide("mean_logit", lg)
+  s_prob, d_prob = _verdict("mean_prob", lg)
+  s_logit, d_logit = _verdict("mean_logit", lg)
   assert s_prob == pytest.approx((0.99 + 0.3 + 0.3) / 3)
   mean_logit = (np.log(0.99 / 0.01) + 2 * np.log(0.3 / 0.7)) / 3
   assert s_logit == pytest.approx(1 / (1 + np.exp(-mean_logit)))
   assert (d_prob, d_logit) == (1, 1) and s_logit != pytest.approx(s_prob)
-  assert inference.decide("full", _logits([0.2])) == (pytest.approx(0.2), 0)
+  assert _verdict("mean_prob", _logits([0.2])) == (pytest.approx(0.2), 0)
 
 
 def test_attribution_vote():
   lg = np.log(np.array([[0.1, 0.8, 0.1], [0.1, 0.1, 0.8], [0.2, 0.7, 0.1]]))
-  score, pred = inference.decide("grid", lg)
+  score, pred = _verdict("grid", lg)
   assert pred == 1 and score == pytest.approx(1.0)  # No patch voted 'real' (class 0).
 
 
-def test_random_mode_needs_odd_k_and_is_seeded():
-  img = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+def test_views_and_their_plans():
+  img = np.arange(70 * 90 * 3, dtype=np.uint32).reshape(70, 90, 3).astype(np.uint8)
   with pytest.raises(ValueError, match="odd"):
-    inference.View("random", 16, k=4)
-  a, _ = inference.random_patches(img, 16, 5, seed=1)
-  b, _ = inference.random_patches(img, 16, 5, seed=1)
+    evaluator.View("random", patch_size=16, k=4)
+  with pytest.raises(ValueError, match="16, 32, 64 or 128"):
+    evaluator.View("grid", patch_size=24)
+  a, _ = evaluator.View("random", patch_size=16, k=5, seed=1).cut(img, 7)
+  b, _ = evaluator.View("random", patch_size=16, k=5, seed=1).cut(img, 7)
   assert a.shape == (5, 16, 16, 3) and np.array_equal(a, b)
-
-
-def test_grid_patches_when_the_size_does_not_divide():
-  img = np.arange(70 * 70 * 3, dtype=np.uint32).reshape(70, 70, 3).astype(np.uint8)
-  patches, grid = inference.grid_patches(img, 32)
-  assert grid == (2, 2) and patches.shape == (4, 32, 32, 3)  # The 6-pixel remainder is left out.
+  patches, grid = evaluator.grid_patches(img, 32)
+  assert grid == (2, 2) and patches.shape == (4, 32, 32, 3)  # The remainders are left out.
   np.testing.assert_array_equal(patches[1], img[0:32, 32:64])
   np.testing.assert_array_equal(patches[2], img[32:64, 0:32])
-  with pytest.raises(inference.augment.TooSmall):
-    inference.grid_patches(img[:20], 32)
-  with pytest.raises(ValueError, match="16, 32, 64 or 128"):
-    inference.View("grid", 24)
+  tiles, tgrid = evaluator.View("tiles", tile=40).cut(img, 0)
+  assert tgrid == (2, 3) and tiles.shape == (6, 40, 40, 3)
+  np.testing.assert_array_equal(tiles[5], img[30:70, 50:90])  # The last tiles end at the edges.
+  for v in (evaluator.View("full", crop=32), evaluator.View("whole"), evaluator.View("grid", patch_size=16),
+            evaluator.View("tiles", tile=40), evaluator.View("whole", resize=48)):
+    shape, n = v.plan(70, 90)  # The plan (from the size alone) is what cut gives.
+    got, _ = v.cut(img, 0)
+    assert got.shape == (n,) + shape + (3,), v
+  assert evaluator.View("auto", max_whole_pixels=5000, tile=40).kind(70, 90) == "tiles"
+  assert evaluator.View("auto").kind(70, 90) == "whole"
+  with pytest.raises(augment.TooSmall):
+    evaluator.View("full", crop=80).plan(70, 90)
 
 
 def test_binary_metrics_against_sklearn_and_by_hand():
@@ -94,25 +110,98 @@ def test_binary_metrics_against_sklearn_and_by_hand():
   perfect = metrics.binary([0, 1], [0.2, 0.8])
   assert perfect["eer"] == 0.0 and perfect["ap"] == 1.0
   assert np.isnan(metrics.binary([1, 1], [0.2, 0.8])["auc"])  # One class only: undefined.
+  prec, rec = metrics.precision_recall([[3, 1], [2, 4]])
+  np.testing.assert_allclose(prec, [3 / 5, 4 / 5])
+  np.testing.assert_allclose(rec, [3 / 4, 4 / 6])
 
 
+# ---------------------------------------------------------------------------
+# The protocol, with a forward whose scores are known: p_fake = mean pixel / 255.
+# ---------------------------------------------------------------------------
+@jax.jit
+def _brightness_forward(x):
+  p = jnp.clip(x.astype(jnp.float32).mean((1, 2, 3)) / 255.0, 1e-4, 1 - 1e-4)
+  return jnp.stack([jnp.zeros_like(p), jnp.log(p / (1 - p))], -1)
+
+
+def test_each_generator_is_scored_against_its_own_reals(tmp_path):
+  """Generator A's reals are dark, B's bright; fakes in between. Per-folder AP (the published
+  protocol) differs from the AP against the pooled reals, and the rows give the per-folder one."""
+  root = str(tmp_path / "cnn")
+  level = {"A/0_real": [40, 50, 60, 245], "A/1_fake": [100, 110, 120, 55],
+           "B/0_real": [200, 210, 220, 90], "B/1_fake": [180, 230, 240, 250]}
+  for folder, values in level.items():
+    for i, v in enumerate(values):
+      test_datasets._png(os.path.join(root, "test", folder, f"{i}.png"),  # pylint: disable=protected-access
+                         np.full((32, 32, 3), v, np.uint8))
+  ds, _ = datasets.prepare_folder(root, str(tmp_path / "out"))
+  ev = evaluator.Evaluator(_brightness_forward, sharding.make_mesh(), 8, 32)
+  view = evaluator.View("full", crop=32)
+  idx = ds.index("test")
+  for name, sel in ds.test_sets("test", "source"):
+    sizes, load = evaluator.dataset_reader(ds, "test", sel)
+    row = evaluator.set_metrics(ev.run(sizes, load, view), idx["label"][sel], ("real", "fake"), view)
+    reals = level[f"{name}/0_real"]
+    fakes = level[f"{name}/1_fake"]
+    want = skm.average_precision_score([0] * 4 + [1] * 4, np.array(reals + fakes) / 255)
+    pooled = skm.average_precision_score([0] * 8 + [1] * 4, np.array(level["A/0_real"] + level["B/0_real"]
+                                                                      + fakes) / 255)
+    assert (row["n_real"], row["n_fake"]) == (4, 4)
+    assert row["ap"] == pytest.approx(want) and abs(want - pooled) > 0.05, (name, want, pooled)
+
+
+def test_tta_is_the_mean_of_the_separately_scored_copies(tmp_path):
+  """With flips and rotations the score is the mean of each copy scored on its own."""
+  rng = np.random.default_rng(0)
+  imgs = [rng.integers(0, 256, (40, 40, 3), dtype=np.uint8) for _ in range(3)]
+  imgs[0][:, :20] = 255  # Asymmetric: the flip changes the score.
+  forward = jax.jit(lambda x: _brightness_forward(x[:, :, :20]))  # Looks at the left half only.
+  ev = evaluator.Evaluator(forward, sharding.make_mesh(), 8, 40)
+  view = evaluator.View("full", crop=32)
+  copies = augment.tta_copies(["flip", "rot=15"])
+  assert [c.name for c in copies] == ["identity", "flip", "rot+15", "rot-15"]
+  res = ev.run([im.shape[:2] for im in imgs], lambda i: imgs[i], view, copies)
+  for i, r in enumerate(res):
+    alone = [ev.run([imgs[i].shape[:2]], lambda _, c=c: c(imgs[i]), view)[0].score for c in copies]
+    assert r.score == pytest.approx(np.mean(alone), abs=1e-9)
+    assert r.copy_scores == pytest.approx(alone, abs=1e-9)
+  assert len(set(np.round(res[0].copy_scores, 6))) > 1  # The copies differ.
+
+
+# ---------------------------------------------------------------------------
+# With a trained (tiny) run.
+# ---------------------------------------------------------------------------
 def test_evaluate_counts_every_image_once(tiny_run, tiny_synthetic):
-  from fakejax import evaluate  # pylint: disable=g-import-not-at-top
-  run = inference.Run(tiny_run)
+  run = evaluator.Run(tiny_run)
   idx = tiny_synthetic.select("test", sources=("tconv",))[:13]  # Prime: no whole batches.
-  for view in (inference.View("full"), inference.View("grid", 16)):
-    row, res, labels = evaluate.evaluate_set(run, view, tiny_synthetic, "test", idx, 0.5, 0.0)
-    assert len(res) == 13 and row["n_real"] + row["n_fake"] == 13
-    assert row["n_fake"] == int(labels.sum())
-    scores = np.array([r["score"] for r in res])
-    assert row["auc"] == pytest.approx(skm.roc_auc_score(labels, scores))
-    assert row["n_patches"] == 13 * (1 if view.mode == "full" else 4)  # 32 px -> 2x2 patches.
+  labels = tiny_synthetic.index("test")["label"][idx]
+  sizes, load = evaluator.dataset_reader(tiny_synthetic, "test", idx)
+  for view in (run.view("full"), run.view("grid", patch_size=16)):
+    res = run.evaluator.run(sizes, load, view)
+    row = evaluator.set_metrics(res, labels, run.class_names, view)
+    assert len(res) == 13 and row["n_real"] + row["n_fake"] == 13 and row["n_fake"] == int(labels.sum())
+    assert row["auc"] == pytest.approx(skm.roc_auc_score(labels, [r.score for r in res]))
+    assert row.get("n_patches") == (None if view.mode == "full" else 13 * 4)  # 32 px -> 2x2 patches.
   # The batched forward gives the same logits as one image at a time.
-  full = [r["patch_logits"] for r in evaluate.evaluate_set(run, inference.View("full"), tiny_synthetic,
-                                                           "test", idx, 0.5, 0.0)[1]]
-  src = tiny_synthetic.source("test")
-  one = run.logits(inference.datasets.decode_png(src[int(idx[4])]["image"])[None])
-  np.testing.assert_allclose(one, full[4], rtol=1e-5, atol=1e-5)
+  full = run.evaluator.run(sizes, load, run.view("full"))
+  one = run.forward(run.state, load(4)[None])
+  np.testing.assert_allclose(one, full[4].patch_logits, rtol=1e-5, atol=1e-5)
+
+
+def test_whole_view_equals_the_plain_forward_and_mixes_sizes(tiny_run):
+  """The whole image through the model: the plain forward of that image, whatever else shares
+  its batches (sizes are bucketed; padding adds only dummy images)."""
+  run = evaluator.Run(tiny_run)
+  rng = np.random.default_rng(1)
+  imgs = [rng.integers(0, 256, s + (3,), dtype=np.uint8) for s in ((48, 40), (32, 32), (48, 40), (64, 32))]
+  view = run.view("whole")
+  together = run.evaluator.run([im.shape[:2] for im in imgs], lambda i: imgs[i], view)
+  model = nnx.merge(run.model_def, run.state)
+  for im, r in zip(imgs, together):
+    plain = np.asarray(model(models.preprocess(jnp.asarray(im[None]), run.preprocess)))
+    np.testing.assert_allclose(r.patch_logits, plain, rtol=1e-5, atol=1e-5)
+    alone = run.evaluator.run([im.shape[:2]], lambda _, im=im: im, view)[0]
+    assert alone.score == pytest.approx(r.score, abs=1e-6) and r.view == "whole"
 
 
 def _env():
@@ -122,18 +211,24 @@ def _env():
 def test_evaluate_cli_writes_reports(tiny_run, tmp_path):
   out = tmp_path / "rep"
   r = subprocess.run([sys.executable, "-m", "fakejax.evaluate", "--workdir", tiny_run, "--mode",
-                      "grid", "--patch_size", "16", "--out", str(out)], cwd=ROOT, env=_env(),
-                     capture_output=True, text=True, timeout=300)
+                      "grid", "--patch_size", "16", "--tta", "flip", "--perturb", "jpeg:90,50",
+                      "--out", str(out)], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr[-3000:]
   rep = json.load(open(out / "report.json"))
   names = [row["test_set"] for row in rep["rows"]]
-  assert names == ["bilinear_conv", "nn_conv", "pixel_shuffle", "tconv"]
-  assert all(row["n_real"] == 9 and row["n_fake"] == 9 for row in rep["rows"])
+  assert names == ["bilinear_conv", "nn_conv", "pixel_shuffle", "tconv", "mean"]
+  assert all(row["n_real"] == 9 and row["n_fake"] == 9 for row in rep["rows"][:-1])
+  assert rep["rows"][-1]["ap"] == pytest.approx(np.mean([row["ap"] for row in rep["rows"][:-1]]))
+  assert all("plain_accuracy" in row for row in rep["rows"]) and rep["info"]["tta"] == ["identity", "flip"]
+  assert sorted({(row["perturbation"], row["strength"]) for row in rep["robustness"]}) == [
+      ("jpeg", 50.0), ("jpeg", 90.0)] and len(rep["robustness"]) == 8
   assert rep["info"]["training_indicators"]["n_evals"] == 1
   rows = list(csv.DictReader(open(out / "report.csv")))
   assert [row["test_set"] for row in rows] == names
-  assert "| tconv |" in open(out / "report.md").read() and "| tconv |" in r.stdout
-  for png in ("matrix.png", "roc.png", "patches_most_confident.png", "patches_least_confident.png"):
+  md = open(out / "report.md").read()
+  assert "| tconv |" in md and "| mean |" in md and "Robustness" in md and "| tconv |" in r.stdout
+  for png in ("matrix.png", "roc.png", "robustness.png", "patches_most_confident.png",
+              "patches_least_confident.png"):
     with Image.open(out / png) as im:
       assert im.size[0] > 200 and im.size[1] > 150
 
@@ -143,9 +238,12 @@ def test_predict_folder_with_bad_files(tiny_run, tiny_synthetic, tmp_path):
   corpus = test_datasets._bad_corpus(str(folder))  # pylint: disable=protected-access
   src = tiny_synthetic.source("test")
   for i in range(3):
-    img = inference.datasets.decode_png(src[i]["image"])
-    Image.fromarray(img).save(folder / f"synthetic_{i}.png")
-  Image.fromarray(np.zeros((300, 400, 3), np.uint8)).save(folder / "big.png")  # Any size works.
+    Image.fromarray(tiny_synthetic.decode(src[i])).save(folder / f"synthetic_{i}.png")
+  Image.fromarray(np.zeros((300, 400, 3), np.uint8)).save(folder / "big.png")  # Judged whole.
+  Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(
+      folder / "cut.png")
+  data = open(folder / "cut.png", "rb").read()
+  open(folder / "cut.png", "wb").write(data[:len(data) // 2])  # Its header says 64x64: it is decoded.
   os.remove(folder / "notes.txt")
   out_csv, sorted_dir = tmp_path / "p.csv", tmp_path / "sorted"
   r = subprocess.run([sys.executable, "-m", "fakejax.predict", "--workdir", tiny_run, str(folder),
@@ -154,16 +252,16 @@ def test_predict_folder_with_bad_files(tiny_run, tiny_synthetic, tmp_path):
   assert r.returncode == 0, r.stderr[-3000:]
   rows = {os.path.basename(row["path"]): row for row in csv.DictReader(open(out_csv))}
   assert len(rows) == len(os.listdir(folder))
-  corpus["one.png"] = None  # 1x1 decodes (predict has no minimum size) but is smaller than the crop.
+  # The corpus' images whose header can be read are 16x16 (or 1x1): smaller than the models' 32 px.
+  corpus.update({"one.png": None, "truncated.png": None, "cut.png": "cannot decode"})
   for name, reason in corpus.items():
-    # The corpus' decodable images are 16x16, smaller than the run's 32x32 view: also an error.
-    assert (reason or "smaller than the 32x32") in rows[name]["error"], (name, rows[name])
+    assert (reason or "smaller than 32 px") in rows[name]["error"], (name, rows[name])
   bad = {k for k, row in rows.items() if row["error"]}
   assert bad == set(corpus)
   for k, row in rows.items():
     if not row["error"]:
       assert 0 <= float(row["p_fake"]) <= 1 and row["label"] in ("real", "fake")
-      assert row["mode"] == "full" and row["n_patches"] == "1"
+      assert row["mode"] == "auto" and row["view"] == "whole" and row["n_patches"] == "1"
   n_sorted = sum(len(fs) for _, _, fs in os.walk(sorted_dir))
   assert n_sorted == len(rows) - len(bad)
   # Nothing scorable: non-zero exit, and the CSV still lists the errors.
