@@ -2,9 +2,13 @@
 
 A training checkpoint holds the train state (model + optimizer, as a pure
 dict), the grain iterator state and a small JSON `meta` (step, epoch, best
-metric, stage). `checkpoints/` keeps the last N; `best/` keeps the best model.
+metric, stage). `checkpoints/` keeps the last N; `best/` keeps the best model
+(its weights and BatchNorm statistics only: evaluation needs nothing else).
 Orbax writes into a temporary folder and renames it when complete, so a crash
-mid-save leaves the previous checkpoint loadable.
+mid-save leaves the previous checkpoint loadable. Saving a step that is already
+on disk is a no-op, so a run that resumes and reaches that step again (or is
+stopped right after an evaluation saved it) never fails on it. Every process of
+a multi-host run calls save and restore (orbax coordinates them).
 
 Converted weights (`fakejax.convert`) are one model's arrays, keyed by their
 path in the model ('block1/sep1/depthwise/kernel'), plus a JSON `info` (origin,
@@ -21,8 +25,10 @@ import numpy as np
 from orbax import checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
+from fakejax import cli
 
-class MismatchError(ValueError):
+
+class MismatchError(cli.UserError):
   """A checkpoint that does not fit the model it is restored into."""
 
 
@@ -80,18 +86,34 @@ class Checkpointer:
     self.latest = _manager(os.path.join(workdir, "checkpoints"), ("state", "data_iter", "meta"), keep)
     self.best = _manager(os.path.join(workdir, "best"), ("state", "meta"), 1)
 
+  def has(self, step):
+    return step in self.latest.all_steps()
+
   def save(self, step, state, data_iter, meta):
-    """Saves the full training state (blocking: it is on disk when this returns)."""
+    """Saves the full training state (blocking: it is on disk when this returns).
+
+    Returns:
+      False when `step` was already saved (nothing is written), else True.
+    """
+    if step in self.latest.all_steps():
+      return False
     self.latest.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(nnx.to_pure_dict(state)),
         data_iter=grain.checkpoint.CheckpointSave(data_iter),
         meta=ocp.args.JsonSave(meta)), force=True)
     self.latest.wait_until_finished()
+    return True
 
-  def save_best(self, step, state, meta):
+  def best_steps(self):
+    return self.best.all_steps()
+
+  def save_best(self, step, model_state, meta):
+    """Saves the model (not the optimizer) as the best one, unless `step` is already there."""
+    if step in self.best.all_steps():
+      return
     self.best.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(nnx.to_pure_dict(state)), meta=ocp.args.JsonSave(meta)),
-        force=True)
+        state=ocp.args.StandardSave({"model": nnx.to_pure_dict(model_state)}),
+        meta=ocp.args.JsonSave(meta)), force=True)
     self.best.wait_until_finished()
 
   def restore_latest(self, abstract_state, data_iter):
@@ -113,29 +135,59 @@ class Checkpointer:
     self.best.close()
 
 
-def restore_model(workdir, abstract_state, which="best"):
-  """Loads the model state of a run for evaluation: 'best', 'latest' or a step number.
+def _steps(path, items):
+  if not os.path.isdir(path):
+    return []
+  mngr = _manager(path, items)
+  try:
+    return sorted(mngr.all_steps())
+  finally:
+    mngr.close()
+
+
+def _pick(workdir, which):
+  """(folder, step) of a run's checkpoint: 'best' (falls back to the newest training checkpoint
+  when no evaluation ever saved one, e.g. a run preempted early), 'latest' or a step number."""
+  best = _steps(os.path.join(workdir, "best"), ("state", "meta"))
+  latest = _steps(os.path.join(workdir, "checkpoints"), ("state", "data_iter", "meta"))
+  if which == "best" and best:
+    return os.path.join(workdir, "best"), best[-1]
+  if which in ("best", "latest"):
+    if not latest:
+      raise FileNotFoundError(f"No checkpoint in {workdir} (neither best/ nor checkpoints/ has one)")
+    return os.path.join(workdir, "checkpoints"), latest[-1]
+  step = int(which)
+  for sub, steps in (("checkpoints", latest), ("best", best)):
+    if step in steps:
+      return os.path.join(workdir, sub), step
+  raise FileNotFoundError(f"No checkpoint for step {step} in {workdir}; available: "
+                          f"{sorted(set(latest) | set(best))}")
+
+
+def restore_model(workdir, abstract_model, which="best"):
+  """Loads only the model (weights and BatchNorm statistics) of a run's checkpoint.
+
+  Args:
+    workdir: the run.
+    abstract_model: nnx.State of the model with ShapeDtypeStruct leaves (their sharding is
+      where the arrays go).
+    which: 'best', 'latest' or a step number.
 
   Returns:
-    (state, meta).
+    (model state, meta).
   """
-  if which == "best" and not os.path.isdir(os.path.join(workdir, "best")):
-    which = "latest"
-  sub, items = ("best", ("state", "meta")) if which == "best" else ("checkpoints", ("state", "data_iter", "meta"))
-  path = os.path.join(workdir, sub)
-  mngr = _manager(path, items)
-  steps = mngr.all_steps()
-  if not steps:
-    raise FileNotFoundError(f"No checkpoint in {path}")
-  step = steps[-1] if which in ("best", "latest") else int(which)
-  if step not in steps:
-    raise FileNotFoundError(f"No checkpoint for step {step} in {path}; available: {sorted(steps)}")
-  abstract = nnx.to_pure_dict(abstract_state)
-  check_compatible(mngr.item_metadata(step)["state"], abstract, f"Checkpoint {path}/{step}")
-  out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                   meta=ocp.args.JsonRestore()))
-  mngr.close()
-  return _fill(abstract_state, out["state"]), out["meta"]
+  path, step = _pick(workdir, which)
+  item = os.path.join(os.path.abspath(path), str(step), "state")
+  target = {"model": nnx.to_pure_dict(abstract_model)}
+  with ocp.PyTreeCheckpointer() as ckptr:
+    saved = ckptr.metadata(item).item_metadata.tree
+    check_compatible({"model": saved.get("model", {})}, target, f"Checkpoint {path}/{step}")
+    tree = ckptr.restore(item, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True))
+  with open(os.path.join(path, str(step), "meta", "metadata")) as f:
+    meta = json.load(f)
+  return _fill(abstract_model, tree["model"]), meta
 
 
 WEIGHTS_INFO = "fakejax_weights.json"
@@ -180,15 +232,7 @@ def load_weights(path):
 
 def load_run_weights(workdir, which="best"):
   """The model arrays ({path: array}) of a training run's checkpoint ('best', 'latest' or a step)."""
-  if which == "best" and not os.path.isdir(os.path.join(workdir, "best")):
-    which = "latest"
-  path = os.path.join(os.path.abspath(workdir), "best" if which == "best" else "checkpoints")
-  mngr = _manager(path, ("state", "meta") if which == "best" else ("state", "data_iter", "meta"))
-  steps = mngr.all_steps()
-  mngr.close()
-  if not steps:
-    raise FileNotFoundError(f"No checkpoint in {path}")
-  step = steps[-1] if which in ("best", "latest") else int(which)
+  path, step = _pick(os.path.abspath(workdir), which)
   return flat(_restore_to_host(os.path.join(path, str(step), "state"), "model"))
 
 

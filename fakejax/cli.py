@@ -41,12 +41,23 @@ def _parse(argv):
     sys.exit(f"{argv[0]}: error: {msg}")
 
 
-class UserError(Exception):
-  """A problem with the user's input, reported as one line without a traceback."""
+class UserError(ValueError):
+  """A problem with the user's input, reported as one line without a traceback.
+
+  Only these (and missing or existing paths) are shortened: any other exception, a
+  ValueError from a library included, is a bug and keeps its traceback.
+  """
 
 
-# Errors that describe bad input (a path, a config value, a checkpoint that does not fit).
-USER_ERRORS = (UserError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError)
+USER_ERRORS = (UserError, FileNotFoundError, FileExistsError, NotADirectoryError)
+
+
+def define_distributed_flags():
+  """--coordinator_address/--num_processes/--process_id for jax.distributed (sharding.initialize)."""
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for jax.distributed "
+                      "(default: JAX_COORDINATOR_ADDRESS, or SLURM / Open MPI detection).")
+  flags.DEFINE_integer("num_processes", None, "Processes of a multi-host run (default: from the environment).")
+  flags.DEFINE_integer("process_id", None, "This process's index (default: from the environment).")
 
 
 def run(main):

@@ -24,6 +24,11 @@ def get_config():
   c.model.middle_blocks = 8           # Xception only.
   c.model.bn_momentum = 0.0           # 0: the architecture's own (Keras 0.99, torchvision 0.9).
   c.model.dtype = "float32"           # Compute dtype: 'bfloat16' on GPU/TPU; params stay float32.
+  c.model.init = "reference"         # Initial parameters from scratch: 'reference' (as the architecture's
+                                      #   framework: Keras glorot uniform, torchvision kaiming normal,
+                                      #   BiT a zero head) or 'flax' (nnx defaults). Not DeepFD.
+  c.model.remat = False               # Recompute each block's activations in the backward pass
+                                      #   (nnx.remat): less memory, about one more forward pass.
   c.model.preprocess = "auto"         # 'minus_one_one' (Keras), 'imagenet' (torchvision), 'unit';
                                       #   'auto': that of init_from's weights, else the architecture's.
   c.model.init_from = ""              # Start from: a folder written by `fakejax.convert`,
@@ -37,15 +42,20 @@ def get_config():
   c.data.dir = ""                     # A dataset made by `fakejax.prepare`; '' = synthetic.
   c.data.cache_dir = "data"           # Where the synthetic benchmark is generated and cached.
   c.data.task = "binary"              # 'binary' (real=0, fake=1) or 'attribution' (one class each).
-  c.data.train_sources = ("tconv",)   # Generators to train on (real always kept); () = all.
+  c.data.train_sources = ("tconv",)   # Generators to train on, with the reals they pair with; () = all.
   c.data.train_categories = ()        # Content categories to train on; () = all.
   c.data.exclude_categories = ()      # Held-out content categories (cross-content tests).
+  c.data.train_per_category = 0       # > 0: train on a seeded subset (data.seed) of at most this many
+                                      #   images per (category, source): fixes the training-set size
+                                      #   while the number of categories varies (0: all).
   c.data.image_size = 64              # Crop size fed to the model.
   c.data.eval_resize = 0              # Resize before the eval centre crop (0: never resample).
   c.data.too_small = "error"          # Images smaller than the crop: 'error' or 'pad'.
   c.data.patches_per_image = 0        # Patch mode: K random patches per image (0: off).
   c.data.patch_size = 32              # Patch side in patch mode.
   c.data.balance = False              # Oversample classes to equal counts.
+  c.data.val_fraction = 0.0           # Datasets without a 'val' split: validate on this seeded
+                                      #   fraction of train (held out of training); 0: error.
   c.data.workers = 0                  # grain worker processes (0: in the main process).
   c.data.seed = 0                     # Shuffle/augmentation seed.
   c.data.synthetic = ml_collections.ConfigDict()
@@ -54,8 +64,9 @@ def get_config():
   c.data.synthetic.val = 50
   c.data.synthetic.test = 50
   c.data.synthetic.seed = 0
-  c.data.synthetic.categories = synthetic.CATEGORIES
+  c.data.synthetic.categories = synthetic.DEFAULT_CATEGORIES  # synthetic.CATEGORIES has 9.
   c.data.synthetic.families = synthetic.FAMILIES
+  c.data.synthetic.storage = "png"    # 'png' or 'raw' (uint8 pixels: ~10x faster to read).
 
   c.aug = ml_collections.ConfigDict()
   c.aug.crop = "random"               # 'random' or 'center'.
@@ -83,6 +94,8 @@ def get_config():
   c.optim.warmup_steps = 0
   c.optim.momentum = 0.9              # SGD.
   c.optim.weight_decay = 0.0          # AdamW.
+  c.optim.accumulate_steps = 1        # > 1: each step's batch runs as this many micro-batches whose
+                                      #   gradients are averaged (less memory, same batch).
 
   c.deepfd = ml_collections.ConfigDict()  # model.name = 'deepfd' only.
   c.deepfd.stage1_steps = 1000        # Contrastive training of D1 (replaces num_epochs/total_steps).
@@ -92,9 +105,12 @@ def get_config():
 
   c.eval_every_steps = 0              # 0: once per epoch.
   c.log_every_steps = 20
-  c.best_metric = "accuracy"          # Validation metric that picks the best checkpoint (higher is better).
+  c.best_metric = "accuracy"          # Validation metric that picks the best checkpoint (loss and eer:
+                                      #   lowest; accuracy, ap, auc, top1, real_acc, fake_acc: highest).
   c.early_stop_patience = 0           # Stop after this many evals without improvement (0: never).
   c.keep_checkpoints = 2
+  c.checkpoint_every_steps = 0        # Also checkpoint between evaluations (0: only at evaluations),
+  c.checkpoint_every_minutes = 0.0    #   or after this many minutes: a kill loses little work.
   c.eval_batch_size = 0               # 0: same as batch_size.
   c.threshold = 0.5                   # p_fake decision threshold.
   return c

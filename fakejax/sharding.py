@@ -1,9 +1,14 @@
-"""Data parallelism: the device mesh, where arrays live, host <-> device moves.
+"""Devices and processes: the mesh, where arrays live, host <-> device moves, and the few
+things several processes (jax.distributed, one per host or GPU) must agree on.
 
-One mesh axis, 'data': batches are split over it, parameters are replicated.
-Every process feeds its local part of the batch; jax assembles the global
-array, so a multi-host run only adds `jax.distributed.initialize()`.
+One mesh axis, 'data': batches are split over it, parameters are replicated. Every process
+feeds its local part of the batch; jax assembles the global array. Multi-host awareness lives
+here and in the checkpoint module: `initialize` starts the runtime, `is_main` says who writes
+files, `reached_preemption` makes all processes stop at the same step.
 """
+
+import os
+import signal
 
 import jax
 from jax.experimental import multihost_utils
@@ -11,10 +16,84 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import numpy as np
 
+from fakejax import cli
+
+# Environment of a cluster launch that jax.distributed can read on its own (jax's cluster
+# detection: SLURM, Open MPI, and JAX_COORDINATOR_ADDRESS with the two below).
+_CLUSTER_ENV = ("JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE")
+
+
+def initialize(coordinator_address=None, num_processes=None, process_id=None, heartbeat_s=None):
+  """Starts jax.distributed when asked, by flags or by the environment; else does nothing.
+
+  Asked means: a coordinator address given, JAX_COORDINATOR_ADDRESS set (with
+  JAX_NUM_PROCESSES and JAX_PROCESS_ID), or a SLURM / Open MPI job of more than one task
+  (jax detects those itself). Must run before anything touches a device.
+
+  Returns:
+    True when the distributed runtime was started.
+  """
+  env = os.environ
+  coordinator_address = coordinator_address or env.get("JAX_COORDINATOR_ADDRESS")
+  num_processes = num_processes or (int(env["JAX_NUM_PROCESSES"]) if "JAX_NUM_PROCESSES" in env else None)
+  process_id = process_id if process_id is not None else (
+      int(env["JAX_PROCESS_ID"]) if "JAX_PROCESS_ID" in env else None)
+  tasks = int(env.get("SLURM_NTASKS", env.get("OMPI_COMM_WORLD_SIZE", "1")))
+  if not coordinator_address and tasks <= 1:
+    return False
+  if jax.distributed.is_initialized():
+    return True
+  # CPU processes need a collectives backend; GPUs use NCCL on their own.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  heartbeat_s = heartbeat_s or int(env.get("FAKEJAX_HEARTBEAT_S", "100"))
+  jax.distributed.initialize(coordinator_address, num_processes, process_id,
+                             heartbeat_timeout_seconds=heartbeat_s)
+  return True
+
+
+def is_main():
+  """Process 0 writes run files, reports and progress bars; the others only compute."""
+  return jax.process_index() == 0
+
+
+def barrier(name):
+  """All processes wait here until every one has arrived (no-op on one process)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+class Preemption:
+  """A stop request (SIGTERM) that all processes act on at the same step.
+
+  One process: a SIGTERM handler sets a flag. Several: jax.distributed's own preemption
+  service catches SIGTERM on any process and `reached_preemption(step)` turns true on every
+  process at the same step (a Python handler would hide the signal from it).
+  """
+
+  def __init__(self):
+    self._requested = False
+    if jax.process_count() == 1:
+      try:
+        signal.signal(signal.SIGTERM, self._handler)
+      except ValueError:  # Not the main thread (e.g. called from a test thread).
+        pass
+
+  def _handler(self, signum, frame):
+    del signum, frame
+    self._requested = True
+
+  def reached(self, step):
+    """True at the step where every process stops (call it after every step, on every process)."""
+    if jax.process_count() == 1:
+      return self._requested
+    self._requested = self._requested or multihost_utils.reached_preemption_sync_point(step)
+    return self._requested
+
 
 def make_mesh(devices=None):
-  """A 1-D 'data' mesh over `devices` (default: every device of every process)."""
-  devices = list(devices or jax.devices())
+  """A 1-D 'data' mesh over `devices` (default: every device of every process, process by
+  process, so a process's rows of a global batch are one contiguous block)."""
+  devices = sorted(devices or jax.devices(), key=lambda d: (d.process_index, d.id))
   return jax.make_mesh((len(devices),), ("data",), (jax.sharding.AxisType.Auto,), devices=devices)
 
 
@@ -29,7 +108,7 @@ def data_sharded(mesh):
 def check_batch(batch_size, mesh, name="batch_size"):
   """A global batch must split evenly over the devices."""
   if batch_size % mesh.size:
-    raise ValueError(f"{name} {batch_size} is not divisible by the number of devices "
+    raise cli.UserError(f"{name} {batch_size} is not divisible by the number of devices "
                      f"{mesh.size}; use a multiple of {mesh.size}")
 
 

@@ -1,14 +1,20 @@
-r"""Trains a fake-image detector, data-parallel over every device.
+r"""Trains a fake-image detector, data-parallel over every device of every process.
 
-  python -m fakejax.train --config configs/xception.py [--workdir runs/NAME] \
+  python -m fakejax.train --config configs/xception.py[:variant] [--workdir runs/NAME] \
       [--config.data.dir=PREPARED_DATASET] [--config.key=value ...]
 
-Rerunning the same command resumes from the last checkpoint in the workdir.
+Rerunning the same command resumes from the last checkpoint in the workdir (a changed config
+is refused, naming the keys); a finished run reports and exits. Exit status: 0 finished,
+75 (EX_TEMPFAIL) stopped by SIGTERM with a checkpoint written (requeue it), 1 error.
+
+Several hosts: start one process per host (or per GPU) with jax.distributed's environment
+(JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID; SLURM and Open MPI are detected)
+or --coordinator_address/--num_processes/--process_id; see the README.
 """
 
 import json
 import os
-import signal
+import sys
 import time
 
 from absl import flags
@@ -25,29 +31,28 @@ from fakejax import checkpoint
 from fakejax import cli
 from fakejax import convert
 from fakejax import datasets
+from fakejax import evaluator
 from fakejax import input_pipeline
-from fakejax import metrics as metrics_lib
 from fakejax import models
 from fakejax import report
 from fakejax import sharding
 
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped with a checkpoint written; rerun to resume.
+# Config keys that may change between a run and its resumption (they do not change results).
+OPERATIONAL_KEYS = ("data.workers", "data.cache_dir", "log_every_steps", "keep_checkpoints",
+                    "checkpoint_every_steps", "checkpoint_every_minutes", "eval_batch_size")
+# Validation metrics where lower is better; every other one keeps its highest value.
+LOWER_IS_BETTER = ("loss", "eer")
+BEST_METRICS = ("accuracy", "ap", "auc", "real_acc", "fake_acc", "top1") + LOWER_IS_BETTER
+
+
 class TrainingError(cli.UserError):
-  """Training cannot go on (NaN loss, ...); the message says why."""
+  """Training cannot go on (NaN loss, a changed config, ...); the message says why."""
 
 
 # ---------------------------------------------------------------------------
 # Model and optimizer.
 # ---------------------------------------------------------------------------
-def create_model(config, num_classes):
-  kw = dict(dropout=config.model.dropout, width=config.model.width)
-  if config.model.name == "xception":
-    kw["middle_blocks"] = config.model.middle_blocks
-  if config.model.bn_momentum:
-    kw["bn_momentum"] = config.model.bn_momentum
-  return models.create(config.model.name, num_classes, seed=config.seed, dtype=config.model.dtype,
-                       **kw)
-
-
 def create_learning_rate_fn(optim, total_steps):
   """constant / cosine / exponential / step decay from lr to end_lr, after a linear warmup."""
   steps = max(total_steps - optim.warmup_steps, 1)
@@ -61,7 +66,7 @@ def create_learning_rate_fn(optim, total_steps):
     main = optax.exponential_decay(optim.lr, every, (optim.end_lr / optim.lr) ** (1 / n_decays),
                                    staircase=optim.schedule == "step", end_value=optim.end_lr)
   else:
-    raise ValueError(f"Unknown schedule {optim.schedule!r}; known: constant, cosine, exponential, step")
+    raise cli.UserError(f"Unknown schedule {optim.schedule!r}; known: constant, cosine, exponential, step")
   if not optim.warmup_steps:
     return main
   warm = optax.linear_schedule(0.0, optim.lr, optim.warmup_steps)
@@ -75,7 +80,7 @@ def create_optimizer(optim, lr_fn):
     return optax.adamw(lr_fn, weight_decay=optim.weight_decay)
   if optim.name == "sgd":
     return optax.sgd(lr_fn, momentum=optim.momentum or None)
-  raise ValueError(f"Unknown optimizer {optim.name!r}; known: adam, adamw, sgd")
+  raise cli.UserError(f"Unknown optimizer {optim.name!r}; known: adam, adamw, sgd")
 
 
 TRANSFER_MODES = ("finetune", "linear_probe", "freeze_bn")
@@ -139,13 +144,13 @@ class TrainState:
     self.config = config
     self.replicated = sharding.replicated(mesh)
     self.preprocess = models.resolve_preprocess(config.model.name, config.model.preprocess)
-    staged = models.MODELS[config.model.name] is models.deepfd.DeepFD
+    staged = models.get(config.model.name) is models.deepfd.DeepFD
     fd, transfer = config.deepfd, config.model.transfer
     if transfer not in TRANSFER_MODES:
-      raise ValueError(f"Unknown model.transfer {transfer!r}; known: {', '.join(TRANSFER_MODES)}")
+      raise cli.UserError(f"Unknown model.transfer {transfer!r}; known: {', '.join(TRANSFER_MODES)}")
     if staged and transfer != "finetune":
-      raise ValueError("model.transfer applies to single-stage models; DeepFD freezes D1 with "
-                       "deepfd.freeze_d1")
+      raise cli.UserError("model.transfer applies to single-stage models; DeepFD freezes D1 with "
+                          "deepfd.freeze_d1")
     if staged:
       first, second = models.deepfd.DeepFD.stages
       self.stage_steps = {1: fd.stage1_steps, 2: fd.stage2_steps}
@@ -157,13 +162,13 @@ class TrainState:
                   else nnx.Param}
     self.lr_fns = {k: create_learning_rate_fn(config.optim, n) for k, n in self.stage_steps.items()}
 
-    def init():
-      model = create_model(config, num_classes)
+    def init(seed):
+      model = models.from_config(config.model, num_classes, seed=jax.random.key(seed))
       return {"model": model, **{self.optimizer_name(k): nnx.Optimizer(
           model, create_transfer_optimizer(config.optim, self.lr_fns[k], config.model.backbone_lr),
           wrt=self.wrt[k]) for k in self.stage_steps}}
 
-    modules = nnx.eval_shape(init)
+    modules = nnx.eval_shape(lambda: init(config.seed))
     self.train_defs = {}
     for k in self.stage_steps:
       modules["model"].train()
@@ -173,11 +178,13 @@ class TrainState:
         freeze_batch_norm(modules["model"])
       self.train_defs[k], abstract = nnx.split(modules)
     modules["model"].eval()
-    self.eval_def, _ = nnx.split(modules)
+    self.model_def, _ = nnx.split(modules["model"])
     self.abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.replicated), abstract)
-    # Created directly on every device with its final sharding, never on one and copied.
-    self.init = jax.jit(lambda: nnx.state(init()), out_shardings=self.replicated)
+    # Created directly on every device with its final sharding, never on one and copied. The
+    # seed is an argument, not a constant: runs that differ only in their seed share one program.
+    init_state = jax.jit(lambda seed: nnx.state(init(seed)), out_shardings=self.replicated)
+    self.init = lambda: init_state(config.seed)
 
   @property
   def total_steps(self):
@@ -195,38 +202,65 @@ class TrainState:
       step -= n
     return k
 
-  def eval_model(self, state):
-    return nnx.merge(self.eval_def, state)["model"]
-
 
 # ---------------------------------------------------------------------------
 # Steps.
 # ---------------------------------------------------------------------------
+def _micro_batches(x, k):
+  """(B, ...) -> (k, B/k, ...): micro-batch m takes rows m, m+k, ..., so every device holds
+  an equal share of each micro-batch (rows are laid out device by device)."""
+  return x.reshape((x.shape[0] // k, k) + x.shape[1:]).swapaxes(0, 1)
+
+
 def make_train_step(ts, stage=0):
-  """The jitted, donating update step of a stage: (state, batch) -> (state, metrics)."""
+  """The jitted, donating update step of a stage: (state, batch[, seed]) -> (state, metrics).
+
+  `seed` (default: the config's) seeds the dropout masks; passed as an argument it is traced,
+  so runs that differ only in their seed reuse one compiled program.
+
+  With optim.accumulate_steps = k > 1 the batch is split into k micro-batches whose
+  gradients are averaged before one update (the same update as the whole batch when nothing
+  depends on the batch composition; BatchNorm statistics do): activations of a micro-batch
+  at a time, for high-resolution inputs.
+  """
   cfg = ts.config
-  base_key = jax.random.key(cfg.seed)
   dtype = jnp.dtype(cfg.model.dtype)
   opt_name = ts.optimizer_name(stage)
+  accumulate = max(cfg.optim.accumulate_steps, 1)
 
-  def train_step(state, batch):
+  def train_step(state, batch, seed=cfg.seed):
     modules = nnx.merge(ts.train_defs[stage], state)
     model, opt = modules["model"], modules[opt_name]
     # Dropout randomness is a function of (seed, step): a resumed run draws the same masks.
-    dropout_key = jax.random.fold_in(base_key, opt.step[...])
-    x = models.preprocess(batch["image"], ts.preprocess, dtype)
-    labels = batch["label"]
+    # Passed as an argument (the loop does), the seed is traced: one program for every seed.
+    dropout_key = jax.random.fold_in(jax.random.key(seed), opt.step[...])
 
-    def loss_fn(model):
+    def loss_fn(model, x, labels, key):
+      x = models.preprocess(x, ts.preprocess, dtype)
       if stage == 1:
         loss, d_same, d_other = contrastive_loss(model.embed(x), labels, cfg.deepfd.margin)
         return loss, {"dist_same": d_same, "dist_other": d_other}
-      logits = model(x, rngs=dropout_key)
+      logits = model(x, rngs=key)
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
       return loss, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
 
     grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, ts.wrt[stage]), has_aux=True)
-    (loss, aux), grads = grad_fn(model)
+    if accumulate == 1:
+      (loss, aux), grads = grad_fn(model, batch["image"], batch["label"], dropout_key)
+    else:
+      xs = (_micro_batches(batch["image"], accumulate), _micro_batches(batch["label"], accumulate),
+            jax.random.split(dropout_key, accumulate))
+
+      @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0))
+      def micro(carry, x):
+        model, total = carry
+        (loss, aux), g = grad_fn(model, *x)
+        return (model, jax.tree.map(jnp.add, total, g)), (loss, aux)
+
+      zeros = jax.tree.map(jnp.zeros_like, nnx.state(model, ts.wrt[stage]))
+      (_, grads), (losses, auxs) = micro((model, zeros), xs)
+      grads = jax.tree.map(lambda g: g / accumulate, grads)
+      loss, aux = losses.mean(), jax.tree.map(jnp.mean, auxs)
     lr = ts.lr_fns[stage](opt.step[...])
     opt.update(model, grads)
     out = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": lr, **aux}
@@ -236,67 +270,62 @@ def make_train_step(ts, stage=0):
 
 
 def make_eval_step(ts):
-  """The jitted forward in eval mode: (state, images) -> float32 logits."""
-  cfg = ts.config
-  dtype = jnp.dtype(cfg.model.dtype)
-
-  def eval_step(state, images):
-    model = ts.eval_model(state)
-    return model(models.preprocess(images, ts.preprocess, dtype))
-
-  return jax.jit(eval_step)
+  """The jitted forward in eval mode: (model state, uint8 images) -> float32 logits."""
+  return evaluator.make_forward(ts.model_def, ts.preprocess, ts.config.model.dtype)
 
 
-def predict_logits(eval_step, state, batches, mesh, desc=None):
-  """Runs eval_step over eval batches; returns (labels, logits, indices) of the unmasked examples."""
-  out = {"label": [], "logits": [], "index": []}
-  for batch in tqdm.tqdm(batches, desc=desc, unit="batch", leave=False, disable=desc is None):
-    batch = sharding.to_global(mesh, batch)
-    host = sharding.to_host({"logits": eval_step(state, batch["image"]), "label": batch["label"],
-                             "mask": batch["mask"], "index": batch["index"]})
-    for k in out:
-      out[k].append(host[k][host["mask"]])
-  return tuple(np.concatenate(out[k]) for k in ("label", "logits", "index"))
-
-
-def evaluate_split(eval_step, state, mesh, dataset, config, split, sources=(), categories=(),
-                   exclude_categories=(), desc=None):
-  """Metrics of the model on one subset of a split (every example once)."""
-  idx = dataset.select(split, sources, categories, exclude_categories)
-  src = input_pipeline.Subset(dataset.source(split), idx)
-  batches = input_pipeline.make_eval_iter(src, config.data, config.eval_batch_size or config.batch_size)
-  labels, logits, _ = predict_logits(eval_step, state, batches, mesh, desc)
-  assert len(labels) == len(idx), (len(labels), len(idx))
-  return metrics_lib.summarize(config.data.task, labels, logits, dataset.class_names,
-                               config.threshold)
+def evaluate_split(eval_step, model_state, mesh, dataset, config, split, indices, desc=None):
+  """Metrics of the model on some records of a split (the evaluator's 'full' view)."""
+  key = input_pipeline.label_key(config.data)
+  ev = evaluator.Evaluator(lambda x: eval_step(model_state, x), mesh,
+                           config.eval_batch_size or config.batch_size, config.data.image_size)
+  view = evaluator.View("full", crop=config.data.image_size, resize=config.data.eval_resize,
+                        too_small=config.data.too_small)
+  sizes, load = evaluator.dataset_reader(dataset, split, indices)
+  bar = tqdm.tqdm(total=len(indices), desc=desc, unit="img", leave=False,
+                  disable=desc is None or not sharding.is_main())
+  results = ev.run(sizes, load, view, threshold=config.threshold,
+                   progress=lambda n: bar.update(n - bar.n))
+  bar.close()
+  labels = dataset.index(split)[key][indices]
+  class_names = dataset.class_names if config.data.task == "attribution" else ("real", "fake")
+  return evaluator.set_metrics(results, labels, class_names, view, config.threshold)
 
 
 # ---------------------------------------------------------------------------
 # The run.
 # ---------------------------------------------------------------------------
-class _Preemption:
-  """Turns SIGTERM into a flag the loop checks after each step."""
-
-  def __init__(self):
-    self.requested = False
-    try:
-      signal.signal(signal.SIGTERM, self._handler)
-    except ValueError:  # Not the main thread (e.g. called from a test thread).
-      pass
-
-  def _handler(self, signum, frame):
-    del signum, frame
-    self.requested = True
+def _flat_config(d, prefix=""):
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat_config(v, f"{prefix}{k}."))
+    else:
+      out[prefix + k] = list(v) if isinstance(v, tuple) else v
+  return out
 
 
-def _truncate_jsonl(path, max_step):
-  """Drops lines logged after the checkpoint we resume from (a killed run logged them)."""
+def check_same_run(workdir, config_json):
+  """Refuses to resume a run whose saved config differs (other than OPERATIONAL_KEYS)."""
+  path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     return
   with open(path) as f:
-    lines = [l for l in f if l.strip() and json.loads(l).get("step", 0) <= max_step]
-  with open(path, "w") as f:
-    f.writelines(lines)
+    saved = _flat_config(json.load(f))
+  new = _flat_config(json.loads(config_json))
+  diff = [f"{k}: {saved.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}"
+          for k in sorted(set(saved) | set(new))
+          if k not in OPERATIONAL_KEYS and saved.get(k) != new.get(k)]
+  if diff:
+    raise TrainingError(f"{workdir} holds a run with another config; resuming it would mix two runs. "
+                        f"Use another --workdir, or the saved values. Differences: {'; '.join(diff)}")
+
+
+def _atomic_json(path, obj):
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2)
+  os.replace(tmp, path)
 
 
 def train_and_evaluate(config, workdir, devices=None):
@@ -308,9 +337,14 @@ def train_and_evaluate(config, workdir, devices=None):
     devices: devices of the data mesh (default: all).
 
   Returns:
-    dict with 'step', 'best' (validation) and 'test' (held-out) metrics.
+    dict with 'step', 'best' (validation) and 'test' (held-out) metrics; with 'preempted':
+    True when SIGTERM stopped it (a checkpoint was written).
   """
-  os.makedirs(workdir, exist_ok=True)
+  main = sharding.is_main()
+  if config.best_metric not in BEST_METRICS:
+    raise cli.UserError(f"Unknown best_metric {config.best_metric!r}; known: {', '.join(BEST_METRICS)}")
+  lower_better = config.best_metric in LOWER_IS_BETTER
+  models.get(config.model.name)  # An unknown name fails here, before any work.
   # --- Pretrained weights: their origin decides the input preprocessing ('auto') --------
   weights_info = (convert.pretrained_info(config.model.init_from, config.model.name)
                   if config.model.init_from else None)
@@ -319,29 +353,48 @@ def train_and_evaluate(config, workdir, devices=None):
                     config.model.preprocess, weights_info["origin"], weights_info["preprocess"])
   config.model.preprocess = models.resolve_preprocess(
       config.model.name, config.model.preprocess, weights_info and weights_info["preprocess"])
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
+  config_json = config.to_json_best_effort(indent=2)
+  check_same_run(workdir, config_json)
 
   # --- Mesh -------------------------------------------------------------------
   mesh = sharding.make_mesh(devices)
   sharding.check_batch(config.batch_size, mesh, "batch_size")
   if config.eval_batch_size:
     sharding.check_batch(config.eval_batch_size, mesh, "eval_batch_size")
+  if config.optim.accumulate_steps > 1 and config.batch_size % (config.optim.accumulate_steps * mesh.size):
+    raise cli.UserError(f"batch_size {config.batch_size} must split into optim.accumulate_steps "
+                        f"{config.optim.accumulate_steps} micro-batches of a multiple of {mesh.size} devices")
 
   # --- Input ------------------------------------------------------------------
-  dataset = datasets.open_dataset(config.data)
+  if main:  # The synthetic benchmark is generated once, by process 0, while the others wait.
+    dataset = datasets.open_dataset(config.data)
+  sharding.barrier("dataset")
+  if not main:
+    dataset = datasets.open_dataset(config.data)
   num_classes = input_pipeline.num_classes(dataset, config.data)
   class_names = dataset.class_names if config.data.task == "attribution" else ("real", "fake")
-  with open(os.path.join(workdir, "run.json"), "w") as f:  # What evaluate/predict need to load it.
-    json.dump({"num_classes": num_classes, "class_names": list(class_names),
-               "dataset": os.path.abspath(dataset.path), "task": config.data.task}, f, indent=2)
+  # Checked before the first step: a dataset without validation fails now, not after an epoch.
+  val_split, val_pool = input_pipeline.validation_source(dataset, config.data)
+  val_idx = dataset.select(val_split, tuple(config.data.train_sources),
+                           tuple(config.data.train_categories), tuple(config.data.exclude_categories))
+  if val_pool is not None:
+    val_idx = np.intersect1d(val_idx, val_pool)
   n_train = len(input_pipeline.train_indices(dataset, config.data))
   images_per_step = config.batch_size // max(config.data.patches_per_image, 1)
   if config.data.patches_per_image and config.batch_size % config.data.patches_per_image:
-    raise ValueError(f"batch_size {config.batch_size} must be a multiple of patches_per_image "
-                     f"{config.data.patches_per_image}")
+    raise cli.UserError(f"batch_size {config.batch_size} must be a multiple of patches_per_image "
+                        f"{config.data.patches_per_image}")
   steps_per_epoch = max(n_train // images_per_step, 1)
   eval_every = config.eval_every_steps or steps_per_epoch
+  if main:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config_json)
+    _atomic_json(os.path.join(workdir, "run.json"), {  # What evaluate/predict need to load it.
+        "num_classes": num_classes, "class_names": list(class_names),
+        "dataset": os.path.abspath(dataset.path), "task": config.data.task,
+        "validation": {"split": val_split, "val_fraction": config.data.val_fraction if val_pool is not None
+                       else 0.0, "n": int(len(val_idx))}})
   train_iter = input_pipeline.make_train_iter(dataset, config.data, config.aug, images_per_step,
                                               config.data.seed)
 
@@ -359,6 +412,9 @@ def train_and_evaluate(config, workdir, devices=None):
   if restored:
     state, meta = restored
     logging.info("Resumed from step %d", meta["step"])
+    if meta.get("best_step") == meta["step"] and meta["step"] not in ckpt.best_steps():
+      # A crash came between this step's checkpoint and its best-model save: save it now.
+      ckpt.save_best(meta["step"], state["model"], {"step": meta["step"], "val": meta.get("best_val")})
   else:
     state, meta = ts.init(), {"step": 0, "best": None, "best_step": None, "bad_evals": 0}
     if config.model.init_from:
@@ -367,23 +423,26 @@ def train_and_evaluate(config, workdir, devices=None):
       state = jax.device_put(state, ts.replicated)
       logging.info("Initialised from %s (%s)", config.model.init_from, weights_info["origin"])
   step = meta["step"]
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
-  _truncate_jsonl(metrics_path, step)
-  writer = report.SummaryWriter(workdir)
+  finished_path = os.path.join(workdir, "finished.json")
+  if meta.get("stopped") or step >= total_steps:
+    if os.path.exists(finished_path):
+      with open(finished_path) as f:
+        done = json.load(f)
+      if main:
+        print(f"{workdir}: this run finished at step {step} ({done['reason']}); nothing to do. "
+              f"Held-out test: {json.dumps(done.get('test', {}))}", flush=True)
+      ckpt.close()
+      return {"step": step, "best": meta["best"], "test": done.get("test"), "finished": True}
+  log = report.RunLog(workdir, enabled=main, resume_step=step)
 
   # --- Train loop -------------------------------------------------------------
-  preempt = _Preemption()
+  preempt = sharding.Preemption()
   pending = []  # Device metrics of the steps since the last log: fetched together.
-  bar = tqdm.tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+  bar = tqdm.tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
+                  disable=not main)
   t_last, s_last = time.perf_counter(), step
-  stop_reason = None
-
-  def log(rows, kind):
-    with open(metrics_path, "a") as f:
-      for r in rows:
-        f.write(json.dumps({"kind": kind, **r}) + "\n")
-    for r in rows:
-      writer.scalars(kind, r, r["step"])
+  t_saved = time.monotonic()
+  stop_reason = meta.get("stopped")
 
   def flush_train_metrics():
     nonlocal t_last, s_last
@@ -400,20 +459,25 @@ def train_and_evaluate(config, workdir, devices=None):
     t_last, s_last, n = time.perf_counter(), rows[-1]["step"], rows[-1]["step"] - s_last
     speed = {"step_time": dt / max(n, 1), "img_per_s": n * images_per_step / max(dt, 1e-9)}
     rows[-1].update(speed)
-    log(rows, "train")
+    log.log(rows, "train")
     bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}", step_s=f"{speed['step_time']:.3f}",
                     img_s=f"{speed['img_per_s']:.0f}")
 
   def save():
+    nonlocal t_saved
     flush_train_metrics()  # Raises on NaN: a NaN state is never saved.
     meta["step"] = step
     ckpt.save(step, state, train_iter, dict(meta))
+    if meta.get("best_step") == step:  # After the checkpoint that records it (see above).
+      ckpt.save_best(step, state["model"], {"step": step, "val": meta.get("best_val")})
+    t_saved = time.monotonic()
 
   with jax.set_mesh(mesh):
-    while step < total_steps:
-      batch = sharding.to_global(mesh, next(train_iter))
+    while step < total_steps and not stop_reason:
+      host = next(train_iter)
+      batch = sharding.to_global(mesh, {"image": host["image"], "label": host["label"]})
       stage = ts.stage_at(step)
-      state, m = train_steps[stage](state, batch)
+      state, m = train_steps[stage](state, batch, config.seed)
       step += 1
       pending.append((step, m))
       bar.update()
@@ -421,69 +485,97 @@ def train_and_evaluate(config, workdir, devices=None):
         flush_train_metrics()
       if step % eval_every == 0 or step == total_steps:
         flush_train_metrics()
-        val = evaluate_split(eval_step, state, mesh, dataset, config, "val",
-                             tuple(config.data.train_sources), tuple(config.data.train_categories),
-                             tuple(config.data.exclude_categories))
+        val = evaluate_split(eval_step, state["model"], mesh, dataset, config, val_split, val_idx)
         val = {"step": step, "epoch": step / steps_per_epoch, **val}
-        log([{k: v for k, v in val.items() if not isinstance(v, list)}], "val")
+        log.log([{k: v for k, v in val.items() if not isinstance(v, list)}], "val")
         score = val[config.best_metric]
+        better = (meta["best"] is None or (score < meta["best"] if lower_better else score > meta["best"]))
         if stage != final_stage:
           pass  # An earlier stage (DeepFD's D1) has no classifier worth keeping yet.
-        elif meta["best"] is None or score > meta["best"]:
-          meta.update(best=score, best_step=step, bad_evals=0)
-          ckpt.save_best(step, state, {"step": step, "val": val})
+        elif better:
+          meta.update(best=score, best_step=step, bad_evals=0,
+                      best_val={k: v for k, v in val.items() if not isinstance(v, list)})
         else:
           meta["bad_evals"] += 1
-        bar.write(f"step {step} epoch {val['epoch']:.1f}: val {config.best_metric}={score:.4f} "
-                  + (f"(best {meta['best']:.4f} at step {meta['best_step']})" if meta["best"]
-                     is not None else f"(stage {stage})"))
-        report.plot_curves(metrics_path, os.path.join(workdir, "curves.png"))
-        save()
+        if main:
+          bar.write(f"step {step} epoch {val['epoch']:.1f}: val {config.best_metric}={score:.4f} "
+                    + (f"(best {meta['best']:.4f} at step {meta['best_step']})" if meta["best"]
+                       is not None else f"(stage {stage})"))
+        log.plot()
         if config.early_stop_patience and meta["bad_evals"] >= config.early_stop_patience:
-          stop_reason = f"early stop: no improvement in {meta['bad_evals']} evaluations"
-          break
-      if preempt.requested:
+          stop_reason = meta["stopped"] = f"early stop: no improvement in {meta['bad_evals']} evaluations"
         save()
+      elif ((config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0) or
+            (config.checkpoint_every_minutes and
+             time.monotonic() - t_saved >= 60 * config.checkpoint_every_minutes)):
+        save()
+      if preempt.reached(step):
+        save()  # A no-op when this step was just saved.
         stop_reason = "SIGTERM: checkpoint written"
         break
   bar.close()
   flush_train_metrics()
-  writer.close()
-  if stop_reason:
+  if stop_reason and main:
     logging.info(stop_reason)
     print(stop_reason, flush=True)
-  if preempt.requested:
+  if stop_reason == "SIGTERM: checkpoint written":
+    log.close()
     ckpt.close()
     return {"step": step, "preempted": True}
 
   # --- Final held-out evaluation of the best model ------------------------------
-  best_state, _ = checkpoint.restore_model(workdir, ts.abstract, "best")
   ckpt.close()
-  test = evaluate_split(eval_step, best_state, mesh, dataset, config, "test",
-                        tuple(config.data.train_sources), tuple(config.data.train_categories),
-                        tuple(config.data.exclude_categories), desc="test")
-  test = {k: v for k, v in test.items() if not isinstance(v, list)}
-  log([{"step": meta["best_step"], **test}], "test")
-  sources = ",".join(config.data.train_sources) or "all"
-  print(f"held-out test ({sources}): "
-        + " ".join(f"{k}={test[k]:.4f}" for k in ("top1", "accuracy", "real_acc", "fake_acc", "ap",
-                                                   "auc") if k in test), flush=True)
+  model_abstract = ts.abstract["model"]
+  best_state, best_meta = checkpoint.restore_model(workdir, model_abstract, "best")
+  test = {}
+  if "test" in dataset.splits:
+    test_idx = dataset.select("test", tuple(config.data.train_sources), tuple(config.data.train_categories),
+                              tuple(config.data.exclude_categories))
+    test = evaluate_split(eval_step, best_state, mesh, dataset, config, "test", test_idx, desc="test")
+    test = {k: v for k, v in test.items() if not isinstance(v, list)}
+    log.log([{"step": best_meta["step"], **test}], "test")
+    sources = ",".join(config.data.train_sources) or "all"
+    if main:
+      print(f"held-out test ({sources}): "
+            + " ".join(f"{k}={test[k]:.4f}" for k in ("top1", "accuracy", "real_acc", "fake_acc",
+                                                       "ap", "auc") if k in test), flush=True)
+  log.close()
+  if main:
+    _atomic_json(finished_path, {"step": step, "reason": stop_reason or "completed",
+                                 "best_step": meta["best_step"], "test": test})
   return {"step": step, "best": meta["best"], "test": test}
 
 
-def default_workdir():
-  name = os.path.splitext(os.path.basename(config_flags.get_config_filename(flags.FLAGS["config"])))[0]
-  return os.path.join("runs", name)
+def default_workdir(config_arg):
+  """runs/<config name>[_<variant>]: each variant of a config file gets its own run."""
+  path, _, variant = config_arg.partition(":")
+  name = os.path.splitext(os.path.basename(path))[0]
+  return os.path.join("runs", f"{name}_{variant}" if variant else name)
+
+
+def _config_arg(argv):
+  for i, a in enumerate(argv):
+    if a.startswith("--config="):
+      return a.split("=", 1)[1]
+    if a == "--config" and i + 1 < len(argv):
+      return argv[i + 1]
+  return config_flags.get_config_filename(flags.FLAGS["config"])
 
 
 def main(argv):
   del argv
-  train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir or default_workdir())
+  f = flags.FLAGS
+  sharding.initialize(f.coordinator_address, f.num_processes, f.process_id)
+  workdir = f.workdir or default_workdir(_config_arg(sys.argv))
+  out = train_and_evaluate(f.config, workdir)
+  if out.get("preempted"):
+    sys.exit(EXIT_PREEMPTED)
 
 
 if __name__ == "__main__":
   # Defined here, not at import, so evaluate/predict can import this module with their own flags.
   config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
-  flags.DEFINE_string("workdir", None, "Output folder (default: runs/<config name>).")
+  flags.DEFINE_string("workdir", None, "Output folder (default: runs/<config name>[_<variant>]).")
+  cli.define_distributed_flags()
   flags.mark_flag_as_required("config")
   cli.run(main)

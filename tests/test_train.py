@@ -1,8 +1,10 @@
-"""The training spine: sharding equivalence, exact resume, preemption, NaN guard, configs."""
+"""The training spine: sharding equivalence, accumulation, crash safety (each fault injected),
+resume rules, configs, exit statuses."""
 
 import glob
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +18,7 @@ import pytest
 from fakejax import checkpoint
 from fakejax import datasets
 from fakejax import defaults
+from fakejax import evaluator
 from fakejax import input_pipeline
 from fakejax import sharding
 from fakejax import train
@@ -47,6 +50,32 @@ def test_eight_devices_equal_one_device(make_config, tiny_synthetic):
   assert not np.allclose(flat8[0][1], jax.tree.leaves(nnx.to_pure_dict(ts.init()))[0])  # It trained.
 
 
+def test_accumulated_micro_batches_make_the_whole_batch_update(make_config, tiny_synthetic):
+  """accumulate_steps=4: the same update as one step on the whole batch. DeepFD's second stage
+  trains only D2, which has no BatchNorm (D1 is frozen in eval mode), so nothing depends on how
+  the batch is cut."""
+  batch = next(input_pipeline.make_train_iter(tiny_synthetic, make_config().data, make_config().aug, 16,
+                                              seed=0))
+  out = []
+  for k in (1, 4):
+    config = make_config(**{"optim.accumulate_steps": k, "model.name": "deepfd", "model.width": 0.25,
+                            "deepfd.stage1_steps": 0, "deepfd.stage2_steps": 1, "optim.name": "sgd",
+                            "optim.lr": 0.5})
+    mesh = sharding.make_mesh(jax.devices()[:2])
+    ts = train.TrainState(config, 2, 1, mesh)
+    init = ts.init()
+    state, m = train.make_train_step(ts, ts.stage_at(0))(init, sharding.to_global(mesh, batch))
+    out.append((jax.tree.map(np.asarray, nnx.to_pure_dict(state["model"])), float(m["loss"])))
+  (whole, loss1), (acc, loss4) = out
+  assert loss4 == pytest.approx(loss1, rel=1e-5)
+  before = jax.tree.map(np.asarray, nnx.to_pure_dict(ts.init()["model"]))
+  moved = 0
+  for a, b, c in zip(jax.tree.leaves(whole), jax.tree.leaves(acc), jax.tree.leaves(before)):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+    moved += not np.allclose(a, c)
+  assert moved >= 4  # D2's conv and head, kernel and bias.
+
+
 def test_batch_not_divisible_by_devices(make_config, tmp_path):
   with pytest.raises(ValueError, match="batch_size 12 is not divisible by the number of devices 8"):
     train.train_and_evaluate(make_config(batch_size=12), str(tmp_path / "w"))
@@ -67,10 +96,114 @@ def test_restore_into_other_head_names_the_mismatch(make_config, tiny_run):
   config = make_config(**{"data.task": "attribution", "data.train_sources": ()})
   ts = train.TrainState(config, 5, 2, sharding.make_mesh())
   with pytest.raises(checkpoint.MismatchError, match=r"model/head/kernel: checkpoint \(256, 2\) vs model \(256, 5\)"):
-    checkpoint.restore_model(workdir, ts.abstract)
-  with pytest.raises(checkpoint.MismatchError, match="head/kernel"):
-    train.train_and_evaluate(config, workdir)  # Resuming with another head is refused too.
+    checkpoint.restore_model(workdir, ts.abstract["model"])
+  # Resuming with another config is refused before anything is touched, naming the keys.
+  with pytest.raises(train.TrainingError, match=r"data.task: 'binary' -> 'attribution'.*data.train_sources"):
+    train.train_and_evaluate(config, workdir)
   assert os.path.isdir(os.path.join(workdir, "checkpoints", "2"))  # And nothing was lost.
+
+
+def test_default_workdir_includes_the_variant():
+  assert train.default_workdir("configs/mobilenet_v2.py:imagenet") == os.path.join("runs", "mobilenet_v2_imagenet")
+  assert train.default_workdir("configs/mobilenet_v2.py") == os.path.join("runs", "mobilenet_v2")
+
+
+def _files(workdir, sub):
+  return sorted(int(os.path.basename(p)) for p in glob.glob(os.path.join(workdir, sub, "[0-9]*")))
+
+
+def test_crash_safety(make_config, tmp_path, monkeypatch):
+  """Each fault injected in turn; after every one the run resumes and finishes.
+
+  Validation is stubbed with scores that improve at every evaluation, so each one makes a new
+  best model (what is tested is when checkpoints are written, not the metrics).
+  """
+  calls = []
+
+  def improving(*args, **kwargs):
+    del args, kwargs
+    calls.append(1)
+    return {"accuracy": len(calls) / 100, "loss": 1 / len(calls)}
+  monkeypatch.setattr(train, "evaluate_split", improving)
+  cfg = lambda **kw: make_config(total_steps=4, eval_every_steps=2, keep_checkpoints=10, **kw)
+  real_reached = sharding.Preemption.reached
+
+  # SIGTERM before the first evaluation: no best model yet; evaluation falls back to the latest
+  # checkpoint. checkpoint_every_steps wrote step 1 between evaluations.
+  w = str(tmp_path / "run")
+  monkeypatch.setattr(sharding.Preemption, "reached", lambda self, step: step == 1)
+  out = train.train_and_evaluate(cfg(checkpoint_every_steps=1), w)
+  assert out == {"step": 1, "preempted": True} and _files(w, "checkpoints") == [1] and _files(w, "best") == []
+  assert evaluator.Run(w).meta["step"] == 1
+
+  # SIGTERM arriving with the evaluation of step 2, which already saved that step: saved once.
+  monkeypatch.setattr(sharding.Preemption, "reached", lambda self, step: step == 2)
+  assert train.train_and_evaluate(cfg(checkpoint_every_steps=1), w)["preempted"]
+  assert _files(w, "checkpoints") == [1, 2] and _files(w, "best") == [2]
+
+  # A crash between step 4's checkpoint and its best-model save: the resumed run saves it.
+  monkeypatch.setattr(sharding.Preemption, "reached", real_reached)
+  save_best = checkpoint.Checkpointer.save_best
+
+  def crash(self, step, *a):
+    if step == 4:
+      raise RuntimeError("killed")
+    return save_best(self, step, *a)
+  monkeypatch.setattr(checkpoint.Checkpointer, "save_best", crash)
+  with pytest.raises(RuntimeError, match="killed"):
+    train.train_and_evaluate(cfg(checkpoint_every_steps=1), w)
+  monkeypatch.setattr(checkpoint.Checkpointer, "save_best", save_best)
+  assert _files(w, "checkpoints") == [1, 2, 3, 4] and _files(w, "best") == [2]
+  done = train.train_and_evaluate(cfg(checkpoint_every_steps=1), w)
+  assert _files(w, "best") == [4] and done["step"] == 4 and "accuracy" in done["test"]
+  # The best model holds no optimizer state.
+  saved = checkpoint.ocp.PyTreeCheckpointer().metadata(
+      os.path.join(w, "best", "4", "state")).item_metadata.tree
+  assert set(saved) == {"model"}
+
+  # Rerunning a finished run reports and exits without training or logging.
+  before = open(os.path.join(w, "metrics.jsonl")).read()
+  again = train.train_and_evaluate(cfg(checkpoint_every_steps=1), w)
+  assert again["finished"] and open(os.path.join(w, "metrics.jsonl")).read() == before
+
+  # The old failure: a best model on disk for a step whose checkpoint was lost. The resumed run
+  # reaches that step again and goes on (a step already saved is never saved twice).
+  w2 = str(tmp_path / "lost")
+  train.train_and_evaluate(cfg(), w2)
+  assert _files(w2, "checkpoints") == [2, 4] and _files(w2, "best") == [4]
+  os.remove(os.path.join(w2, "finished.json"))
+  shutil.rmtree(os.path.join(w2, "checkpoints", "4"))
+  assert train.train_and_evaluate(cfg(), w2)["step"] == 4
+  assert _files(w2, "checkpoints") == [2, 4]
+
+
+def test_early_stop_is_final_and_lower_is_better_metrics(make_config, tmp_path):
+  """best_metric='loss' keeps the lowest; an early-stopped run does not train on when rerun."""
+  with pytest.raises(ValueError, match="Unknown best_metric 'acc'; known: accuracy"):
+    train.train_and_evaluate(make_config(best_metric="acc"), str(tmp_path / "x"))
+  assert not os.path.exists(tmp_path / "x")
+  w = str(tmp_path / "es")
+  c = make_config(total_steps=6, eval_every_steps=1, best_metric="loss", early_stop_patience=1,
+                  **{"optim.lr": 0.2, "optim.name": "sgd"})
+  out = train.train_and_evaluate(c, w)
+  val = [json.loads(l) for l in open(os.path.join(w, "metrics.jsonl")) if '"val"' in l]
+  losses = [r["loss"] for r in val]
+  assert out["best"] == min(losses) and _files(w, "best") == [val[int(np.argmin(losses))]["step"]]
+  stopped = out["step"]
+  assert stopped < 6  # An evaluation without improvement stopped it.
+  again = train.train_and_evaluate(c, w)
+  assert again["finished"] and again["step"] == stopped
+
+
+def test_dataset_without_validation_fails_before_training_or_holds_out_a_fraction(make_config, tmp_path):
+  c = make_config(**{"data.synthetic.val": 0})
+  with pytest.raises(ValueError, match="has no 'val' split.*val_fraction"):
+    train.train_and_evaluate(c, str(tmp_path / "noval"))
+  assert not os.path.exists(tmp_path / "noval" / "checkpoints")
+  c = make_config(total_steps=2, **{"data.synthetic.val": 0, "data.val_fraction": 0.2})
+  train.train_and_evaluate(c, str(tmp_path / "frac"))
+  info = json.load(open(tmp_path / "frac" / "run.json"))["validation"]
+  assert info["split"] == "train" and info["val_fraction"] == 0.2 and info["n"] > 0
 
 
 def _config_files():
@@ -89,6 +222,7 @@ def test_every_config_runs_one_tiny_step(path, make_config):
   c.data.patch_size = 16
   c.data.workers = 0
   c.batch_size = 16
+  c.optim.accumulate_steps = 1
   dataset = datasets.open_dataset(c.data)
   num_classes = input_pipeline.num_classes(dataset, c.data)
   images = c.batch_size // max(c.data.patches_per_image, 1)
@@ -111,17 +245,21 @@ def test_config_variants_start_from_imagenet_weights(name, arg):
     defaults.from_file(os.path.join(ROOT, "configs", name), "nonsense")
 
 
-def test_config_typo_lists_valid_keys():
-  r = subprocess.run([sys.executable, "-m", "fakejax.train", "--config", "configs/quick.py",
-                      "--config.model.widht=2"], cwd=ROOT, capture_output=True, text=True,
-                     timeout=120)
-  assert r.returncode != 0
-  assert "unknown config key 'model.widht'" in r.stderr and "width" in r.stderr
+def test_cli_errors_are_one_line_and_bugs_keep_their_traceback():
+  run = lambda *a: subprocess.run([sys.executable, *a], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  r = run("-m", "fakejax.train", "--config", "configs/quick.py", "--config.model.widht=2")
+  assert r.returncode != 0 and "unknown config key 'model.widht'" in r.stderr and "width" in r.stderr
   assert "Traceback" not in r.stderr
+  r = run("-m", "fakejax.train", "--config", "configs/quick.py", "--config.model.name=vgg",
+          "--workdir", "/nonexistent/never/written")
+  assert r.returncode == 1 and "Unknown model 'vgg'; known: bit_resnet50, deepfd" in r.stderr
+  assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+  r = run("-c", "from fakejax import cli; cli.run(lambda argv: int('not a number'))")
+  assert r.returncode != 0 and "Traceback" in r.stderr and "invalid literal" in r.stderr
 
 
 # ---------------------------------------------------------------------------
-# Exact resume after SIGKILL, checkpoint on SIGTERM (real processes).
+# SIGTERM: a checkpoint, exit status 75, an exact resume (a real process).
 # ---------------------------------------------------------------------------
 def _cmd(data_root, workdir, steps=16):
   flags = {"model.width": 0.125, "model.middle_blocks": 1, "model.dropout": 0.3,
@@ -156,30 +294,19 @@ def _interrupt(cmd, workdir, sig, after_step):
   return p.returncode, out
 
 
-def test_exact_resume_after_sigkill_and_checkpoint_on_sigterm(tiny_synthetic, data_root, tmp_path):
+def test_sigterm_checkpoints_exits_75_and_resumes_exactly(tiny_synthetic, data_root, tmp_path):
   del tiny_synthetic
   ref = str(tmp_path / "ref")
-  subprocess.run(_cmd(data_root, ref), cwd=ROOT, env=_env(), check=True, capture_output=True)
+  subprocess.run(_cmd(data_root, ref, 8), cwd=ROOT, env=_env(), check=True, capture_output=True)
   expected = _losses(ref)
-  assert sorted(expected) == list(range(1, 17))
-
-  killed = str(tmp_path / "killed")
-  code, _ = _interrupt(_cmd(data_root, killed), killed, signal.SIGKILL, after_step=8)
-  assert code == -signal.SIGKILL
-  assert max(_losses(killed)) < 16  # It really died mid-run.
-  subprocess.run(_cmd(data_root, killed), cwd=ROOT, env=_env(), check=True, capture_output=True)
-  got = _losses(killed)
-  assert sorted(got) == sorted(expected)
-  np.testing.assert_allclose([got[s] for s in sorted(got)], [expected[s] for s in sorted(got)],
-                             rtol=0, atol=1e-6)
-
+  assert sorted(expected) == list(range(1, 9))
   termed = str(tmp_path / "termed")
-  code, out = _interrupt(_cmd(data_root, termed), termed, signal.SIGTERM, after_step=4)
-  assert code == 0 and "SIGTERM: checkpoint written" in out, out
+  code, out = _interrupt(_cmd(data_root, termed, 8), termed, signal.SIGTERM, after_step=4)
+  assert code == train.EXIT_PREEMPTED and "SIGTERM: checkpoint written" in out, out
   stopped_at = max(_losses(termed))
-  assert stopped_at < 16
-  assert os.path.isdir(os.path.join(termed, "checkpoints", str(stopped_at)))
-  subprocess.run(_cmd(data_root, termed), cwd=ROOT, env=_env(), check=True, capture_output=True)
+  assert stopped_at < 8 and os.path.isdir(os.path.join(termed, "checkpoints", str(stopped_at)))
+  subprocess.run(_cmd(data_root, termed, 8), cwd=ROOT, env=_env(), check=True, capture_output=True)
   got = _losses(termed)
+  assert sorted(got) == sorted(expected)
   np.testing.assert_allclose([got[s] for s in sorted(got)], [expected[s] for s in sorted(got)],
                              rtol=0, atol=1e-6)

@@ -1,0 +1,135 @@
+"""Several processes on loopback (jax.distributed, gloo collectives): one run, one result.
+
+Two processes of two CPU devices each must train to the parameters and BatchNorm statistics
+of one process of four devices, through a SIGTERM to one process (both stop at the same
+checkpointed step, exit 75), a SIGKILL of one process (the other exits non-zero within the
+runtime's heartbeat timeout) and two resumptions; evaluating with two processes must give the
+one-process report exactly.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from fakejax import checkpoint
+from fakejax import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HEARTBEAT_S = 10
+STEPS = 8
+
+
+def _port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _flags(data_root, workdir):
+  c = {"model.width": 0.125, "model.middle_blocks": 1, "model.dropout": 0.3, "data.cache_dir": data_root,
+       "data.synthetic.size": 32, "data.synthetic.train": 8, "data.synthetic.val": 4,
+       "data.synthetic.test": 3, "data.image_size": 32, "batch_size": 16, "total_steps": STEPS,
+       "eval_every_steps": 4, "checkpoint_every_steps": 1, "log_every_steps": 1, "keep_checkpoints": 20,
+       "aug.jpg_prob": 0.5, "aug.blur_prob": 0.5,  # Augmentation draws must follow the global example.
+       # SGD: Adam divides by the gradient's running RMS, which turns the last-bit differences of
+       # another reduction order into visible ones on parameters whose gradient is ~0.
+       "optim.name": "sgd", "optim.lr": 0.01}
+  return ["--config", "configs/quick.py", "--workdir", workdir] + [f"--config.{k}={v}" for k, v in c.items()]
+
+
+def _start(module_args, nproc, devices):
+  """nproc processes of `python -m ...` joined by jax.distributed on a fresh loopback port."""
+  port, procs = _port(), []
+  for i in range(nproc):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               PYTHONUNBUFFERED="1", FAKEJAX_HEARTBEAT_S=str(HEARTBEAT_S))
+    if nproc > 1:
+      env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(nproc),
+                 JAX_PROCESS_ID=str(i))
+    procs.append(subprocess.Popen([sys.executable, "-m"] + module_args, cwd=ROOT, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  start_new_session=True))
+  return procs
+
+
+def _finish(procs, timeout=300):
+  """(exit codes, outputs); kills whatever is left at the deadline (the test then fails)."""
+  deadline = time.time() + timeout
+  outs = []
+  for p in procs:
+    try:
+      outs.append(p.communicate(timeout=max(deadline - time.time(), 1))[0])
+    except subprocess.TimeoutExpired:
+      for q in procs:
+        q.kill()
+      raise AssertionError("processes did not stop: " + "".join(q.communicate()[0][-2000:] for q in procs))
+  return [p.returncode for p in procs], outs
+
+
+def _wait_for_checkpoint(procs, workdir, step, timeout=300):
+  deadline = time.time() + timeout
+  while not os.path.exists(os.path.join(workdir, "checkpoints", str(step), "meta")):
+    if any(p.poll() is not None for p in procs) or time.time() > deadline:
+      codes, outs = _finish(procs, 30)
+      raise AssertionError(f"no checkpoint {step}: exit codes {codes}\n" + "\n".join(o[-3000:] for o in outs))
+    time.sleep(0.05)
+
+
+def _model(workdir):
+  return checkpoint.load_run_weights(workdir, "latest")
+
+
+def _steps(workdir):
+  return sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+
+
+def test_two_processes_train_and_evaluate_as_one(tiny_synthetic, data_root, tmp_path):
+  del tiny_synthetic
+  ref = str(tmp_path / "ref")
+  codes, outs = _finish(_start(["fakejax.train"] + _flags(data_root, ref), 1, 4))
+  assert codes == [0], outs[0][-3000:]
+
+  # Two processes, two devices each; process 0 alone generates the synthetic benchmark in a
+  # fresh cache while process 1 waits. SIGTERM to process 1: both checkpoint one step and stop.
+  run, fresh = str(tmp_path / "mh"), str(tmp_path / "fresh_cache")
+  procs = _start(["fakejax.train"] + _flags(fresh, run), 2, 2)
+  _wait_for_checkpoint(procs, run, 2)
+  procs[1].send_signal(signal.SIGTERM)
+  codes, outs = _finish(procs)
+  assert codes == [train.EXIT_PREEMPTED] * 2, [o[-3000:] for o in outs]
+  stopped = _steps(run)[-1]
+  assert 2 <= stopped < STEPS and "SIGTERM: checkpoint written" in outs[0]
+  assert len(os.listdir(fresh)) == 1  # One synthetic dataset, built once.
+  rows = [json.loads(l) for l in open(os.path.join(run, "metrics.jsonl"))]
+  assert max(r["step"] for r in rows) == stopped  # One process logged, up to the stop.
+
+  # Resume; SIGKILL process 1 mid-run: process 0 must fail (non-zero) within the heartbeat bound.
+  procs = _start(["fakejax.train"] + _flags(fresh, run), 2, 2)
+  _wait_for_checkpoint(procs, run, stopped + 2)
+  procs[1].send_signal(signal.SIGKILL)
+  t = time.time()
+  codes, _ = _finish(procs, timeout=6 * HEARTBEAT_S)
+  assert codes[1] == -signal.SIGKILL and codes[0] != 0 and time.time() - t < 6 * HEARTBEAT_S
+
+  # Resume to the end: the same model as one process of four devices.
+  codes, outs = _finish(_start(["fakejax.train"] + _flags(fresh, run), 2, 2))
+  assert codes == [0, 0], [o[-3000:] for o in outs]
+  want, got = _model(ref), _model(run)
+  assert set(want) == set(got) and any(k.endswith("/mean") for k in want)
+  for k in want:
+    np.testing.assert_allclose(got[k], want[k], rtol=0, atol=1e-5, err_msg=k)
+
+  # Evaluation: two processes give exactly the one-process report.
+  reports = []
+  for nproc, devices in ((1, 4), (2, 2)):
+    out = str(tmp_path / f"eval{nproc}")
+    codes, outs = _finish(_start(["fakejax.evaluate", "--workdir", run, "--out", out], nproc, devices))
+    assert set(codes) == {0}, [o[-3000:] for o in outs]
+    reports.append(json.load(open(os.path.join(out, "report.json")))["rows"])
+  assert reports[0] == reports[1] and reports[0][0]["n_real"] + reports[0][0]["n_fake"] == 18
