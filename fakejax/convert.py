@@ -1,11 +1,12 @@
-r"""ImageNet weights from the files users already have: Keras H5 and torchvision state dicts.
+r"""ImageNet weights from the files users already have: Keras H5, torchvision state dicts, BiT .npz.
 
   python -m fakejax.convert --from keras --model xception xception_weights_tf_dim_ordering_tf_kernels_notop.h5 OUT
   python -m fakejax.convert --from keras --model mobilenet_v2 mobilenet_v2_weights_...no_top.h5 OUT
   python -m fakejax.convert --from torchvision --model resnet50 resnet50-0676ba61.pth|.safetensors OUT
+  python -m fakejax.convert --from bit --model bit_resnet50 BiT-M-R50x1.npz OUT
 
 OUT is a weights folder that `--config.model.init_from=OUT` loads into a fresh
-model (`keras:FILE` / `torchvision:FILE` load a file directly, and a training
+model (`keras:FILE` / `torchvision:FILE` / `bit:FILE` load a file directly, and a training
 run's workdir works too). The classification head is never converted: it is
 built for the configured number of classes. Everything else must match
 exactly, or the error names every mismatched parameter.
@@ -14,7 +15,8 @@ Keras files are read in the legacy H5 layout of the Keras applications weight
 files (also what `model.save('file.h5')` writes): layers by name, weights in
 layer order. torchvision `.safetensors` files need no PyTorch; `.pth` files are
 read with `torch.load(weights_only=True)` when PyTorch is installed. Nothing
-is ever unpickled otherwise.
+is ever unpickled otherwise. BiT files are the NumPy archives big_transfer released
+(gs://bit_models/BiT-M-R50x1.npz), names as its TF code (`resnet/block1/unit01/a/...`).
 """
 
 import json
@@ -30,8 +32,9 @@ from fakejax import checkpoint
 from fakejax import cli
 from fakejax import models
 
-ORIGINS = {"keras": "minus_one_one", "torchvision": "imagenet"}  # origin -> input preprocessing
-SUPPORTED = {"keras": ("xception", "mobilenet_v2"), "torchvision": ("resnet50", "resnet101")}
+ORIGINS = {"keras": "minus_one_one", "torchvision": "imagenet", "bit": "minus_one_one"}  # -> preprocessing
+SUPPORTED = {"keras": ("xception", "mobilenet_v2"), "torchvision": ("resnet50", "resnet101"),
+             "bit": ("bit_resnet50",)}
 KERAS_TOPS = ("predictions", "Logits")  # ImageNet classifiers of Keras applications: dropped.
 
 
@@ -183,18 +186,61 @@ def from_torchvision_resnet(sd):
 
 
 # ---------------------------------------------------------------------------
+# BiT.
+# ---------------------------------------------------------------------------
+def read_npz(path):
+  """{name: array} of a NumPy .npz archive (never unpickled)."""
+  with np.load(path, allow_pickle=False) as f:
+    return {k: f[k] for k in f.files}
+
+
+# Released leaf names -> ours, within unit sub-layer a, b or c (our gn1/conv1, gn2/conv2, gn3/conv3).
+_BIT_LEAVES = {"group_norm/gamma": "gn{}/scale", "group_norm/beta": "gn{}/bias",
+               "standardized_conv2d/kernel": "conv{}/kernel"}
+
+
+def from_bit(arrays):
+  """{our parameter path: array} of a released BiT .npz (big_transfer's names; head dropped)."""
+  out, unknown = {}, []
+  for key, value in arrays.items():
+    # Some released files number their convolutions (big_vision's loader undoes it the same way).
+    name = re.sub(r"/standardized_conv2d_\d+/", "/standardized_conv2d/", key).removeprefix("resnet/")
+    m = re.fullmatch(r"block([1-4])/unit(\d+)/([abc])/(proj/)?(.+)", name)
+    if name.startswith("head/"):
+      continue
+    if name == "root_block/standardized_conv2d/kernel":
+      out["root/kernel"] = value  # HWIO, as ours.
+    elif name in ("group_norm/gamma", "group_norm/beta"):  # The pre-head GroupNorm.
+      out["norm/scale" if name.endswith("gamma") else "norm/bias"] = value.reshape(-1)
+    elif m and m[5] in _BIT_LEAVES and not m[4]:
+      dst = _BIT_LEAVES[m[5]].format("abc".index(m[3]) + 1)
+      out[f"block{m[1]}/{int(m[2]) - 1}/{dst}"] = value if dst.endswith("kernel") else value.reshape(-1)
+    elif m and m[3] == "a" and m[4] and m[5] == "standardized_conv2d/kernel":
+      out[f"block{m[1]}/{int(m[2]) - 1}/proj/kernel"] = value
+    else:
+      unknown.append(key)
+  if unknown:
+    raise ConversionError(f"Not a BiT ResNet-V2 .npz: {len(unknown)} unexpected key(s): {', '.join(unknown)}")
+  return out
+
+
+# ---------------------------------------------------------------------------
 # Loading into a model.
 # ---------------------------------------------------------------------------
+_READERS = {"keras": lambda model, path: from_keras(model, read_keras_h5(path)),
+            "torchvision": lambda model, path: from_torchvision_resnet(read_torch_state_dict(path)),
+            "bit": lambda model, path: from_bit(read_npz(path))}
+
+
 def convert(origin, model, path):
-  """(weights {path: array}, info) of a weight file of `origin` ('keras' or 'torchvision')."""
+  """(weights {path: array}, info) of a weight file of `origin` (a key of SUPPORTED)."""
   if origin not in SUPPORTED:
     raise ValueError(f"Unknown weight origin {origin!r}; known: {', '.join(SUPPORTED)}")
   if model not in SUPPORTED[origin]:
     raise ValueError(f"{origin} weights are supported for {', '.join(SUPPORTED[origin])}, not {model!r}")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"No weight file {path}")
-  weights = (from_keras(model, read_keras_h5(path)) if origin == "keras"
-             else from_torchvision_resnet(read_torch_state_dict(path)))
+  weights = _READERS[origin](model, path)
   info = {"origin": origin, "model": model, "preprocess": ORIGINS[origin], "source": os.path.abspath(path)}
   return weights, info
 
@@ -212,7 +258,7 @@ def pretrained_info(spec, model):
       m = json.load(f)["model"]
     return {"origin": "run", "model": m["name"], "preprocess": m["preprocess"], "source": spec}
   raise FileNotFoundError(f"init_from {spec!r} is neither a folder written by fakejax.convert, a "
-                          "training run, nor keras:FILE.h5 / torchvision:FILE")
+                          "training run, nor keras:FILE.h5 / torchvision:FILE / bit:FILE.npz")
 
 
 def load_pretrained(spec, model):
@@ -251,7 +297,7 @@ def init_model_state(model_state, weights, what):
 
 def main(argv):
   if len(argv) != 3:
-    raise cli.UserError("usage: python -m fakejax.convert --from keras|torchvision --model NAME FILE OUT")
+    raise cli.UserError("usage: python -m fakejax.convert --from keras|torchvision|bit --model NAME FILE OUT")
   src, out = argv[1], argv[2]
   model = flags.FLAGS.model
   weights, info = convert(flags.FLAGS["from"].value, model, src)

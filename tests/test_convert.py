@@ -24,8 +24,9 @@ def _pooled(model_name, weights, x):
   convert.init_model_state(state, weights, "test")
   nnx.update(model, state)
   model.eval()
-  _, feats = model(x, return_features=True)
-  return np.asarray(feats["pooled"])
+  maps = {}
+  model(x, taps=lambda name, a: maps.setdefault(name, a))
+  return np.asarray(maps[models.layer_names(model)[-1]].mean(axis=(1, 2)))  # Global average pool.
 
 
 def _randomize_keras_batch_norm(model, rng):

@@ -1,14 +1,12 @@
-"""Architectures: exact sizes, shapes, modes, and the fast depthwise convolution."""
+"""Architectures: exact sizes, layer names and shapes, taps, modes, preprocessing."""
 
 from flax import nnx
 import jax
-from jax import lax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from fakejax import models
-from fakejax.models import layers
 
 
 @pytest.mark.parametrize("name,with_bn_stats,expected", [
@@ -35,96 +33,103 @@ def _abstract_forward(model, shape, **kw):
 @pytest.mark.parametrize("size", [32, 64, 299])
 def test_output_shapes(name, size):
   model = nnx.eval_shape(lambda: models.create(name, 5))
-  logits, feats = _abstract_forward(model, (2, size, size, 3), return_features=True)
-  c = model.num_features
+  logits = _abstract_forward(model, (2, size, size, 3))
   assert logits.shape == (2, 5) and logits.dtype == jnp.float32
-  assert feats["pooled"].shape == (2, c)
-  assert feats["features"].shape[-1] == c and feats["features"].shape[0] == 2
-  if name == "xception" and size == 299:
-    assert feats["features"].shape == (2, 10, 10, 2048)  # As Keras Xception at 299.
-  if name == "resnet50" and size == 299:
-    assert feats["features"].shape == (2, 10, 10, 2048)
-  if name == "mobilenet_v2" and size == 299:
-    assert feats["features"].shape == (2, 10, 10, 1280)  # As Keras MobileNetV2 at 299.
+  features = models.layer_shapes(model, size, batch=2)[-1][1]  # The map that is pooled.
+  assert features[0] == 2 and features[-1] == model.num_features
+  if size == 299:  # Keras Xception / MobileNetV2 and torchvision ResNet-50 at 299: 10x10.
+    assert features[1:3] == (10, 10)
+
+
+_XCEPTION_299 = [  # keras.applications.Xception's activations at 299 px, by the PyTorch names.
+    ("conv1", (149, 149, 32)), ("conv2", (147, 147, 64)), ("block1", (74, 74, 128)),
+    ("block2", (37, 37, 256)), ("block3", (19, 19, 728)),
+    *((f"block{i}", (19, 19, 728)) for i in range(4, 12)),
+    ("block12", (10, 10, 1024)), ("conv3", (10, 10, 1536)), ("conv4", (10, 10, 2048))]
+_RESNET50_224 = [  # torchvision resnet50's module outputs at 224 px.
+    ("stem", (112, 112, 64)), ("maxpool", (56, 56, 64)),
+    *((f"layer1.{j}", (56, 56, 256)) for j in range(3)), ("layer1", (56, 56, 256)),
+    *((f"layer2.{j}", (28, 28, 512)) for j in range(4)), ("layer2", (28, 28, 512)),
+    *((f"layer3.{j}", (14, 14, 1024)) for j in range(6)), ("layer3", (14, 14, 1024)),
+    *((f"layer4.{j}", (7, 7, 2048)) for j in range(3)), ("layer4", (7, 7, 2048))]
+_MOBILENET_V2_224 = [  # keras.applications.MobileNetV2: stem, 17 inverted residuals, Conv_1.
+    ("stem", (112, 112, 32)),
+    *((f"block{i}", s) for i, s in enumerate(
+        [(112, 112, 16)] + [(56, 56, 24)] * 2 + [(28, 28, 32)] * 3 + [(14, 14, 64)] * 4
+        + [(14, 14, 96)] * 3 + [(7, 7, 160)] * 3 + [(7, 7, 320)])),
+    ("last", (7, 7, 1280))]
+_DEEPFD_224 = [  # The paper's Table I: 7x7 stride 4, then 96, 128, 256 channels; D2's 2-map conv.
+    ("d1.stem", (56, 56, 96)), ("d1.block0", (56, 56, 96)), ("d1.block1", (56, 56, 96)),
+    ("d1.block2", (28, 28, 128)), ("d1.block3", (28, 28, 128)), ("d1.block4", (14, 14, 256)),
+    ("d1.block5", (14, 14, 256)), ("d2.conv", (14, 14, 2))]
+
+
+@pytest.mark.parametrize("name,size,expected,cam", [
+    ("xception", 299, _XCEPTION_299, "block12"), ("resnet50", 224, _RESNET50_224, "layer4"),
+    ("mobilenet_v2", 224, _MOBILENET_V2_224, "last"), ("deepfd", 224, _DEEPFD_224, "d1.block5")])
+def test_layer_names_and_shapes(name, size, expected, cam):
+  model = nnx.eval_shape(lambda: models.create(name, 2))
+  got = models.layer_shapes(model, size, batch=3)
+  assert got == [(n, (3, *s)) for n, s in expected]
+  assert models.layer_names(model) == tuple(n for n, _ in expected)
+  assert type(model).CAM_LAYER == cam
+
+
+def test_layer_names_follow_the_depth():
+  xception = nnx.eval_shape(lambda: models.create("xception", 2, middle_blocks=2))
+  assert models.layer_names(xception) == ("conv1", "conv2", "block1", "block2", "block3", "block4",
+                                          "block5", "block12", "conv3", "conv4")
+  resnet101 = models.layer_names(nnx.eval_shape(lambda: models.create("resnet101", 2)))
+  assert resnet101[resnet101.index("layer3.0"):resnet101.index("layer4.0")] == (
+      *(f"layer3.{j}" for j in range(23)), "layer3")
+  with pytest.raises(ValueError, match="middle_blocks"):
+    models.create("xception", 2, middle_blocks=9)  # block12 is the exit block's name.
+
+
+# Tiny models of each kind, shared by the model, kernel and folding tests.
+TINY = {"xception": dict(width=0.0625, middle_blocks=1), "resnet50": dict(width=0.0625),
+        "mobilenet_v2": dict(width=0.25), "deepfd": dict(width=0.0625)}
+
+
+def tiny(name, num_classes=3):
+  """A tiny model of kind `name`, without dropout.
+
+  Built with 'rbg' keys: its ~60 initialisers (one program per kernel shape) compile in about a
+  third of the time threefry's take, most of what building a tiny model costs on CPU.
+  """
+  with jax.default_prng_impl("rbg"):
+    return models.create(name, num_classes, dropout=0.0, **TINY[name])
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_taps_see_every_layer_and_steer_the_forward(name):
+  model = tiny(name)
+  model.eval()
+  x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  shape = models.layer_shapes(model, 32, batch=2)[-1][1]  # The map that is pooled.
+  seen = []
+
+  @nnx.jit  # One program: compiling it costs less than running these ops one by one.
+  def run(model, x, eps):
+    plain = model(x)
+    same = model(x, taps=lambda n, a: seen.append(n) or a)
+    last = seen[-1]
+    # What a tap returns goes on: the gradient of a logit with respect to a zero perturbation of
+    # the pooled map is head_kernel[:, c] / (H * W) at every position (average pool, then linear).
+    logit = lambda eps: model(x, taps=lambda n, a: a + eps if n == last else a)[:, 1].sum()
+    return plain, same, jax.grad(logit)(eps)
+
+  plain, same, g = run(model, x, jnp.zeros(shape))
+  np.testing.assert_array_equal(same, plain)
+  assert tuple(seen) == models.layer_names(model)
+  head = model.d2.head if name == "deepfd" else model.head
+  want = np.broadcast_to(np.asarray(head.kernel[...])[:, 1] / (shape[1] * shape[2]), shape)
+  np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-7)
 
 
 def test_unknown_model_lists_the_known_ones():
-  with pytest.raises(ValueError, match="known: deepfd, mobilenet_v2, resnet101, resnet50, xception"):
+  with pytest.raises(ValueError, match=r"known: .*deepfd, mobilenet_v2, resnet101, resnet50, xception"):
     models.create("vgg", 2)
-
-
-def _assert_matches_xla_with_gradients(fn, x_shape, w_shape, stride, padding, groups=1):
-  """`fn` (the lax.conv_general_dilated API) against XLA's convolution: outputs and both gradients."""
-  k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
-  x, w = jax.random.normal(k1, x_shape), jax.random.normal(k2, w_shape)
-
-  def run(conv):
-    return jax.vjp(lambda x, w: conv(x, w, (stride, stride), padding, feature_group_count=groups,
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC")), x, w)
-
-  ref, ref_vjp = run(lax.conv_general_dilated)
-  got, got_vjp = run(fn)
-  np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
-  ct = jax.random.normal(k3, ref.shape)
-  for g, r in zip(got_vjp(ct), ref_vjp(ct)):
-    np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.parametrize("chunk_bytes", [None, 1, 1500], ids=["whole_images", "row_by_row", "row_blocks"])
-@pytest.mark.parametrize("stride,padding", [(1, "SAME"), (2, "SAME"), (1, "VALID"), (2, ((1, 2), (0, 1)))])
-def test_shifted_depthwise_matches_xla_with_gradients(stride, padding, chunk_bytes, monkeypatch):
-  if chunk_bytes:  # The filter gradient walks blocks of output rows that fit this many bytes.
-    monkeypatch.setattr(layers, "FILTER_GRAD_CHUNK_BYTES", chunk_bytes)
-  _assert_matches_xla_with_gradients(layers.shifted_depthwise_conv, (2, 12, 9, 6), (3, 3, 1, 6),
-                                     stride, padding, groups=6)
-
-
-@pytest.mark.parametrize("kernel,stride,padding", [(1, 1, "SAME"), (1, 2, "SAME"), (1, 2, "VALID"),
-                                                   (1, 1, ((1, 0), (0, 2))), (3, 1, "SAME")])
-def test_matmul_pointwise_conv_matches_xla_with_gradients(kernel, stride, padding):
-  _assert_matches_xla_with_gradients(layers.matmul_pointwise_conv, (2, 9, 7, 5),
-                                     (kernel, kernel, 5, 6), stride, padding)
-
-
-def _xla_max_pool(x, window=3, stride=2, padding="SAME"):
-  return nnx.max_pool(x, (window, window), (stride, stride), padding=padding)
-
-
-@pytest.mark.parametrize("size,padding", [(9, "SAME"), (8, "SAME"), (8, ((1, 1), (1, 1)))])
-def test_max_pool_matches_xla_with_gradients_and_ties(size, padding):
-  # Few distinct values, so most windows hold their max more than once: the gradient must go to
-  # the same (first) input as XLA's select-and-scatter, or some error would be of order 1.
-  x = jax.random.randint(jax.random.key(0), (2, size, size + 1, 3), 0, 4).astype(jnp.float32)
-  y, got_vjp = jax.vjp(lambda x: layers.max_pool(x, 3, 2, padding), x)
-  want, ref_vjp = jax.vjp(lambda x: _xla_max_pool(x, 3, 2, padding), x)
-  np.testing.assert_array_equal(y, want)
-  ct = jax.random.normal(jax.random.key(1), y.shape)
-  np.testing.assert_allclose(got_vjp(ct)[0], ref_vjp(ct)[0], rtol=0, atol=1e-6)
-
-
-def test_tiny_xception_jitted_gradients_same_with_either_max_pool(monkeypatch):
-  # Under jit XLA may compute a pool's input twice with different rounding; the gradient must not
-  # depend on finding the max again by comparison (it once dropped most of them).
-  x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
-  grads = []
-  for pool in (layers.max_pool, _xla_max_pool):
-    monkeypatch.setattr(layers, "max_pool", pool)
-    model = models.create("xception", 2, width=0.125, middle_blocks=1, dropout=0.0)
-    g = nnx.jit(nnx.grad(lambda m, x: jnp.sum(m(x) ** 2)))(model, x)
-    grads.append(jax.tree.leaves(nnx.to_pure_dict(g)))
-  scale = max(float(np.abs(b).max()) for b in grads[1])
-  for a, b in zip(*grads):
-    np.testing.assert_allclose(a, b, rtol=0, atol=1e-4 * scale)
-
-
-def test_tiny_xception_same_output_with_either_depthwise_impl():
-  x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
-  a = models.create("xception", 2, width=0.125, middle_blocks=1, depthwise="shift")
-  b = models.create("xception", 2, width=0.125, middle_blocks=1, depthwise="xla")
-  a.eval()
-  b.eval()
-  fwd = nnx.jit(lambda m, x: m(x))
-  np.testing.assert_allclose(fwd(a, x), fwd(b, x), rtol=1e-4, atol=1e-5)
 
 
 def test_train_and_eval_modes():

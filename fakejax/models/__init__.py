@@ -7,7 +7,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fakejax import cli
+
+from fakejax.models import bit
 from fakejax.models import deepfd
+from fakejax.models import fold
 from fakejax.models import mobilenet
 from fakejax.models import resnet
 from fakejax.models import xception
@@ -18,7 +22,11 @@ MODELS = {
     "mobilenet_v2": mobilenet.MobileNetV2,
     "resnet50": functools.partial(resnet.ResNet, 50),
     "resnet101": functools.partial(resnet.ResNet, 101),
+    "bit_resnet50": functools.partial(bit.BiT, 50),
 }
+
+# The model inference runs (eval mode, BatchNorm folded, forward-only kernels): fold.py.
+for_inference = fold.for_inference
 
 # How uint8 pixels become model inputs, by weight origin.
 _IMAGENET_MEAN = np.array([0.485, 0.456, 0.406]) * 255
@@ -26,7 +34,8 @@ _IMAGENET_STD = np.array([0.229, 0.224, 0.225]) * 255
 PREPROCESS = ("minus_one_one", "imagenet", "unit")
 # 'auto' without pretrained weights: the convention of the architecture's usual weights.
 NATIVE_PREPROCESS = {"xception": "minus_one_one", "mobilenet_v2": "minus_one_one",
-                     "resnet50": "imagenet", "resnet101": "imagenet", "deepfd": "unit"}
+                     "resnet50": "imagenet", "resnet101": "imagenet", "deepfd": "unit",
+                     "bit_resnet50": "minus_one_one"}
 
 
 def create(name, num_classes, *, seed=0, dtype="float32", **kwargs):
@@ -42,9 +51,18 @@ def create(name, num_classes, *, seed=0, dtype="float32", **kwargs):
   Returns:
     the nnx.Module.
   """
+  return get(name)(num_classes=num_classes, dtype=jnp.dtype(dtype), rngs=nnx.Rngs(seed), **kwargs)
+
+
+def get(name):
+  """The model class (or constructor) registered as `name`.
+
+  Raises:
+    cli.UserError: naming the known models.
+  """
   if name not in MODELS:
-    raise ValueError(f"Unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
-  return MODELS[name](num_classes=num_classes, dtype=jnp.dtype(dtype), rngs=nnx.Rngs(seed), **kwargs)
+    raise cli.UserError(f"Unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
+  return MODELS[name]
 
 
 def resolve_preprocess(name, mode, weights_mode=None):
@@ -76,3 +94,43 @@ def backbone_param_count(model, with_batch_stats):
   state = nnx.state(model, filt)
   count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
   return count(state) - count(nnx.state(model.head))
+
+
+def layer_names(model):
+  """The layer names a model's `taps` sees, in forward order (its layer_names() or LAYERS)."""
+  return tuple(model.layer_names() if hasattr(model, "layer_names") else model.LAYERS)
+
+
+def layer_shapes(model, image_size, batch=1):
+  """[(name, activation shape)] of every layer `taps` sees, in forward order; computes nothing.
+
+  Args:
+    model: a registered model (concrete or from nnx.eval_shape); it is not modified.
+    image_size: input side in pixels.
+    batch: leading dimension of the shapes.
+
+  Returns:
+    a list of (name, shape tuple), in the order the forward pass calls `taps`.
+  """
+  graphdef, state = nnx.split(model)
+  shapes = []
+
+  def forward(state, x):
+    m = nnx.merge(graphdef, state)
+    m.eval()  # No dropout key needed, BatchNorm statistics untouched.
+    return m(x, taps=lambda name, a: shapes.append((name, tuple(a.shape))) or a)
+
+  jax.eval_shape(forward, state, jax.ShapeDtypeStruct((batch, image_size, image_size, 3), jnp.float32))
+  return shapes
+
+
+def from_config(model_cfg, num_classes, seed=0):
+  """The model a config's `model` block describes (architecture options by name)."""
+  kw = dict(dropout=model_cfg.dropout, width=model_cfg.width, remat=model_cfg.remat)
+  if model_cfg.name == "xception":
+    kw["middle_blocks"] = model_cfg.middle_blocks
+  if model_cfg.name != "deepfd":  # DeepFD has no reference framework to copy initialisers from.
+    kw["init"] = model_cfg.init
+  if model_cfg.bn_momentum and model_cfg.name != "bit_resnet50":  # BiT has GroupNorm, no statistics.
+    kw["bn_momentum"] = model_cfg.bn_momentum
+  return create(model_cfg.name, num_classes, seed=seed, dtype=model_cfg.dtype, **kw)

@@ -32,7 +32,7 @@ class ResidualBlock(nnx.Module):
 class D1(nnx.Module):
   """The contrastive feature network."""
 
-  def __init__(self, width=1.0, embed_dim=128, *, bn, dtype, rngs):
+  def __init__(self, width=1.0, embed_dim=128, remat=False, *, bn, dtype, rngs):
     c = lambda n: max(4, int(round(n * width)))
     self.stem = layers.ConvBN(3, c(96), 7, 4, bn=bn, dtype=dtype, rngs=rngs)
     blocks, cin = [], c(96)
@@ -42,12 +42,14 @@ class D1(nnx.Module):
     self.blocks = nnx.List(blocks)
     self.embed = nnx.Linear(cin, embed_dim, dtype=dtype, rngs=rngs)
     self.num_features = cin
+    self.remat = remat
 
-  def __call__(self, x):
-    """(256-channel feature map, 128-d embedding)."""
-    x = self.stem(x)
-    for b in self.blocks:
-      x = b(x)
+  def __call__(self, x, taps=None):
+    """(256-channel feature map, 128-d embedding); `taps` as DeepFD's, names without 'd1.'."""
+    tap = layers.tapper(taps)
+    x = tap("stem", self.stem(x))
+    for i, b in enumerate(self.blocks):
+      x = tap(f"block{i}", layers.call_block(b, x, self.remat))
     return x, self.embed(layers.global_avg_pool(x)).astype(jnp.float32)
 
 
@@ -59,28 +61,43 @@ class D2(nnx.Module):
     self.dropout = nnx.Dropout(dropout)
     self.head = nnx.Linear(max(2, num_classes), num_classes, dtype=dtype, rngs=rngs)
 
-  def __call__(self, features, rngs=None):
-    x = layers.global_avg_pool(self.conv(features))
+  def __call__(self, features, rngs=None, taps=None):
+    x = layers.global_avg_pool(layers.tapper(taps)("conv", self.conv(features)))
     return self.head(self.dropout(x, rngs=rngs)).astype(jnp.float32)
 
 
 class DeepFD(nnx.Module):
-  """D1 + D2. `embed` is stage 1's output, `__call__` (logits) stage 2's and inference's."""
+  """D1 + D2. `embed` is stage 1's output, `__call__` (logits) stage 2's and inference's.
+
+  `remat`: each of D1's residual blocks under nnx.remat (layers.call_block).
+  """
 
   stages = ("d1", "d2")  # Parameter groups trained by stage 1 and stage 2.
+  CAM_LAYER = "d1.block5"  # D1's last stage, the map D2 classifies.
 
   def __init__(self, num_classes=2, dropout=0.0, width=1.0, embed_dim=128, dtype=jnp.float32,
-               bn_momentum=0.9, *, rngs):
-    self.d1 = D1(width, embed_dim, bn=dict(momentum=bn_momentum, epsilon=1e-5), dtype=dtype, rngs=rngs)
+               bn_momentum=0.9, remat=False, *, rngs):
+    self.d1 = D1(width, embed_dim, remat, bn=dict(momentum=bn_momentum, epsilon=1e-5), dtype=dtype,
+                 rngs=rngs)
     self.d2 = D2(self.d1.num_features, num_classes, dropout, dtype=dtype, rngs=rngs)
     self.num_features = self.d1.num_features
 
   def embed(self, x):
     return self.d1(x)[1]
 
-  def __call__(self, x, *, rngs=None, return_features=False):
-    features, emb = self.d1(x)
-    logits = self.d2(features, rngs=rngs)
-    if return_features:
-      return logits, {"features": features, "embedding": emb}
-    return logits
+  def layer_names(self):
+    """The names `taps` sees, in forward order: D1's stages, then D2's class-evidence map."""
+    return ("d1.stem", *(f"d1.block{i}" for i in range(len(self.d1.blocks))), "d2.conv")
+
+  def __call__(self, x, *, rngs=None, taps=None):
+    """Logits (float32) of NHWC images.
+
+    Args:
+      x: (N, H, W, 3) preprocessed images.
+      rngs: dropout key (train mode).
+      taps: optional `taps(name, activation) -> activation`, called after each layer of
+        layer_names() in that order; the forward continues with what it returns.
+    """
+    prefixed = lambda prefix: None if taps is None else lambda name, a: taps(f"{prefix}.{name}", a)
+    features, _ = self.d1(x, taps=prefixed("d1"))
+    return self.d2(features, rngs=rngs, taps=prefixed("d2"))

@@ -10,6 +10,7 @@ Keras' `MobileNetV2(include_top=False).count_params()`.
 from flax import nnx
 import jax.numpy as jnp
 
+from fakejax.models import inits
 from fakejax.models import layers
 
 KERAS_MOMENTUM, KERAS_EPSILON = 0.999, 1e-3
@@ -27,12 +28,11 @@ def make_divisible(v, divisor=8):
 class InvertedResidual(nnx.Module):
   """[1x1 expand BN ReLU6] 3x3 depthwise BN ReLU6, 1x1 project BN, identity add when shapes allow."""
 
-  def __init__(self, cin, cout, stride, expansion, *, bn, dtype, depthwise, rngs):
-    kw = dict(bn=bn, dtype=dtype, rngs=rngs)
+  def __init__(self, cin, cout, stride, expansion, *, bn, dtype, rngs, kernel_init):
+    kw = dict(bn=bn, dtype=dtype, rngs=rngs, kernel_init=kernel_init)
     hidden = cin * expansion
     self.expand = layers.ConvBN(cin, hidden, 1, act=layers.relu6, **kw) if expansion != 1 else None
-    self.depthwise = layers.ConvBN(hidden, hidden, 3, stride, act=layers.relu6, groups=hidden,
-                                   depthwise=depthwise, **kw)
+    self.depthwise = layers.ConvBN(hidden, hidden, 3, stride, act=layers.relu6, groups=hidden, **kw)
     self.project = layers.ConvBN(hidden, cout, 1, act=None, **kw)
     self.residual = stride == 1 and cin == cout
 
@@ -43,38 +43,51 @@ class InvertedResidual(nnx.Module):
 
 
 class MobileNetV2(nnx.Module):
-  """MobileNetV2 backbone + dropout + linear classifier."""
+  """MobileNetV2 backbone + dropout + linear classifier.
 
-  def __init__(self, num_classes=2, dropout=0.2, width=1.0, dtype=jnp.float32, depthwise="auto",
-               bn_momentum=KERAS_MOMENTUM, *, rngs):
+  `init`: 'reference' (Keras' initialisers) or 'flax' (see fakejax.models.inits); `remat`: each
+  block under nnx.remat (layers.call_block).
+  """
+
+  CAM_LAYER = "last"
+
+  def __init__(self, num_classes=2, dropout=0.2, width=1.0, dtype=jnp.float32,
+               bn_momentum=KERAS_MOMENTUM, init="reference", remat=False, *, rngs):
     bn = dict(momentum=bn_momentum, epsilon=KERAS_EPSILON)
-    kw = dict(bn=bn, dtype=dtype, rngs=rngs)
+    kw = dict(bn=bn, dtype=dtype, rngs=rngs, kernel_init=inits.conv(init, "keras"))
     cin = make_divisible(32 * width)
     self.stem = layers.ConvBN(3, cin, 3, 2, act=layers.relu6, **kw)
     blocks = []
     for expansion, c, n, stride in STAGES:
       cout = make_divisible(int(c * width))
       for i in range(n):
-        blocks.append(InvertedResidual(cin, cout, stride if i == 0 else 1, expansion,
-                                       depthwise=depthwise, **kw))
+        blocks.append(InvertedResidual(cin, cout, stride if i == 0 else 1, expansion, **kw))
         cin = cout
     self.blocks = nnx.List(blocks)
     last = make_divisible(1280 * width) if width > 1.0 else 1280
     self.last = layers.ConvBN(cin, last, 1, act=layers.relu6, **kw)
     self.dropout = nnx.Dropout(dropout)
-    self.head = nnx.Linear(last, num_classes, dtype=dtype, rngs=rngs)
+    self.head = nnx.Linear(last, num_classes, dtype=dtype, rngs=rngs, **inits.dense(init, "keras", last))
     self.num_features = last
+    self.remat = remat
 
-  def __call__(self, x, *, rngs=None, return_features=False):
-    feats = {}
-    x = self.stem(x)
-    feats["stem"] = x
-    for blk in self.blocks:
-      x = blk(x)
-    feats["blocks"] = x
-    x = self.last(x)
-    feats["features"] = x
+  def layer_names(self):
+    """The names `taps` sees, in forward order."""
+    return ("stem", *(f"block{i}" for i in range(len(self.blocks))), "last")
+
+  def __call__(self, x, *, rngs=None, taps=None):
+    """Logits (float32) of NHWC images.
+
+    Args:
+      x: (N, H, W, 3) preprocessed images.
+      rngs: dropout key (train mode).
+      taps: optional `taps(name, activation) -> activation`, called after each layer of
+        layer_names() in that order; the forward continues with what it returns.
+    """
+    tap = layers.tapper(taps)
+    x = tap("stem", self.stem(x))
+    for i, blk in enumerate(self.blocks):
+      x = tap(f"block{i}", layers.call_block(blk, x, self.remat))
+    x = tap("last", self.last(x))
     x = layers.global_avg_pool(x)
-    feats["pooled"] = x
-    logits = self.head(self.dropout(x, rngs=rngs)).astype(jnp.float32)
-    return (logits, feats) if return_features else logits
+    return self.head(self.dropout(x, rngs=rngs)).astype(jnp.float32)

@@ -8,6 +8,7 @@ BatchNorm epsilon 1e-5, momentum 0.1 in torch terms (0.9 here).
 from flax import nnx
 import jax.numpy as jnp
 
+from fakejax.models import inits
 from fakejax.models import layers
 
 TORCH_MOMENTUM, TORCH_EPSILON = 0.9, 1e-5
@@ -17,8 +18,8 @@ DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 class Bottleneck(nnx.Module):
   expansion = 4
 
-  def __init__(self, cin, planes, stride, *, bn, dtype, rngs):
-    kw = dict(bn=bn, dtype=dtype, rngs=rngs)
+  def __init__(self, cin, planes, stride, *, bn, dtype, rngs, kernel_init):
+    kw = dict(bn=bn, dtype=dtype, rngs=rngs, kernel_init=kernel_init)
     cout = planes * self.expansion
     self.conv1 = layers.ConvBN(cin, planes, 1, **kw)
     self.conv2 = layers.ConvBN(planes, planes, 3, stride, ((1, 1), (1, 1)), **kw)
@@ -32,39 +33,60 @@ class Bottleneck(nnx.Module):
 
 
 class ResNet(nnx.Module):
-  """ResNet backbone + dropout + linear classifier."""
+  """ResNet backbone + dropout + linear classifier.
+
+  `init`: 'reference' (torchvision's initialisers) or 'flax' (see fakejax.models.inits);
+  `remat`: each bottleneck under nnx.remat (layers.call_block).
+  """
+
+  CAM_LAYER = "layer4"
 
   def __init__(self, depth=50, num_classes=2, dropout=0.0, width=1.0, dtype=jnp.float32,
-               bn_momentum=TORCH_MOMENTUM, *, rngs):
+               bn_momentum=TORCH_MOMENTUM, init="reference", remat=False, *, rngs):
     if depth not in DEPTHS:
       raise ValueError(f"Unknown ResNet depth {depth}; known: {sorted(DEPTHS)}")
     c = lambda n: max(4, int(round(n * width)))
     bn = dict(momentum=bn_momentum, epsilon=TORCH_EPSILON)
-    self.stem = layers.ConvBN(3, c(64), 7, 2, ((3, 3), (3, 3)), bn=bn, dtype=dtype, rngs=rngs)
+    kw = dict(bn=bn, dtype=dtype, rngs=rngs, kernel_init=inits.conv(init, "torchvision"))
+    self.stem = layers.ConvBN(3, c(64), 7, 2, ((3, 3), (3, 3)), **kw)
     stages, cin = [], c(64)
     for i, n in enumerate(DEPTHS[depth]):
       blocks = []
       for b in range(n):
-        blocks.append(Bottleneck(cin, c(64 * 2**i), 2 if (b == 0 and i > 0) else 1,
-                                 bn=bn, dtype=dtype, rngs=rngs))
+        blocks.append(Bottleneck(cin, c(64 * 2**i), 2 if (b == 0 and i > 0) else 1, **kw))
         cin = c(64 * 2**i) * Bottleneck.expansion
       stages.append(nnx.List(blocks))
     self.stages = nnx.List(stages)
     self.dropout = nnx.Dropout(dropout)
-    self.head = nnx.Linear(cin, num_classes, dtype=dtype, rngs=rngs)
+    self.head = nnx.Linear(cin, num_classes, dtype=dtype, rngs=rngs, **inits.dense(init, "torchvision", cin))
     self.num_features = cin
+    self.remat = remat
 
-  def __call__(self, x, *, rngs=None, return_features=False):
-    feats = {}
-    x = self.stem(x)
-    x = layers.max_pool(x, padding=((1, 1), (1, 1)))
-    feats["stem"] = x
+  def layer_names(self):
+    """The names `taps` sees, in forward order (torchvision's module names).
+
+    Each block (layer1.0, ...) and then its stage (layer1, the same activation as its last block).
+    """
+    names = ["stem", "maxpool"]
     for i, stage in enumerate(self.stages):
-      for blk in stage:
-        x = blk(x)
-      feats[f"layer{i + 1}"] = x
-    feats["features"] = x
+      names += [f"layer{i + 1}.{j}" for j in range(len(stage))] + [f"layer{i + 1}"]
+    return tuple(names)
+
+  def __call__(self, x, *, rngs=None, taps=None):
+    """Logits (float32) of NHWC images.
+
+    Args:
+      x: (N, H, W, 3) preprocessed images.
+      rngs: dropout key (train mode).
+      taps: optional `taps(name, activation) -> activation`, called after each layer of
+        layer_names() in that order; the forward continues with what it returns.
+    """
+    tap = layers.tapper(taps)
+    x = tap("stem", self.stem(x))
+    x = tap("maxpool", layers.max_pool(x, padding=((1, 1), (1, 1))))
+    for i, stage in enumerate(self.stages):
+      for j, blk in enumerate(stage):
+        x = tap(f"layer{i + 1}.{j}", layers.call_block(blk, x, self.remat))
+      x = tap(f"layer{i + 1}", x)
     x = layers.global_avg_pool(x)
-    feats["pooled"] = x
-    logits = self.head(self.dropout(x, rngs=rngs)).astype(jnp.float32)
-    return (logits, feats) if return_features else logits
+    return self.head(self.dropout(x, rngs=rngs)).astype(jnp.float32)
