@@ -21,7 +21,7 @@ train: venv
 
 test: venv
 	$(PY) -m ruff check --quiet fakejax tests scripts configs
-	$(TEST_ENV) $(PY) -m pytest -q -n 2 --dist worksteal tests
+	$(TEST_ENV) $(PY) -m pytest -q -n 2 --dist worksteal --durations=25 tests
 
 clean:
 	rm -rf runs $(VENV)

@@ -3,13 +3,17 @@ r"""Honest step time of the jitted train and eval steps, optionally beside PyTor
   python -m fakejax.benchmark --model resnet50 --image_size 224 --batch 16
   python -m fakejax.benchmark --model xception --image_size 256 --batch 16 --input both --peer torch
   python -m fakejax.benchmark --model xception --dtype bfloat16 --peak_tflops 990   # on an H100
+  python -m fakejax.benchmark --input data --image_size 256 --batch 64 --workers 1 --storage raw \
+      --peer torch --peer_python /path/to/torch/python     # the input pipeline alone, per core
 
 Compile time is reported apart; step times are the median/min/max over --steps
 timed steps after --warmup, each ended by block_until_ready. FLOPs per image
 come from XLA's cost analysis of the compiled step; with --peak_tflops (or a
 known device) the model FLOP utilisation (MFU) is printed. --input pipeline
 feeds batches from the real grain pipeline to show whether input is the
-bottleneck. Prints a table and one JSON line per measurement.
+bottleneck; --input data times the pipeline alone (images/s per worker core, beside the bare
+decode+crop+flip on one core and, with --peer torch, a DataLoader over the same images as PNG
+files with as many workers). Prints a table and one JSON line per measurement.
 """
 
 import json
@@ -20,16 +24,20 @@ import sys
 import time
 
 from absl import flags
+from flax import nnx
 import jax
 import numpy as np
 
+from fakejax import augment
 from fakejax import cli
 from fakejax import datasets
 from fakejax import defaults
-from fakejax import inference
+from fakejax import evaluator
 from fakejax import input_pipeline
+from fakejax import models
 from fakejax import sharding
 from fakejax import train
+from fakejax.datasets import images
 
 if __name__ == "__main__":
   # Defined only when this file is the program, so other modules can import its functions.
@@ -52,6 +60,8 @@ if __name__ == "__main__":
   _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Device peak TFLOP/s for MFU (0: known devices only).")
   _DATA = flags.DEFINE_string("data_cache", "data", "Synthetic data cache (pipeline mode).")
   _BLUR_JPEG = flags.DEFINE_float("blur_jpeg", 0.0, "Pipeline mode: blur and JPEG probability.")
+  _STORAGE = flags.DEFINE_enum("storage", "png", ["png", "raw"], "Pipeline mode: how the synthetic "
+                               "benchmark stores its pixels (prepare --storage).")
 
 # Dense bf16 peaks (TFLOP/s) of devices whose MFU we can state without being told.
 KNOWN_PEAKS = {"NVIDIA H100 80GB HBM3": 989.0, "NVIDIA H200": 989.0, "NVIDIA A100-SXM4-80GB": 312.0}
@@ -86,27 +96,108 @@ def _flops(compiled):
   return float(cost.get("flops", 0.0)) if cost else 0.0
 
 
-def _row(kind, config, times, compile_s, flops, images, peak):
+def memory(compiled):
+  """XLA's memory analysis of a compiled step, in bytes (what the batch that fits is read from).
+
+  arguments, outputs and temporaries (activations kept for the backward pass, workspace) as XLA
+  assigned them; `aliased` is the part of the outputs that reuses donated arguments. `footprint`
+  = arguments + outputs - aliased + temporaries bounds the device memory one step needs; `peak`
+  is XLA's own peak figure, where the backend reports one (0 otherwise).
+  """
+  m = compiled.memory_analysis()
+  if m is None:  # Not every backend analyses memory.
+    return {}
+  out = {"mem_argument_bytes": m.argument_size_in_bytes, "mem_output_bytes": m.output_size_in_bytes,
+         "mem_aliased_bytes": m.alias_size_in_bytes, "mem_temp_bytes": m.temp_size_in_bytes,
+         "mem_peak_bytes": getattr(m, "peak_memory_in_bytes", 0)}
+  out["mem_footprint_bytes"] = (out["mem_argument_bytes"] + out["mem_output_bytes"]
+                                - out["mem_aliased_bytes"] + out["mem_temp_bytes"])
+  return out
+
+
+def _row(kind, config, times, compile_s, compiled, images, peak):
   med = statistics.median(times)
+  flops = _flops(compiled)
   row = {"kind": kind, "model": config.model.name, "image_size": config.data.image_size,
          "batch": config.batch_size, "dtype": config.model.dtype, "device": jax.devices()[0].device_kind,
          "n_devices": jax.device_count(), "compile_s": round(compile_s, 3),
          "step_s_median": med, "step_s_min": min(times), "step_s_max": max(times),
          "images_per_s": images / med, "gflops_per_image": flops / images / 1e9,
-         "achieved_tflops": flops / med / 1e12}
+         "achieved_tflops": flops / med / 1e12, **memory(compiled)}
   if peak:
     row["mfu"] = row["achieved_tflops"] / peak
+  if "mem_footprint_bytes" in row:
+    row["footprint_MiB"] = row["mem_footprint_bytes"] / 2**20
+    row["temp_MiB"] = row["mem_temp_bytes"] / 2**20
   return row
+
+
+def _pipeline_dataset(config, data_cache):
+  """The synthetic benchmark the pipeline rows read: images of the config's size (>= 64 px)."""
+  c = config.copy_and_resolve_references()
+  c.data.synthetic.size = max(c.data.image_size, 64)
+  c.data.cache_dir = data_cache
+  return datasets.open_dataset(c.data), c
 
 
 def _pipeline(config, workers, data_cache):
   """The grain train iterator over the synthetic benchmark at the config's image size."""
-  c = config.copy_and_resolve_references()
+  dataset, c = _pipeline_dataset(config, data_cache)
   c.data.workers = workers
-  c.data.synthetic.size = max(c.data.image_size, 64)
-  c.data.cache_dir = data_cache
-  return input_pipeline.make_train_iter(datasets.open_dataset(c.data), c.data, c.aug, c.batch_size,
-                                        seed=0)
+  return input_pipeline.make_train_iter(dataset, c.data, c.aug, c.batch_size, seed=0)
+
+
+def decode_throughput(config, data_cache, n=400):
+  """Images/s of the bare work on one core, no grain: read a record, decode, crop, flip.
+
+  The ceiling of one pipeline worker; `pipeline_throughput` per worker against it is the
+  overhead between decode and the batch.
+  """
+  dataset, c = _pipeline_dataset(config, data_cache)
+  src = dataset.source("train")
+  n = min(n, len(src))
+  rng = np.random.default_rng(0)
+  out = np.empty((config.data.image_size, config.data.image_size, 3), np.uint8)
+  t = time.perf_counter()
+  for i in range(n):
+    img = dataset.decode(src[i])
+    out[...] = augment.train_augment(img, rng, c.aug, c.data.image_size, c.data.too_small)
+  dt = time.perf_counter() - t
+  return {"kind": "decode_1core", "model": "-", "image_size": config.data.image_size,
+          "storage": dataset.storage, "workers": 1, "images_per_s": n / dt,
+          "images_per_s_per_core": n / dt}
+
+
+def export_png(config, data_cache, n=1000):
+  """The first `n` train images of the pipeline's dataset as an ImageFolder-style PNG tree
+  (0_real / 1_fake), for the PyTorch DataLoader peer; returns the folder (made once)."""
+  dataset, c = _pipeline_dataset(config, data_cache)
+  folder = os.path.join(data_cache, f"png_folder_{c.data.synthetic.size}px_{n}")
+  if os.path.exists(os.path.join(folder, "done")):
+    return folder
+  src, labels = dataset.source("train"), dataset.index("train")["label"]
+  for d in ("0_real", "1_fake"):
+    os.makedirs(os.path.join(folder, d), exist_ok=True)
+  for i in range(min(n, len(src))):
+    name = os.path.join(folder, ("0_real", "1_fake")[int(labels[i])], f"{i:06d}.png")
+    with open(name, "wb") as f:
+      f.write(images.encode(dataset.decode(src[i]), "png"))
+  open(os.path.join(folder, "done"), "w").close()
+  return folder
+
+
+def torch_pipeline_peer(folder, crop, batch, workers, batches, python):
+  """Runs scripts/torch_pipeline_peer.py (a DataLoader over PNG files); (rows, why skipped)."""
+  script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts",
+                        "torch_pipeline_peer.py")
+  r = subprocess.run([python, script, folder, str(crop), str(batch), str(workers), str(batches)],
+                     capture_output=True, text=True)
+  if r.returncode != 0:
+    return [], (r.stdout + r.stderr).strip().splitlines()[-1] if (r.stdout + r.stderr).strip() else "failed"
+  rows = [json.loads(l) for l in r.stdout.splitlines() if l.startswith("{")]
+  for row in rows:
+    row["images_per_s_per_core"] = row["images_per_s"] / max(workers, 1)
+  return rows, ""
 
 
 def pipeline_throughput(config, workers, data_cache, batches=100, warmup=10):
@@ -127,8 +218,9 @@ def pipeline_throughput(config, workers, data_cache, batches=100, warmup=10):
     it.close()
   b = config.batch_size
   return {"kind": "pipeline", "model": "-", "image_size": config.data.image_size, "batch": b,
-          "workers": workers, "blur_jpeg": config.aug.blur_prob, "batches": batches,
-          "step_s_median": dt / batches, "images_per_s": batches * b / dt}
+          "storage": config.data.synthetic.storage, "workers": workers,
+          "blur_jpeg": config.aug.blur_prob, "batches": batches, "step_s_median": dt / batches,
+          "images_per_s": batches * b / dt, "images_per_s_per_core": batches * b / dt / max(workers, 1)}
 
 
 def benchmark(config, steps=10, warmup=2, input_mode="device", workers=2, patch_size=0, peak=0.0,
@@ -139,7 +231,8 @@ def benchmark(config, steps=10, warmup=2, input_mode="device", workers=2, patch_
     a list of result rows (dicts).
   """
   if input_mode == "data":
-    return [pipeline_throughput(config, workers, data_cache, pipeline_batches)]
+    return [pipeline_throughput(config, workers, data_cache, pipeline_batches),
+            decode_throughput(config, data_cache)]
   mesh = sharding.make_mesh()
   peak = peak or KNOWN_PEAKS.get(jax.devices()[0].device_kind, 0.0) * jax.device_count()
   b, s = config.batch_size, config.data.image_size
@@ -161,15 +254,16 @@ def benchmark(config, steps=10, warmup=2, input_mode="device", workers=2, patch_
     holder[0], m = step(holder[0], b)
     jax.block_until_ready(m["loss"])
 
-  rows.append(_row("train", config, _times(one_step, steps, warmup), compile_s, _flops(step), b, peak))
+  rows.append(_row("train", config, _times(one_step, steps, warmup), compile_s, step, b, peak))
 
-  # --- Eval step (the predict path) -----------------------------------------------
-  fwd = train.make_eval_step(ts)
+  # --- Eval step: the model inference runs (models.for_inference) -------------------
   t = time.perf_counter()
-  fwd_c = fwd.lower(holder[0], batch["image"]).compile()
+  fast_def, fast_state = nnx.split(models.for_inference(nnx.merge(ts.model_def, holder[0]["model"])))
+  fwd = evaluator.make_forward(fast_def, ts.preprocess, config.model.dtype)
+  fwd_c = fwd.lower(fast_state, batch["image"]).compile()
   compile_s = time.perf_counter() - t
-  rows.append(_row("eval", config, _times(lambda: jax.block_until_ready(fwd_c(holder[0], batch["image"])),
-                                         steps, warmup), compile_s, _flops(fwd_c), b, peak))
+  rows.append(_row("eval", config, _times(lambda: jax.block_until_ready(fwd_c(fast_state, batch["image"])),
+                                         steps, warmup), compile_s, fwd_c, b, peak))
 
   # --- Input pipeline alone, and end to end ----------------------------------------------
   if input_mode in ("pipeline", "both"):
@@ -177,23 +271,24 @@ def benchmark(config, steps=10, warmup=2, input_mode="device", workers=2, patch_
     it = _pipeline(config, workers, data_cache)
     try:
       e2e = _times(lambda: one_step(sharding.to_global(mesh, next(it))), steps, warmup)
-      rows.append(_row("train_end_to_end", config, e2e, 0.0, _flops(step), b, peak))
+      rows.append(_row("train_end_to_end", config, e2e, 0.0, step, b, peak))
     finally:
       it.close()
 
   # --- Patch voting versus a plain forward of the same pixels -------------------------
   if patch_size:
     n_patch = (s // patch_size) ** 2
-    patches = np.concatenate([inference.grid_patches(img, patch_size)[0] for img in host_batch["image"]])
+    patches = np.concatenate([evaluator.grid_patches(img, patch_size)[0] for img in host_batch["image"]])
     pb = sharding.to_global(mesh, patches[: len(patches) // jax.device_count() * jax.device_count()])
-    fwd_p = fwd.lower(holder[0], pb).compile()
+    fwd_p = fwd.lower(fast_state, pb).compile()
 
     def vote():
-      logits = sharding.to_host(fwd_p(holder[0], pb))
+      logits = sharding.to_host(fwd_p(fast_state, pb))
       for i in range(0, len(logits), n_patch):
-        inference.decide("grid", logits[i:i + n_patch])
+        evaluator.decide("grid", logits[i:i + n_patch])
 
-    plain = statistics.median(_times(lambda: sharding.to_host(fwd_c(holder[0], batch["image"])), steps, warmup))
+    plain = statistics.median(_times(lambda: sharding.to_host(fwd_c(fast_state, batch["image"])), steps,
+                                     warmup))
     voted = statistics.median(_times(vote, steps, warmup))
     rows.append({"kind": "patch_vote", "model": config.model.name, "image_size": s, "batch": b,
                  "patch_size": patch_size, "patches_per_s": pb.shape[0] / voted,
@@ -213,8 +308,9 @@ def torch_peer(model, image_size, batch, steps, warmup, python):
 
 
 def format_table(rows):
-  cols = ("kind", "model", "image_size", "batch", "dtype", "compile_s", "step_s_median",
-          "images_per_s", "gflops_per_image", "achieved_tflops", "mfu", "overhead_vs_plain")
+  cols = ("kind", "model", "image_size", "batch", "dtype", "storage", "workers", "compile_s",
+          "step_s_median", "images_per_s", "images_per_s_per_core", "gflops_per_image", "achieved_tflops", "mfu", "footprint_MiB", "temp_MiB",
+          "overhead_vs_plain")
   cols = [c for c in cols if any(c in r for r in rows)]
   fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
   lines = [" | ".join(cols)]
@@ -226,10 +322,20 @@ def main(argv):
   del argv
   config = bench_config(_MODEL.value, _SIZE.value, _BATCH.value, _DTYPE.value, _WIDTH.value)
   config.aug.blur_prob = config.aug.jpg_prob = _BLUR_JPEG.value
+  config.data.synthetic.storage = _STORAGE.value
   sharding.check_batch(config.batch_size, sharding.make_mesh())
   rows = benchmark(config, _STEPS.value, _WARMUP.value, _INPUT.value, _WORKERS.value, _PATCH.value,
                    _PEAK.value, _DATA.value, _PIPE_BATCHES.value)
-  if _PEER.value == "torch":
+  if _PEER.value == "torch" and _INPUT.value == "data":
+    folder = export_png(config, _DATA.value)
+    peer, why = torch_pipeline_peer(folder, _SIZE.value, _BATCH.value, _WORKERS.value,
+                                    _PIPE_BATCHES.value, _PEER_PYTHON.value)
+    if why:
+      print(f"PyTorch peer skipped: {why}")
+    for p in peer:
+      p["fakejax_over_peer"] = rows[0]["images_per_s"] / p["images_per_s"]
+      rows.append(p)
+  elif _PEER.value == "torch":
     peer, why = torch_peer(_MODEL.value, _SIZE.value, _BATCH.value, _STEPS.value, _WARMUP.value,
                            _PEER_PYTHON.value)
     if why:

@@ -444,15 +444,23 @@ class Run:
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
                                                            sharding=sharding.replicated(self.mesh)),
                             abstract)
-    self.state, self.meta = checkpoint.restore_model(workdir, abstract, which)
     self.preprocess = models.resolve_preprocess(c.model.name, c.model.preprocess)
-    # Scores come from the inference rewrite (BatchNorm folded; same logits, tested per model);
-    # model_def/state stay the plain model (explain differentiates through it).
-    fast_def, fast_state = nnx.split(models.for_inference(nnx.merge(self.model_def, self.state)))
+    self._abstract = abstract
+    fast_def = self.load(which)
     self.forward = make_forward(fast_def, self.preprocess, c.model.dtype)
     self.batch = batch_size or c.eval_batch_size or c.batch_size
-    self.evaluator = Evaluator(lambda x: self.forward(fast_state, x), self.mesh, self.batch,
+    self.evaluator = Evaluator(lambda x: self.forward(self.inference_state, x), self.mesh, self.batch,
                                c.data.image_size)
+
+  def load(self, which):
+    """Loads another checkpoint of the run ('best', 'latest' or a step): same shapes, so the
+    compiled forward is reused. Returns the inference model's graph."""
+    self.state, self.meta = checkpoint.restore_model(self.workdir, self._abstract, which)
+    # Scores come from the inference rewrite (BatchNorm folded; the same logits, tested per
+    # model); model_def / state stay the plain model (explain differentiates through it).
+    fast_def, self.inference_state = nnx.split(
+        models.for_inference(nnx.merge(self.model_def, self.state)))
+    return fast_def
 
   def view(self, mode="full", **kw):
     """A View with this run's crop, eval resize and too-small policy."""

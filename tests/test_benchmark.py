@@ -1,15 +1,21 @@
 """The benchmark runs and reports consistent fields; the bf16 step is GPU-ready. No speed asserts."""
 
 import importlib.util
+import os
 import re
 import sys
 
+from flax import nnx
 import jax
 import numpy as np
+from PIL import Image
+import pytest
 
 from fakejax import benchmark
+from fakejax import models
 from fakejax import sharding
 from fakejax import train
+from fakejax.models import cpu_kernels
 
 
 def test_benchmark_reports_consistent_fields(make_config):
@@ -29,14 +35,51 @@ def test_benchmark_reports_consistent_fields(make_config):
   assert kinds["patch_vote"]["patches_per_s"] > 0
   assert "train" in benchmark.format_table(rows)
 
+  # XLA's memory analysis of each step, per device. The train step's arguments hold the
+  # parameters, Adam's two moments and the device's share of the batch, and its outputs reuse
+  # them (the state is donated); it keeps activations for the backward pass, so it needs more
+  # temporary memory than a forward.
+  model = nnx.eval_shape(lambda: models.create("xception", 2, width=0.0625, middle_blocks=1))
+  param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  train_row, eval_row = kinds["train"], kinds["eval"]
+  for r in (train_row, eval_row):
+    assert r["mem_output_bytes"] > 0 and r["mem_temp_bytes"] > 0 and r["mem_peak_bytes"] >= 0
+    assert r["mem_footprint_bytes"] == (r["mem_argument_bytes"] + r["mem_output_bytes"]
+                                        - r["mem_aliased_bytes"] + r["mem_temp_bytes"])
+  image_bytes = 8 // jax.device_count() * 32 * 32 * 3
+  assert train_row["mem_argument_bytes"] >= 3 * param_bytes + image_bytes
+  assert train_row["mem_aliased_bytes"] >= 3 * param_bytes
+  assert eval_row["mem_argument_bytes"] >= param_bytes and eval_row["mem_aliased_bytes"] == 0
+  assert eval_row["mem_output_bytes"] >= 8 // jax.device_count() * 2 * 4  # The logits.
+  assert train_row["mem_temp_bytes"] > eval_row["mem_temp_bytes"]
+  assert "footprint_MiB" in benchmark.format_table(rows)
+
 
 def test_pipeline_throughput_alone(make_config):
   config = make_config()
   config.aug.blur_prob = config.aug.jpg_prob = 0.5
-  (row,) = benchmark.benchmark(config, input_mode="data", workers=0,
-                               data_cache=config.data.cache_dir, pipeline_batches=3)
+  row, bare = benchmark.benchmark(config, input_mode="data", workers=0,
+                                  data_cache=config.data.cache_dir, pipeline_batches=3)
   assert row["kind"] == "pipeline" and row["batches"] == 3 and row["blur_jpeg"] == 0.5
   assert np.isclose(row["images_per_s"], config.batch_size / row["step_s_median"])
+  assert row["storage"] == "png" and row["images_per_s_per_core"] == row["images_per_s"]  # 0 workers: 1 core.
+  assert bare["kind"] == "decode_1core" and bare["images_per_s"] > 0
+
+
+def test_png_folder_for_the_dataloader_peer(make_config):
+  """The peer's PNG tree holds the benchmark's own train images, pixel for pixel, by label."""
+  config = make_config()
+  folder = benchmark.export_png(config, config.data.cache_dir, n=6)
+  dataset, _ = benchmark._pipeline_dataset(config, config.data.cache_dir)
+  labels = dataset.index("train")["label"]
+  src = dataset.source("train")
+  for i in range(6):
+    name = os.path.join(folder, ("0_real", "1_fake")[int(labels[i])], f"{i:06d}.png")
+    with Image.open(name) as im:
+      np.testing.assert_array_equal(np.asarray(im), dataset.decode(src[i]))
+  rows, why = benchmark.torch_pipeline_peer(folder, 32, 2, 0, 1, sys.executable)
+  if importlib.util.find_spec("torch") is None:
+    assert rows == [] and "PyTorch is not installed" in why
 
 
 def test_torch_peer_skips_with_a_reason_when_absent():
@@ -47,18 +90,22 @@ def test_torch_peer_skips_with_a_reason_when_absent():
     assert why or rows
 
 
-def test_bfloat16_step_is_gpu_ready(make_config):
+@pytest.mark.parametrize("formulation", ["xla", "cpu"])
+def test_bfloat16_step_is_gpu_ready(make_config, formulation):
   """Every convolution and dot of the lowered bf16 train step (forward and backward) is bf16; no host sync.
 
-  XLA:GPU accumulates bf16 convolutions and dots in float32 inside its kernels (cuDNN / cuBLAS
-  default), so bf16 operands here mean bf16 tensor-core math with f32 accumulation there.
+  'xla' is the graph a GPU runs (grouped convolutions, reduce_window pooling), built here on CPU by
+  the kernel switch; 'cpu' the CPU formulation. XLA:GPU accumulates bf16 convolutions and dots in
+  float32 inside its kernels (cuDNN / cuBLAS default), so bf16 operands here mean bf16
+  tensor-core math with f32 accumulation there.
   """
   c = make_config(**{"model.dtype": "bfloat16"})
   mesh = sharding.make_mesh()
   ts = train.TrainState(c, 2, 10, mesh)
   batch = sharding.to_global(mesh, {"image": np.zeros((16, 32, 32, 3), np.uint8),
                                     "label": np.zeros((16,), np.int32)})
-  text = train.make_train_step(ts).lower(ts.init(), batch).as_text()
+  with cpu_kernels.use(formulation):
+    text = train.make_train_step(ts).lower(ts.init(), batch).as_text()
   ops = [l for l in text.splitlines() if re.search(r"stablehlo\.(convolution|dot_general)", l)]
   assert len(ops) > 20
   for line in ops:
@@ -66,6 +113,10 @@ def test_bfloat16_step_is_gpu_ready(make_config):
     assert "bf16" in sig and "f32" not in sig, line  # No convolution or matmul fell back to f32.
   for sync in ("callback", "outfeed", "infeed", "send", "recv"):
     assert not re.search(rf"\b{sync}\b", text), sync
+  # The graph is the one asked for: XLA's depthwise (grouped) convolutions and pooling, or none.
+  grouped = [g for g in re.findall(r"feature_group_count = (\d+)", text) if int(g) > 1]
+  pooling = re.search(r"stablehlo\.(reduce_window|select_and_scatter)", text)
+  assert bool(grouped) == bool(pooling) == (formulation == "xla")
   # Parameters stay float32 (only compute is bf16).
   assert all(x.dtype == jax.numpy.float32 for x in jax.tree.leaves(ts.abstract["model"])
              if jax.numpy.issubdtype(x.dtype, jax.numpy.floating))

@@ -182,9 +182,9 @@ def test_evaluate_counts_every_image_once(tiny_run, tiny_synthetic):
     assert len(res) == 13 and row["n_real"] + row["n_fake"] == 13 and row["n_fake"] == int(labels.sum())
     assert row["auc"] == pytest.approx(skm.roc_auc_score(labels, [r.score for r in res]))
     assert row.get("n_patches") == (None if view.mode == "full" else 13 * 4)  # 32 px -> 2x2 patches.
-  # The batched forward gives the same logits as one image at a time.
+  # The batched forward (of the inference model) gives the plain model's logits of one image.
   full = run.evaluator.run(sizes, load, run.view("full"))
-  one = run.forward(run.state, load(4)[None])
+  one = nnx.merge(run.model_def, run.state)(models.preprocess(jnp.asarray(load(4)[None]), run.preprocess))
   np.testing.assert_allclose(one, full[4].patch_logits, rtol=1e-5, atol=1e-5)
 
 
