@@ -1,0 +1,241 @@
+"""The study scripts (scripts/study_*.py): each --quick smoke run writes its tables, figures and
+records, with numbers in range; the shared helpers they rest on are checked by hand."""
+
+import argparse
+import importlib
+import json
+import os
+import re
+import sys
+
+import numpy as np
+import pytest
+
+from fakejax import augment
+from fakejax import datasets
+from fakejax import evaluator
+from fakejax import input_pipeline
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+
+import study_common as sc  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+METRICS = ("accuracy", "ap", "auc", "real_acc", "fake_acc", "top1", "patch_acc", "plain_accuracy",
+           "plain_ap", "val_patch_accuracy")
+
+
+def run_study(name, tmp_path, data_root, *extra):
+  """Runs scripts/study_<name>.py --quick in this process; returns (out folder, results.json)."""
+  module = importlib.import_module(f"study_{name}")
+  out = str(tmp_path / name)
+  module.main(["--quick", "--out", out, "--data_cache", data_root, *extra])
+  with open(os.path.join(out, "results.json")) as f:
+    results = json.load(f)
+  return out, results
+
+
+def check_outputs(out, results, figures, sections):
+  """The files exist, the figures are PNGs, every metric is in [0, 1], the sections are there."""
+  with open(os.path.join(out, "results.md")) as f:
+    md = f.read()
+  for s in sections:
+    assert f"## {s}" in md, s
+  assert "Seeds per point: 1" in md and "Machine:" in md and "Command: `python scripts/study_" in md
+  for fig in figures:
+    path = os.path.join(out, fig)
+    with open(path, "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n", fig
+    assert 2_000 < os.path.getsize(path) < 150_000, fig
+    assert f"]({fig})" in md or f"]({os.path.basename(fig)})" in md, fig
+  assert results["records"]
+  for r in results["records"]:
+    for k in METRICS:
+      if k in r and r[k] is not None:
+        assert 0.0 <= r[k] <= 1.0, (k, r)
+  assert all(v["seconds"] >= 0 for v in results["runs"].values())
+  return md
+
+
+def table_rows(md, heading):
+  """The data rows of the first Markdown table after `heading`."""
+  lines = md.split(f"## {heading}", 1)[1].splitlines()
+  start = next(i for i, l in enumerate(lines) if l.startswith("|"))
+  end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+  return [[c.strip() for c in l.strip("|").split("|")] for l in lines[start + 2:end]]
+
+
+PM = re.compile(r"^(\d\.\d{3}) ± (\d\.\d{3})$")
+
+
+def assert_pm(cell):
+  m = PM.match(cell)
+  assert m, cell
+  assert 0 <= float(m.group(1)) <= 1 and float(m.group(2)) == 0.0  # One seed: no spread.
+
+
+# ---------------------------------------------------------------------------
+# The scripts.
+# ---------------------------------------------------------------------------
+def test_generalisation(tmp_path, data_root):
+  out, res = run_study("generalisation", tmp_path, data_root)
+  md = check_outputs(out, res, ["fig_1a_accuracy.png", "fig_1a_ap.png", "fig_1b_accuracy.png", "fig_1b_ap.png"],
+                     ["1a: content diversity (total training images fixed)", "1b: dropout before the classifier"])
+  rows = table_rows(md, "1a: content diversity")
+  assert [r[:2] for r in rows] == [["1", "8"], ["2", "4"]]  # N categories, images per category.
+  for r in rows:
+    for c in r[2:]:
+      assert_pm(c)
+  assert [r[0] for r in table_rows(md, "1b: dropout")] == ["0"]
+  assert len(res["runs"]) == 2  # The 1b point equal to 1a's N=2 run is that run.
+  held = {r["held_out"] for r in res["records"]}
+  assert len(held) == 1
+  seen = {r["n"]: r for r in res["records"] if r["set"] == "unseen content" and r["part"] == "1a"}
+  assert set(seen) == {1, 2} and all(r["n_real"] == 3 and r["n_fake"] == 3 for r in seen.values())
+  # Each run trained on train_per_category = 8 // N images per (category, source).
+  for workdir in res["runs"]:
+    with open(os.path.join(workdir, "config.json")) as f:
+      data = json.load(f)["data"]
+    assert data["train_per_category"] * len(data["train_categories"]) == 8
+    assert held.isdisjoint(data["train_categories"])
+
+
+def test_patches(tmp_path, data_root):
+  out, res = run_study("patches", tmp_path, data_root)
+  md = check_outputs(out, res, ["fig_2_patch_size.png", "fig_2_confident.png", "fig_2_random.png"],
+                     ["Tab. 1: patch-level validation accuracy", "Image-level accuracy, seen",
+                      "Image-level accuracy, unseen content", "Image-level accuracy, unseen generators",
+                      "Verdicts (indicator: mean of all checkpoints)"])
+  assert [r[0] for r in table_rows(md, "Tab. 1")] == ["whole image 32", "16"]
+  rules = [r[1] for r in table_rows(md, "Image-level accuracy, unseen content")]
+  assert rules == ["whole image", "centre patch", "whole image", "grid vote", "random K=1", "random K=3",
+                   "random K=5", "random K=9", "confident θ=0.5", "confident θ=0.8", "confident θ=0.95",
+                   "confident θ=0.99", "mean logit"]
+  for r in table_rows(md, "Image-level accuracy, seen"):
+    for c in r[2:]:
+      assert_pm(c)
+  grid = [r for r in res["records"] if r.get("rule") == "grid vote"]
+  assert grid and {r["set"] for r in grid} >= {"seen", "unseen content", "unseen generators"}
+  # A 32x32 image has 4 grid patches of 16: patch accuracy is a multiple of 1/(4 * images).
+  assert all(r["P"] == 16 for r in grid)
+
+
+def test_transfer_attribution(tmp_path, data_root):
+  out, res = run_study("transfer_attribution", tmp_path, data_root)
+  md = check_outputs(out, res, ["fig_3a_transfer.png", "fig_3b_confusion_xception.png", "gradcam/gradcam_mean.png"],
+                     ["(a) Binary detection: linear probe vs fine-tuning",
+                      "(b) Attribution: which generator (or real) made the image",
+                      "(c) Grad-CAM per class (attribution Xception, seed 0)"])
+  assert "**from scratch**" in md
+  assert [r[0] for r in table_rows(md, "(a) Binary")] == ["xception linear_probe"]
+  (row,) = table_rows(md, "(b) Attribution")
+  assert row[0] == "xception" and len(row) == 4 + 5  # top-1, real-vs-fake acc, recall of 5 classes.
+  (rec,) = [r for r in res["records"] if r["part"] == "b"]
+  cm = np.array(rec["confusion"])
+  assert cm.shape == (5, 5) and cm.sum() == 3 * 5 * 3  # 3 categories x 3 test reals, each with 4 fakes.
+  assert rec["classes"] == ["real", "tconv", "nn_conv", "bilinear_conv", "pixel_shuffle"]
+  with np.load(os.path.join(out, "gradcam", "gradcam_mean.npz")) as z:
+    assert z["maps"].shape == (5, 32, 32) and 0 <= z["maps"].min() and z["maps"].max() <= 1
+
+
+def test_resolution_augmentation(tmp_path, data_root):
+  out, res = run_study("resolution_augmentation", tmp_path, data_root)
+  md = check_outputs(out, res, ["fig_4_xception_conditions.png", "fig_4_xception_tta.png"], ["xception"])
+  rows = table_rows(md, "xception")
+  assert [r[0] for r in rows] == ["native", "low"]
+  assert len(rows[0]) == 8  # condition, 5 clean columns, 2 perturbations.
+  for workdir, info in res["runs"].items():
+    with open(os.path.join(workdir, "config.json")) as f:
+      c = json.load(f)
+    if info["label"].endswith("_low"):
+      assert c["data"]["image_size"] == c["aug"]["resize"] == c["data"]["eval_resize"] == 16
+  tests = {r["test"] for r in res["records"]}
+  assert tests == {"clean", "jpeg:75", "blur:1", "TTA ±15°"}
+  tta = [r for r in res["records"] if r["test"] == "TTA ±15°"]
+  assert tta and all("plain_accuracy" in r for r in tta) and {r["condition"] for r in tta} == {"native"}
+
+
+def test_deepfd(tmp_path, data_root):
+  out, res = run_study("deepfd", tmp_path, data_root)
+  md = check_outputs(out, res, ["fig_5_accuracy.png", "fig_5_ap.png"],
+                     ["DeepFD: with vs without the contrastive stage"])
+  assert [r[0] for r in table_rows(md, "DeepFD")] == ["contrastive + frozen D1", "cross-entropy only"]
+  steps = {}
+  for workdir, info in res["runs"].items():
+    with open(os.path.join(workdir, "config.json")) as f:
+      fd = json.load(f)["deepfd"]
+    steps[info["label"]] = (fd["stage1_steps"], fd["stage2_steps"], fd["freeze_d1"])
+  assert steps == {"contrastive": (2, 2, True), "cross-entropy": (0, 4, False)}  # Same total steps.
+
+
+# ---------------------------------------------------------------------------
+# The helpers.
+# ---------------------------------------------------------------------------
+def test_condition_configs():
+  """Study 4's training conditions and study 5's ablations set what they claim."""
+  ra = importlib.import_module("study_resolution_augmentation")
+  base = sc.defaults.get_config()
+  c = ra.condition_config(base, "xception", "blur+JPEG p=0.1", 64, 32)
+  assert (c.aug.blur_prob, c.aug.jpg_prob, tuple(c.aug.blur_sig), tuple(c.aug.jpg_qual)) == (0.1, 0.1, (0, 3), (30, 100))
+  assert (c.optim.lr, c.optim.end_lr, c.optim.schedule) == (1e-2, 1e-4, "exponential")
+  c = ra.condition_config(base, "resnet50", "geometric", 64, 32)
+  assert (c.aug.rotate, c.aug.shift, c.aug.zoom, c.optim.name, c.optim.lr) == (45.0, 0.15, 0.5, "sgd", 3e-3)
+  c = ra.condition_config(base, "xception", "low", 64, 32)
+  assert c.aug.resize == c.data.eval_resize == c.data.image_size == 32 and base.aug.resize == 0
+  with pytest.raises(sc.cli.UserError):
+    ra.condition_config(base, "xception", "sharpen", 64, 32)
+  fd = importlib.import_module("study_deepfd")
+  c = fd.condition_config(base, "random frozen D1", 5, 7)
+  assert (c.deepfd.stage1_steps, c.deepfd.stage2_steps, c.deepfd.freeze_d1) == (0, 12, True)
+
+
+def test_train_per_category_subset(tiny_synthetic):
+  """data.train_per_category keeps a seeded subset of n images per (category, source)."""
+  c = sc.base_config(argparse.Namespace(data="", quick=True, data_cache=""))
+  c.data.train_sources = ("tconv",)
+  full = input_pipeline.train_indices(tiny_synthetic, c.data)
+  c.data.train_per_category = 3
+  sub = input_pipeline.train_indices(tiny_synthetic, c.data)
+  idx = tiny_synthetic.index("train")
+  groups = {}
+  for i in sub:
+    groups.setdefault((idx["category"][i], idx["source"][i]), []).append(i)
+  assert set(sub) <= set(full) and len(groups) == 3 * 2 and all(len(v) == 3 for v in groups.values())
+  c.data.seed = 1
+  assert not np.array_equal(input_pipeline.train_indices(tiny_synthetic, c.data), sub)
+
+
+def test_revote_equals_separate_passes(tiny_run):
+  """Re-deciding stored patch logits gives what a separate evaluator pass with that view gives."""
+  run = evaluator.Run(tiny_run)
+  ds = datasets.Dataset(run.info["dataset"])
+  sets = [("all", ds.select("test")[:6])]
+  rand = sc.forward_sets(run, ds, sets, run.view("random", patch_size=16, k=5))["all"][0]
+  direct = sc.forward_sets(run, ds, sets, run.view("random", patch_size=16, k=3))["all"][0]
+  for a, b in zip(sc.revote(rand, run.view("random", patch_size=16, k=3)), direct):
+    np.testing.assert_allclose(a.probs, b.probs)
+    assert a.pred == b.pred and a.n_inputs == b.n_inputs == 3
+  grid = sc.forward_sets(run, ds, sets, run.view("grid", patch_size=16))["all"][0]
+  for theta in (0.0, 0.3):
+    v = run.view("confident", patch_size=16, theta=theta)
+    direct = sc.forward_sets(run, ds, sets, v)["all"][0]
+    for a, b in zip(sc.revote(grid, v), direct):
+      np.testing.assert_allclose(a.probs, b.probs)
+      assert a.score == pytest.approx(b.score)
+
+
+def test_statistics_rules():
+  """mean ± std, the no-difference rule and the trend rule on hand-made numbers."""
+  assert sc.pm([0.8, 1.0]) == "0.900 ± 0.141"
+  assert sc.mean_std([0.5]) == (0.5, 0.0)
+  assert sc.differs([0.9, 0.92, 0.91], [0.7, 0.72, 0.71]) == 1
+  assert sc.differs([0.7, 0.9], [0.75, 0.8]) == 0  # Within the spread: none.
+  assert sc.differs([1.0, 1.0], [0.9995, 0.9995]) == 0  # No spread at a ceiling, but below MIN_DIFF.
+  t = sc.trend([1, 2, 4], [[0.6, 0.62], [0.7, 0.72], [0.9, 0.92]])
+  assert t["slope"] == pytest.approx(0.1) and t["sign"] == 1
+  assert sc.trend([1, 2], [[0.5, 0.9], [0.6, 0.8]])["sign"] == 0
+  with pytest.raises(sc.cli.UserError):
+    sc.set_keys(sc.defaults.get_config(), {"model.nope": 1})
+  assert sc.parse_sets(["model.width=0.5", "data.train_sources=('a',)", "model.name=resnet50"]) == {
+      "model.width": 0.5, "data.train_sources": ("a",), "model.name": "resnet50"}
+  assert augment.tta_copies(["rand=15:2"])[0] == augment.Copy()
