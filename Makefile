@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 # On CPU, simulate 8 devices for the tests so data parallelism is exercised.
 TEST_ENV := XLA_FLAGS=--xla_force_host_platform_device_count=8
 
-.PHONY: train test venv clean
+.PHONY: train test test-studies venv clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,11 @@ train: venv
 
 test: venv
 	$(PY) -m ruff check --quiet fakejax tests scripts configs
-	$(TEST_ENV) $(PY) -m pytest -q -n 2 --dist worksteal --durations=25 tests
+	$(TEST_ENV) $(PY) -m pytest -q -n 2 --dist worksteal --durations=25 -m "not study" tests
+
+# The study scripts' --quick smoke runs (scripts/study_*.py), ~5 minutes: CI runs them too.
+test-studies: venv
+	$(TEST_ENV) $(PY) -m pytest -q -n 2 --dist worksteal -m study tests
 
 clean:
 	rm -rf runs $(VENV)

@@ -1,5 +1,8 @@
 """The study scripts (scripts/study_*.py): each --quick smoke run writes its tables, figures and
-records, with numbers in range; the shared helpers they rest on are checked by hand."""
+records, with numbers in range; the shared helpers they rest on are checked by hand.
+
+The five smoke runs (~1.5 min each on 2 cores, cold) are marked `study`: `make test-studies`
+runs them (CI does, after `make test`); `make test` runs the helper tests."""
 
 import argparse
 import importlib
@@ -77,6 +80,7 @@ def assert_pm(cell):
 # ---------------------------------------------------------------------------
 # The scripts.
 # ---------------------------------------------------------------------------
+@pytest.mark.study
 def test_generalisation(tmp_path, data_root):
   out, res = run_study("generalisation", tmp_path, data_root)
   md = check_outputs(out, res, ["fig_1a_accuracy.png", "fig_1a_ap.png", "fig_1b_accuracy.png", "fig_1b_ap.png"],
@@ -100,6 +104,7 @@ def test_generalisation(tmp_path, data_root):
     assert held.isdisjoint(data["train_categories"])
 
 
+@pytest.mark.study
 def test_patches(tmp_path, data_root):
   out, res = run_study("patches", tmp_path, data_root)
   md = check_outputs(out, res, ["fig_2_patch_size.png", "fig_2_confident.png", "fig_2_random.png"],
@@ -120,6 +125,7 @@ def test_patches(tmp_path, data_root):
   assert all(r["P"] == 16 for r in grid)
 
 
+@pytest.mark.study
 def test_transfer_attribution(tmp_path, data_root):
   out, res = run_study("transfer_attribution", tmp_path, data_root)
   md = check_outputs(out, res, ["fig_3a_transfer.png", "fig_3b_confusion_xception.png", "gradcam/gradcam_mean.png"],
@@ -138,6 +144,7 @@ def test_transfer_attribution(tmp_path, data_root):
     assert z["maps"].shape == (5, 32, 32) and 0 <= z["maps"].min() and z["maps"].max() <= 1
 
 
+@pytest.mark.study
 def test_resolution_augmentation(tmp_path, data_root):
   out, res = run_study("resolution_augmentation", tmp_path, data_root)
   md = check_outputs(out, res, ["fig_4_xception_conditions.png", "fig_4_xception_tta.png"], ["xception"])
@@ -155,6 +162,7 @@ def test_resolution_augmentation(tmp_path, data_root):
   assert tta and all("plain_accuracy" in r for r in tta) and {r["condition"] for r in tta} == {"native"}
 
 
+@pytest.mark.study
 def test_deepfd(tmp_path, data_root):
   out, res = run_study("deepfd", tmp_path, data_root)
   md = check_outputs(out, res, ["fig_5_accuracy.png", "fig_5_ap.png"],
