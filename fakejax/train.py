@@ -163,10 +163,7 @@ class TrainState:
     self.lr_fns = {k: create_learning_rate_fn(config.optim, n) for k, n in self.stage_steps.items()}
 
     def init(seed):
-      # 'rbg' keys for the initial draw: XLA compiles its RngBitGenerator ~3x faster than
-      # threefry's unrolled hash (8 -> 3 s for a tiny Xception on 2 cores, per new model shape).
-      # Same seed and backend, same parameters; the bits may differ between CPU and GPU.
-      model = models.from_config(config.model, num_classes, seed=jax.random.key(seed, impl="rbg"))
+      model = models.from_config(config.model, num_classes, seed=jax.random.key(seed))
       return {"model": model, **{self.optimizer_name(k): nnx.Optimizer(
           model, create_transfer_optimizer(config.optim, self.lr_fns[k], config.model.backbone_lr),
           wrt=self.wrt[k]) for k in self.stage_steps}}

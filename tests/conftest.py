@@ -2,7 +2,10 @@
 
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# LLVM at -O0: the tests' models are tiny, so compiling dominates their time, and -O0 compiles
+# ~3x faster (a tiny Xception's init: 8.7 -> 2.2 s) with the same operations.
+FAST_COMPILE = "--xla_backend_optimization_level=0"
+os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=8 {FAST_COMPILE}")
 
 from absl import flags  # pylint: disable=g-import-not-at-top
 import jax  # pylint: disable=g-import-not-at-top
@@ -22,6 +25,12 @@ from fakejax import datasets  # pylint: disable=g-import-not-at-top
 from fakejax import defaults  # pylint: disable=g-import-not-at-top
 
 TINY_COUNTS = (("train", 8), ("val", 4), ("test", 3))
+
+
+def subprocess_env(devices=8, **extra):
+  """The environment of a `python -m fakejax...` the tests start: `devices` CPU devices."""
+  return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}",
+              **extra)
 
 
 @pytest.fixture(scope="session")

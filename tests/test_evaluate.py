@@ -16,6 +16,7 @@ from PIL import Image
 import pytest
 from sklearn import metrics as skm
 
+from tests.conftest import subprocess_env
 from fakejax import augment
 from fakejax import datasets
 from fakejax import evaluator
@@ -205,7 +206,7 @@ def test_whole_view_equals_the_plain_forward_and_mixes_sizes(tiny_run):
 
 
 def _env():
-  return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  return subprocess_env()
 
 
 def test_evaluate_cli_writes_reports(tiny_run, tmp_path):

@@ -14,6 +14,7 @@ import optax
 from PIL import Image
 import pytest
 
+from tests.conftest import subprocess_env
 from fakejax import cli
 from fakejax import evaluator
 from fakejax import explain
@@ -296,7 +297,7 @@ def test_highpass_removes_a_smooth_image_and_keeps_a_checkerboard():
 # The command.
 # ---------------------------------------------------------------------------
 def _env():
-  return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  return subprocess_env()
 
 
 def _explain(*args):

@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from tests.conftest import subprocess_env
 from fakejax import checkpoint
 from fakejax import train
 
@@ -47,8 +48,7 @@ def _start(module_args, nproc, devices):
   """nproc processes of `python -m ...` joined by jax.distributed on a fresh loopback port."""
   port, procs = _port(), []
   for i in range(nproc):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               PYTHONUNBUFFERED="1", FAKEJAX_HEARTBEAT_S=str(HEARTBEAT_S))
+    env = subprocess_env(devices, PYTHONUNBUFFERED="1", FAKEJAX_HEARTBEAT_S=str(HEARTBEAT_S))
     if nproc > 1:
       env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(nproc),
                  JAX_PROCESS_ID=str(i))
