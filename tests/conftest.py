@@ -27,10 +27,11 @@ from fakejax import defaults  # pylint: disable=g-import-not-at-top
 TINY_COUNTS = (("train", 8), ("val", 4), ("test", 3))
 
 
-def subprocess_env(devices=8, **extra):
-  """The environment of a `python -m fakejax...` the tests start: `devices` CPU devices."""
-  return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}",
-              **extra)
+def subprocess_env(devices=8, fast_compile=True, **extra):
+  """The environment of a `python -m fakejax...` the tests start: `devices` CPU devices, and
+  LLVM -O0 unless `fast_compile` is False (XLA's default optimisation, as users run it)."""
+  flags = f"--xla_force_host_platform_device_count={devices}" + (f" {FAST_COMPILE}" if fast_compile else "")
+  return dict(os.environ, XLA_FLAGS=flags, **extra)
 
 
 @pytest.fixture(scope="session")
