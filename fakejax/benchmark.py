@@ -186,18 +186,21 @@ def export_png(config, data_cache, n=1000):
   return folder
 
 
-def torch_pipeline_peer(folder, crop, batch, workers, batches, python):
-  """Runs scripts/torch_pipeline_peer.py (a DataLoader over PNG files); (rows, why skipped)."""
-  script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts",
-                        "torch_pipeline_peer.py")
-  r = subprocess.run([python, script, folder, str(crop), str(batch), str(workers), str(batches)],
-                     capture_output=True, text=True)
+def _peer_script(name, args, python):
+  """Runs scripts/<name> with `python`; (its JSON rows, '') or ([], the reason it could not)."""
+  script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", name)
+  r = subprocess.run([python, script, *map(str, args)], capture_output=True, text=True)
   if r.returncode != 0:
     return [], (r.stdout + r.stderr).strip().splitlines()[-1] if (r.stdout + r.stderr).strip() else "failed"
-  rows = [json.loads(l) for l in r.stdout.splitlines() if l.startswith("{")]
+  return [json.loads(l) for l in r.stdout.splitlines() if l.startswith("{")], ""
+
+
+def torch_pipeline_peer(folder, crop, batch, workers, batches, python):
+  """Runs scripts/torch_pipeline_peer.py (a DataLoader over PNG files); (rows, why skipped)."""
+  rows, why = _peer_script("torch_pipeline_peer.py", [folder, crop, batch, workers, batches], python)
   for row in rows:
     row["images_per_s_per_core"] = row["images_per_s"] / max(workers, 1)
-  return rows, ""
+  return rows, why
 
 
 def pipeline_throughput(config, workers, data_cache, batches=100, warmup=10):
@@ -298,13 +301,7 @@ def benchmark(config, steps=10, warmup=2, input_mode="device", workers=2, patch_
 
 def torch_peer(model, image_size, batch, steps, warmup, python):
   """Runs scripts/torch_peer.py in a subprocess; returns its rows or a reason it could not."""
-  script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts",
-                        "torch_peer.py")
-  r = subprocess.run([python, script, model, str(image_size), str(batch), str(steps), str(warmup)],
-                     capture_output=True, text=True)
-  if r.returncode != 0:
-    return [], (r.stdout + r.stderr).strip().splitlines()[-1] if (r.stdout + r.stderr).strip() else "failed"
-  return [json.loads(l) for l in r.stdout.splitlines() if l.startswith("{")], ""
+  return _peer_script("torch_peer.py", [model, image_size, batch, steps, warmup], python)
 
 
 def format_table(rows):
