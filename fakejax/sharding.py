@@ -48,6 +48,14 @@ def initialize(coordinator_address=None, num_processes=None, process_id=None, he
   heartbeat_s = heartbeat_s or int(env.get("FAKEJAX_HEARTBEAT_S", "100"))
   jax.distributed.initialize(coordinator_address, num_processes, process_id,
                              heartbeat_timeout_seconds=heartbeat_s)
+  barrier("initialize")
+  # CPU (gloo) collectives build their cross-process context on the first collective over a
+  # set of devices, and give up when a peer is more than 30 s late (a fixed XLA timeout).
+  # Build it now, while the processes are aligned: later collectives wait for late peers
+  # (one process plotting, another compiling) without a limit.
+  mesh = make_mesh()
+  ones = jax.make_array_from_process_local_data(data_sharded(mesh), np.ones(jax.local_device_count()))
+  jax.jit(jax.numpy.sum, out_shardings=replicated(mesh))(ones).block_until_ready()
   return True
 
 
@@ -56,10 +64,22 @@ def is_main():
   return jax.process_index() == 0
 
 
-def barrier(name):
-  """All processes wait here until every one has arrived (no-op on one process)."""
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(name)
+_barriers = {}
+
+
+def barrier(name, timeout_s=6 * 3600):
+  """All processes wait here until every one has arrived (no-op on one process).
+
+  A barrier of jax.distributed's coordination service, not a device collective: it waits for
+  as long as process 0 takes (e.g. to generate a dataset) and fails at once if a process dies.
+  """
+  if jax.process_count() == 1:
+    return
+  _barriers[name] = _barriers.get(name, -1) + 1  # Each use of a name is a new barrier.
+  # The client is not public API; orbax and jax's own array serialization use it the same way.
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  distributed.global_state.client.wait_at_barrier(f"fakejax/{name}/{_barriers[name]}",
+                                                  int(timeout_s * 1000))
 
 
 class Preemption:

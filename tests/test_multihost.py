@@ -136,3 +136,38 @@ def test_two_processes_train_and_evaluate_as_one(tiny_synthetic, data_root, tmp_
     assert set(codes) == {0}, [o[-3000:] for o in outs]
     reports.append(json.load(open(os.path.join(out, "report.json")))["rows"])
   assert reports[0] == reports[1] and reports[0][0]["n_real"] + reports[0][0]["n_fake"] == 18
+
+
+_LATE_PEERS = """
+import sys, time
+import numpy as np
+import jax
+from fakejax import sharding
+late = float(sys.argv[1])
+sharding.initialize()
+if jax.process_index() == 0:
+  time.sleep(late)  # Process 0 alone at work (e.g. generating the synthetic benchmark).
+sharding.barrier("work")
+if jax.process_index() == 1:
+  time.sleep(late)  # Process 1 late at the first collective (e.g. compiling for longer).
+mesh = sharding.make_mesh()
+x = np.full((2, 3), jax.process_index() + 1.0, np.float32)
+total = jax.jit(lambda a: a.sum(0), out_shardings=sharding.replicated(mesh))(
+    sharding.to_global(mesh, x))
+print("sum", sharding.to_host(total).tolist(), flush=True)
+"""
+
+
+def test_a_peer_late_by_more_than_the_collectives_timeout_is_waited_for():
+  """A process later than gloo's fixed 30 s context timeout, at a barrier and at the first
+  collective of a program, is waited for: both processes finish with the right sum."""
+  port, procs = _port(), []
+  for i in range(2):
+    env = subprocess_env(2, PYTHONUNBUFFERED="1", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                         JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i))
+    procs.append(subprocess.Popen([sys.executable, "-c", _LATE_PEERS, "33"], cwd=ROOT, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  start_new_session=True))
+  codes, outs = _finish(procs, timeout=200)
+  assert codes == [0, 0], [o[-2000:] for o in outs]
+  assert all("sum [6.0, 6.0, 6.0]" in o for o in outs), [o[-2000:] for o in outs]
