@@ -190,7 +190,9 @@ def main(argv=None):
       table = sc.md_table(["model", "start", "top-1", "real vs fake acc"] + [f"recall {c}" for c in classes], rows)
       sections.append(("(b) Attribution: which generator (or real) made the image",
                        f"{len(classes)} classes ({', '.join(classes)}), balanced training; recall per class from "
-                       f"the confusion matrix summed over seeds.\n\n{table}\n\n"
+                       f"the confusion matrix summed over seeds; real vs fake accuracy calls an image fake when "
+                       f"1 - p(real) >= 0.5, so a model that never puts p(real) above 0.5 scores the share of fakes "
+                       f"in the test set while its top-1 still counts argmax-real answers.\n\n{table}\n\n"
                        + "\n".join(f"- {m}: top-1 {sc.pm(study.values('top1', part='b', model=m))} -> near-perfect "
                                    f"(>= 0.95 at every seed): **"
                                    + ("yes" if min(study.values("top1", part="b", model=m)) >= 0.95 else "no")
