@@ -458,8 +458,10 @@ def plot_series(path, series, xlabel, ylabel, title="", trend_lines=False, xtick
     ax.axhline(hline[0], color="grey", ls=":", lw=1, label=hline[1])
   if logx:
     ax.set_xscale("log", base=2)
-  ticks = xticks if xticks is not None else sorted({xv for _, x, _ in series for xv in x})
-  ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+  ticks = sorted(xticks if xticks is not None else {xv for _, x, _ in series for xv in x})
+  pos = np.log2(ticks) if logx else np.asarray(ticks, float)
+  crowded = len(ticks) > 2 and np.diff(pos).min() < 0.06 * (pos[-1] - pos[0])  # Labels would overlap.
+  ax.set_xticks(ticks, [f"{t:g}" for t in ticks], rotation=90 if crowded else 0, fontsize=8 if crowded else None)
   ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
   if ylim:
@@ -484,7 +486,7 @@ def plot_bars(path, groups, conditions, values, ylabel, title="", ylim=(0.4, 1.0
     ylim: y range.
     hline: (y, label) of a reference line.
   """
-  fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(groups) * max(len(conditions), 1) ** 0.5 + 2), 3.8))
+  fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(groups) * max(len(conditions), 1) ** 0.5 + 2) + 1.8, 3.8))
   width = 0.8 / max(len(conditions), 1)
   colours = plt.cm.tab10(np.arange(max(len(conditions), 1)) % 10)
   for j, (cond, colour) in enumerate(zip(conditions, colours)):
@@ -502,7 +504,7 @@ def plot_bars(path, groups, conditions, values, ylabel, title="", ylim=(0.4, 1.0
   if ylim:
     ax.set_ylim(*ylim)
   ax.grid(axis="y", alpha=0.3)
-  ax.legend(fontsize=7, loc="lower right")
+  ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # Beside the bars, never over them.
   ax.set_title(title, fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=80)
