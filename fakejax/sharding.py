@@ -71,7 +71,8 @@ def barrier(name, timeout_s=6 * 3600):
   """All processes wait here until every one has arrived (no-op on one process).
 
   A barrier of jax.distributed's coordination service, not a device collective: it waits for
-  as long as process 0 takes (e.g. to generate a dataset) and fails at once if a process dies.
+  as long as process 0 takes (e.g. to generate a dataset) and fails when a process dies (within
+  the heartbeat timeout).
   """
   if jax.process_count() == 1:
     return
