@@ -188,13 +188,13 @@ def test_binary_and_attribution_layouts(tmp_path):
 # ---------------------------------------------------------------------------
 # Pixels, speed, bad files, reports.
 # ---------------------------------------------------------------------------
-@pytest.mark.parametrize("storage,spill,workers", [("png", False, 0), ("raw", True, 2)],
-                         ids=["png_in_memory", "raw_spilled_2_workers"])
-def test_lossless_round_trip(tmp_path, monkeypatch, storage, spill, workers):
-  """Exact pixels back in either storage, also when the build spills to disk and runs in
-  worker processes (the records and their order do not depend on the number of workers)."""
-  if spill:
-    monkeypatch.setattr(datasets.builder, "SHUFFLE_MEMORY_BYTES", 1)
+@pytest.mark.parametrize("storage,sharded,workers", [("png", False, 0), ("raw", True, 2)],
+                         ids=["png_one_shard", "raw_many_shards_2_workers"])
+def test_lossless_round_trip(tmp_path, monkeypatch, storage, sharded, workers):
+  """Exact pixels back in either storage, also when a split spans many shard files and the
+  build runs in worker processes (the records and their order do not depend on either)."""
+  if sharded:
+    monkeypatch.setattr(datasets.builder, "SHARD_BYTES", 1)  # One record a shard.
   root = tmp_path / "imgs"
   originals = {}
   for cls in ("real", "fake"):
@@ -210,6 +210,9 @@ def test_lossless_round_trip(tmp_path, monkeypatch, storage, spill, workers):
                                         storage=storage, workers=workers)
   assert summary["layout"] == "binary" and ds.storage == storage
   assert summary["speed"]["workers"] == max(workers, 1) and summary["speed"]["bytes_on_disk"] > 0
+  shards = os.listdir(ds.builder_dir)
+  for split, n in summary["counts"].items():
+    assert sum(".array_record-" in f and f"-{split}." in f for f in shards) == (n if sharded else 1)
   seen = {}
   for split in ds.splits:
     seen.update(_read_all(ds, split))

@@ -14,21 +14,25 @@ A dataset directory looks like::
     OUT/fakejax_images/2.0.0/     the TFDS array_record files + index.npz
 """
 
+import array
 import collections
 import contextlib
 import hashlib
 import json
 import multiprocessing
 import os
-import resource
 import shutil
+import sys
 import time
+import zipfile
 
 from absl import logging
 import numpy as np
+from array_record.python import array_record_module
+from etils import epath
 import tensorflow_datasets as tfds
-from tensorflow_datasets.core import file_adapters
-from tensorflow_datasets.core import shuffle as tfds_shuffle
+from tensorflow_datasets.core import example_serializer
+from tensorflow_datasets.core import naming
 import tqdm
 
 from fakejax import synthetic
@@ -45,12 +49,12 @@ INDEX_COLUMNS = ("label", "class_label", "source", "category", "group", "path", 
 
 
 class FakejaxImages(tfds.core.GeneratorBasedBuilder):
-  """Images for fake-image detection, written as array_record without TensorFlow."""
+  """The TFDS description of our records (features, splits): what `tfds.builder_from_directory`
+  and `as_data_source` read. fakejax writes the records itself (`_RecordWriter`)."""
 
   VERSION = tfds.core.Version("2.0.0")
 
-  def __init__(self, *, examples=None, class_names=(REAL, "fake"), storage="png", **kwargs):
-    self._examples = examples  # {split: zero-argument callable yielding (key, example)}.
+  def __init__(self, *, class_names=(REAL, "fake"), storage="png", **kwargs):
     self._class_names = list(class_names)
     self._storage = storage
     super().__init__(**kwargs)
@@ -70,106 +74,135 @@ class FakejaxImages(tfds.core.GeneratorBasedBuilder):
         }),
     )
 
+  # tfds' own writer is not used: with disable_shuffling it keys record i by i, every key of a
+  # split falls in its first bucket, and that bucket is read back and sorted in memory (peak
+  # memory grew with the split: 2.2 GB for 20k images of 256 px).
   def _split_generators(self, dl_manager):
-    del dl_manager
-    return {split: self._generate_examples(fn) for split, fn in self._examples.items()}
+    raise NotImplementedError("fakejax writes its records with builder._RecordWriter")
 
-  def _generate_examples(self, fn):
-    yield from fn()
-
-  # tfds prints "Downloading and preparing dataset ..." around a build; ours shows its own bar.
-  def _log_download_bytes(self):
-    pass
-
-  def _log_download_done(self):
-    pass
+  def _generate_examples(self):
+    raise NotImplementedError("fakejax writes its records with builder._RecordWriter")
 
 
-# tfds shuffles each split in memory until it holds 1 GB of encoded examples, then spills to
-# disk buckets; a smaller threshold keeps the build's memory flat whatever the dataset size.
-SHUFFLE_MEMORY_BYTES = 64 << 20
 # array_record options: uncompressed. PNG bytes are compressed already (tfds' default would zstd
 # them a second time), and raw pixels are stored to be read fast: snappy or zstd cut a smooth
 # 256-px image to 74 / 41 KiB but read 3-4x slower than the 192 KiB as they are
 # (docs/performance.md).
 RECORD_OPTIONS = "group_size:1,uncompressed"
+# A new shard after this many bytes of records: files of a size that copies and syncs well.
+SHARD_BYTES = 1 << 30
 
 
-class _LocalGfile:
-  """The part of `tf` that tfds' shuffler uses for its disk buckets, on local files.
+class _RecordWriter:
+  """One split's records, written in order as they come to array_record shards.
 
-  tfds reads and writes those buckets with tf.io.gfile, so without TensorFlow a split
-  over the memory threshold would fail to build. Our datasets are local folders.
+  Nothing of the split stays in memory: each record is serialized with the dataset's features
+  (the bytes `as_data_source` decodes) and written at once. Shards get their final
+  `{name}-{split}.array_record-0000i-of-0000n` names when the split is complete.
   """
 
-  class io:  # pylint: disable=invalid-name
-    class gfile:  # pylint: disable=invalid-name
-      GFile = staticmethod(open)
-      exists = staticmethod(os.path.exists)
-      remove = staticmethod(os.remove)
+  def __init__(self, directory, split, features):
+    self._template = naming.ShardedFileTemplate(
+        data_dir=epath.Path(directory), dataset_name=FakejaxImages.name, split=split,
+        filetype_suffix="array_record")
+    self._features = features
+    self._serializer = example_serializer.ExampleSerializer(features.get_serialized_info())
+    self._directory, self._split = directory, split
+    self._writer, self._paths = None, []
+    self.shard_lengths, self.num_bytes, self._shard_bytes = [], 0, 0
 
-  class errors:  # pylint: disable=invalid-name
-    class ResourceExhaustedError(Exception):
-      pass
+  def _next_shard(self):
+    if self._writer is not None:
+      self._writer.close()
+    self._paths.append(os.path.join(self._directory, f".{self._split}.shard{len(self._paths)}"))
+    self._writer = array_record_module.ArrayRecordWriter(self._paths[-1], RECORD_OPTIONS)
+    self.shard_lengths.append(0)
+    self._shard_bytes = 0
 
+  def write(self, example):
+    data = self._serializer.serialize_example(self._features.encode_example(example))
+    if self._writer is None or self._shard_bytes >= SHARD_BYTES:
+      self._next_shard()
+    self._writer.write(data)
+    self.shard_lengths[-1] += 1
+    self._shard_bytes += len(data)
+    self.num_bytes += len(data)
 
-@contextlib.contextmanager
-def _tfds_writer():
-  """tfds set up for our builds (no public options: module globals, restored after).
-
-  Its shuffler spills to local files above SHUFFLE_MEMORY_BYTES; records are written with
-  RECORD_OPTIONS; tfds' own progress bars are off (the build shows one of its own).
-  """
-  saved = tfds_shuffle.MAX_MEM_BUFFER_SIZE, tfds_shuffle.tf
-  adapter = file_adapters.ArrayRecordFileAdapter
-  saved_write = adapter.__dict__["write_examples"]
-  soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-  want = max(soft, min(hard, 4096))  # tfds keeps one file open per bucket (1000).
-  resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-  tfds_shuffle.MAX_MEM_BUFFER_SIZE, tfds_shuffle.tf = SHUFFLE_MEMORY_BYTES, _LocalGfile
-
-  def write_examples(cls, path, iterator):
-    del cls
-    from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
-    writer = array_record_module.ArrayRecordWriter(os.fspath(path), RECORD_OPTIONS)
-    for _, serialized in iterator:
-      writer.write(serialized)
-    writer.close()
-
-  adapter.write_examples = classmethod(write_examples)
-  tfds.disable_progress_bar()
-  try:
-    yield
-  finally:
-    tfds.enable_progress_bar()
-    adapter.write_examples = saved_write
-    tfds_shuffle.MAX_MEM_BUFFER_SIZE, tfds_shuffle.tf = saved
-    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+  def finish(self):
+    """Closes the last shard, names the shards, returns the split's tfds.core.SplitInfo."""
+    if self._writer is None:  # An empty split still gets its (empty) file.
+      self._next_shard()
+    self._writer.close()
+    for i, path in enumerate(self._paths):
+      os.replace(path, self._template.sharded_filepath(shard_index=i, num_shards=len(self._paths)))
+    return tfds.core.SplitInfo(name=self._split, shard_lengths=self.shard_lengths,
+                               num_bytes=self.num_bytes, filename_template=self._template)
 
 
 def builder_dir(path):
   return os.path.join(path, "fakejax_images", str(FakejaxImages.VERSION))
 
 
+class _Index:
+  """A split's side index (INDEX_COLUMNS), built row by row in compact form: numbers in arrays,
+  repeated names (generator, category, folder, format) shared, about 300 bytes a row."""
+
+  NUMBERS = ("label", "class_label", "height", "width")
+  UNIQUE = ("path", "hash")
+
+  def __init__(self):
+    self.cols = {k: array.array("q") if k in self.NUMBERS else [] for k in INDEX_COLUMNS}
+
+  def add(self, **row):
+    for k in INDEX_COLUMNS:
+      v = row[k]
+      self.cols[k].append(sys.intern(v) if k not in self.NUMBERS + self.UNIQUE else v)
+
+  def __len__(self):
+    return len(self.cols["label"])
+
+
+def _save_index(path, index):
+  """Writes {split: _Index} as an .npz (keys 'split/column'), one column in memory at a time."""
+  with zipfile.ZipFile(path, "w", allowZip64=True) as z:
+    for split, ix in index.items():
+      for k in INDEX_COLUMNS:
+        with z.open(f"{split}/{k}.npy", "w", force_zip64=True) as f:
+          np.lib.format.write_array(f, np.asarray(ix.cols[k]), allow_pickle=False)
+
+
 def _write(out, examples, class_names, storage, meta, index):
-  """Builds the dataset at `out`: records, then the side index and the metadata (last)."""
-  builder = FakejaxImages(examples=examples, class_names=class_names, storage=storage, data_dir=out,
+  """Builds the dataset at `out`: records, then the side index and the metadata (last).
+
+  Args:
+    out: the dataset folder.
+    examples: {split: zero-argument callable yielding example dicts}, in record order; each
+      fills `index[split]` as it goes.
+    class_names: the class_label names.
+    storage: 'png' or 'raw'.
+    meta: what fakejax.json records besides the format.
+    index: {split: _Index}.
+  """
+  builder = FakejaxImages(class_names=class_names, storage=storage, data_dir=out,
                           file_format="array_record")
-  with _tfds_writer():
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        download_mode=tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS))
-  shutil.rmtree(os.path.join(out, "downloads"), ignore_errors=True)  # Empty: nothing is downloaded.
-  np.savez(os.path.join(builder_dir(out), "index.npz"),
-           **{f"{s}/{k}": np.asarray(v) for s, cols in index.items() for k, v in cols.items()})
+  directory = builder_dir(out)
+  os.makedirs(directory, exist_ok=True)
+  features = builder.info.features
+  splits = []
+  for split, gen in examples.items():
+    writer = _RecordWriter(directory, split, features)
+    for example in gen():
+      writer.write(example)
+    splits.append(writer.finish())
+  builder.info.set_splits(tfds.core.SplitDict(splits))
+  builder.info.write_to_directory(directory)
+  _save_index(os.path.join(directory, "index.npz"), index)
   meta = {"format_version": FORMAT_VERSION, "storage": storage, **meta}
-  with open(os.path.join(out, "fakejax.json"), "w") as f:  # Last: its presence means complete.
+  tmp = os.path.join(out, "fakejax.json.tmp")
+  with open(tmp, "w") as f:  # Last, and whole: its presence means complete.
     json.dump(meta, f, indent=2)
+  os.replace(tmp, os.path.join(out, "fakejax.json"))
   return meta
-
-
-def _example(rgb, storage, class_names, class_name):
-  return {"image": images.encode(rgb, storage), "shape": np.asarray(rgb.shape, np.int32),
-          "label": 0 if class_name == REAL else 1, "class_label": class_names.index(class_name)}
 
 
 def _in_order(fn, tasks, pool, window):
@@ -258,38 +291,38 @@ def prepare_folder(root, out, layout="auto", fractions=(0.56, 0.24, 0.20), seed=
   for it in items:
     by_split[it.split].append(it)
   workers = default_workers(len(items)) if workers is None else workers
-  records, skipped, removed = [], [], []
-  index = {s: collections.defaultdict(list) for s in by_split}
-  seen_before = set()  # Content hashes of the splits already written (for --dedup).
+  skipped, removed = [], []
+  index = {s: _Index() for s in by_split}
+  first_seen = {}  # Content hash -> (split, row) of its first record (leakage, --dedup).
+  leaked, leaks = set(), {}  # Hashes in several splits; their paths (the first 20, without --dedup).
   t0 = time.perf_counter()
   bar = tqdm.tqdm(total=len(items), desc="prepare", unit="img", dynamic_ncols=True)
 
   def examples(split, pool):
     def gen():
       tasks = [(os.path.join(root, it.path), storage, max_pixels, min_size) for it in by_split[split]]
-      hashes = set()
+      ix = index[split]
       for it, res in zip(by_split[split], _in_order(_decode_file, tasks, pool, 64 * max(workers, 1))):
         bar.update()
         if res[0] == "bad":
           skipped.append({"path": it.path, "reason": res[1]})
           continue
         _, data, shape, digest, fmt = res
-        records.append({"split": split, "hash": digest, "format": fmt, "size": shape[:2],
-                        "class": it.class_name, "path": it.path})
-        if dedup and digest in seen_before:
-          removed.append(it.path)
-          continue
-        hashes.add(digest)
-        cols = index[split]
-        for k, v in (("label", int(it.class_name != REAL)), ("class_label", class_names.index(it.class_name)),
-                     ("source", it.source), ("category", it.category), ("group", it.group),
-                     ("path", it.path), ("hash", digest), ("height", shape[0]), ("width", shape[1]),
-                     ("format", fmt)):
-          cols[k].append(v)
-        yield it.path, {"image": data, "shape": np.asarray(shape, np.int32),
-                        "label": int(it.class_name != REAL),
-                        "class_label": class_names.index(it.class_name)}
-      seen_before.update(hashes)
+        seen = first_seen.get(digest)
+        if seen is not None and seen[0] != split:  # The same pixels in an earlier split.
+          leaked.add(digest)
+          if dedup:
+            removed.append(it.path)
+            continue
+          if digest in leaks or len(leaks) < 20:
+            leaks.setdefault(digest, [index[seen[0]].cols["path"][seen[1]]]).append(it.path)
+        elif seen is None:
+          first_seen[digest] = (split, len(ix))
+        label, class_label = int(it.class_name != REAL), class_names.index(it.class_name)
+        ix.add(label=label, class_label=class_label, source=it.source, category=it.category,
+               group=it.group, path=it.path, hash=digest, height=shape[0], width=shape[1], format=fmt)
+        yield {"image": data, "shape": np.asarray(shape, np.int32), "label": label,
+               "class_label": class_label}
     return gen
 
   meta = {"kind": "folder", "layout": layout, "classes": list(class_names),
@@ -306,26 +339,21 @@ def prepare_folder(root, out, layout="auto", fractions=(0.56, 0.24, 0.20), seed=
   finally:
     bar.close()
   seconds = time.perf_counter() - t0
-  empty = [s for s in splits if not index[s]["label"]]
+  empty = [s for s in splits if not len(index[s])]
   if empty:
     shutil.rmtree(os.path.join(out, "fakejax_images"), ignore_errors=True)
     os.remove(os.path.join(out, "fakejax.json"))
     raise layouts.LayoutError(f"Split(s) {empty} of {root} have no usable image (see the skipped "
                               f"files: {skipped[:3]})")
-  leaks = checks.leakage(records)
-  leak_paths = collections.defaultdict(list)
-  for r in records if not dedup else []:
-    if r["hash"] in leaks:
-      leak_paths[r["hash"]].append(r["path"])
-  stats = {c: checks.class_stats([r for r in records if r["class"] == c]) for c in class_names}
+  stats = {c: checks.class_stats(*_class_columns(index, splits, class_names.index(c)))
+           for c in class_names}
   summary = {
       "root": os.path.abspath(root), "layout": layout, "classes": list(class_names),
       "storage": storage, "pairs": pairs,
-      "counts": {s: len(index[s]["label"]) for s in splits},
+      "counts": {s: len(index[s]) for s in splits},
       "skipped": skipped, "ignored_non_image_files": ignored,
       "class_stats": stats, "warnings": checks.format_bias_warnings(stats),
-      "leakage": {"n_hashes_in_several_splits": len(leaks),
-                  "examples": [v for _, v in list(leak_paths.items())[:20]],
+      "leakage": {"n_hashes_in_several_splits": len(leaked), "examples": list(leaks.values())[:20],
                   "removed_by_dedup": removed},
       "speed": {"images": len(items), "seconds": seconds, "images_per_s": len(items) / seconds,
                 "workers": max(workers, 1), "bytes_on_disk": _disk_bytes(builder_dir(out))},
@@ -333,6 +361,17 @@ def prepare_folder(root, out, layout="auto", fractions=(0.56, 0.24, 0.20), seed=
   with open(os.path.join(out, "build_summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
   return reader.Dataset(out, meta), summary
+
+
+def _class_columns(index, splits, class_label):
+  """(formats, heights, widths) of one class's records over the splits, for checks.class_stats."""
+  cols = collections.defaultdict(list)
+  for s in splits:
+    c = index[s].cols
+    keep = np.asarray(c["class_label"]) == class_label
+    for k in ("format", "height", "width"):
+      cols[k].append(np.asarray(c[k])[keep])
+  return tuple(np.concatenate(cols[k]) for k in ("format", "height", "width"))
 
 
 def _disk_bytes(path):
@@ -382,7 +421,7 @@ def synthetic_dataset(root, size=64, counts=(("train", 200), ("val", 50), ("test
                for c in categories for i in range(n)] for s, n in counts if n > 0}
   n_images = sum(len(t) for t in tasks.values()) * (1 + len(families))
   workers = default_workers(n_images) if workers is None else workers
-  index = {s: collections.defaultdict(list) for s in tasks}
+  index = {s: _Index() for s in tasks}
   bar = tqdm.tqdm(total=n_images, desc="synthetic benchmark", unit="img", dynamic_ncols=True)
 
   def examples(split, pool):
@@ -390,14 +429,11 @@ def synthetic_dataset(root, size=64, counts=(("train", 200), ("val", 50), ("test
       for group in _in_order(_synthetic_group, tasks[split], pool, 32 * max(workers, 1)):
         for name, source, category, data, digest in group:
           bar.update()
-          cols = index[split]
-          for k, v in (("label", int(source != REAL)), ("class_label", class_names.index(source)),
-                       ("source", source), ("category", category), ("group", ""), ("path", name),
-                       ("hash", digest),
-                       ("height", size), ("width", size), ("format", "PNG")):
-            cols[k].append(v)
-          yield name, {"image": data, "shape": np.asarray((size, size, 3), np.int32),
-                       "label": int(source != REAL), "class_label": class_names.index(source)}
+          label, class_label = int(source != REAL), class_names.index(source)
+          index[split].add(label=label, class_label=class_label, source=source, category=category,
+                           group="", path=name, hash=digest, height=size, width=size, format="PNG")
+          yield {"image": data, "shape": np.asarray((size, size, 3), np.int32), "label": label,
+                 "class_label": class_label}
     return gen
 
   meta = {"kind": "synthetic", "layout": "synthetic", "classes": list(class_names), "pairs": {},

@@ -5,20 +5,19 @@ import collections
 import numpy as np
 
 from fakejax.datasets.layouts import REAL
-from fakejax.datasets.layouts import SPLITS
 
 
-def class_stats(records):
-  """Counts, formats and sizes of the records of one class ({'format', 'size': (h, w)} dicts)."""
-  n = len(records)
-  fmts = collections.Counter(r["format"] for r in records)
-  sizes = collections.Counter(f"{r['size'][1]}x{r['size'][0]}" for r in records)
-  pixels = [r["size"][0] * r["size"][1] for r in records]
+def class_stats(formats, heights, widths):
+  """Counts, formats and sizes of the records of one class (one value per record in each)."""
+  n = len(formats)
+  fmts = collections.Counter(str(f) for f in formats)
+  sizes = collections.Counter(f"{w}x{h}" for h, w in zip(heights, widths))
+  pixels = np.asarray(heights, np.int64) * np.asarray(widths, np.int64)
   return {
       "n": n,
       "formats": dict(fmts),
       "jpeg_share": round(fmts.get("JPEG", 0) / max(n, 1), 4),
-      "median_pixels": float(np.median(pixels)) if pixels else 0.0,
+      "median_pixels": float(np.median(pixels)) if n else 0.0,
       "top_sizes": dict(sizes.most_common(5)),
   }
 
@@ -40,14 +39,6 @@ def format_bias_warnings(stats):
       out.append(f"size bias: median image of {cls} has {ratio:.2f}x the pixels of real; "
                  "a detector can learn the size instead of the fingerprint.")
   return out
-
-
-def leakage(records):
-  """{hash: sorted splits} for content hashes present in more than one split."""
-  where = collections.defaultdict(set)
-  for r in records:
-    where[r["hash"]].add(r["split"])
-  return {h: sorted(s, key=SPLITS.index) for h, s in where.items() if len(s) > 1}
 
 
 def format_summary(summary):
