@@ -1,5 +1,6 @@
 """What every command-line entry point shares: flag parsing with clear errors, logging."""
 
+import os
 import sys
 
 from absl import app
@@ -60,9 +61,24 @@ def define_distributed_flags():
   flags.DEFINE_integer("process_id", None, "This process's index (default: from the environment).")
 
 
+def _compilation_cache(path):
+  """JAX's persistent compilation cache in `path` ('' : off): a rerun, a resumed run or another
+  command on the same model reuses the compiled programs instead of compiling again."""
+  if path:
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))
+
+
 def run(main):
-  """absl app.run with one-line errors for bad input and quiet library logging by default."""
+  """absl app.run with one-line errors for bad input, quiet library logging by default and the
+  persistent compilation cache (--compilation_cache_dir)."""
+  flags.DEFINE_string("compilation_cache_dir", os.environ.get("JAX_COMPILATION_CACHE_DIR",
+                                                              "~/.cache/fakejax/jax"),
+                      "JAX's persistent compilation cache ('' : off; default: "
+                      "$JAX_COMPILATION_CACHE_DIR, else ~/.cache/fakejax/jax).")
+
   def wrapped(argv):
+    _compilation_cache(flags.FLAGS.compilation_cache_dir)
     if not flags.FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)  # orbax and grain log every step at INFO.
     try:

@@ -112,6 +112,7 @@ def get_config():
   c.checkpoint_every_steps = 0        # Also checkpoint between evaluations (0: only at evaluations),
   c.checkpoint_every_minutes = 0.0    #   or after this many minutes: a kill loses little work.
   c.eval_batch_size = 0               # 0: same as batch_size.
+  c.eval_threads = 0                  # Image-decoding threads of evaluation per process (0: one per core).
   c.threshold = 0.5                   # p_fake decision threshold.
   return c
 

@@ -53,6 +53,10 @@ if __name__ == "__main__":
   _BATCH = flags.DEFINE_integer("batch_size", 0, "Global eval batch (default: the run's).")
   _TOP_N = flags.DEFINE_integer("top_n", 4, "Images in each patch-heatmap figure.")
   _OUT = flags.DEFINE_string("out", None, "Report folder (default: RUN/eval_<mode>).")
+  _THREADS = flags.DEFINE_integer("threads", 0, "Image-decoding threads (default: the run's eval_threads, "
+                                  "0: one per core).")
+  _EXACT = flags.DEFINE_bool("exact_sizes", False, "Whole images: one compiled program per image "
+                             "size, no padding (default: padded to size buckets, see fakejax.evaluator).")
   cli.define_distributed_flags()
 
 MEAN_KEYS = ("accuracy", "real_acc", "fake_acc", "ap", "auc", "eer", "top1", "plain_accuracy", "plain_ap")
@@ -117,10 +121,10 @@ def main(argv):
   del argv
   sharding.initialize(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes, flags.FLAGS.process_id)
   workdir = _WORKDIR.value
-  run = evaluator.Run(workdir, _CHECKPOINT.value, batch_size=_BATCH.value)
+  run = evaluator.Run(workdir, _CHECKPOINT.value, batch_size=_BATCH.value, threads=_THREADS.value)
   extra = {} if _EVAL_RESIZE.value is None else {"resize": _EVAL_RESIZE.value}
   view = run.view(_MODE.value, patch_size=_PATCH.value, k=_K.value, seed=_SEED.value,
-                  theta=_THETA.value, **extra)
+                  theta=_THETA.value, exact_sizes=_EXACT.value, **extra)
   copies = augment.tta_copies(_TTA.value, _SEED.value)
   perturbations = augment.parse_perturbations(_PERTURB.value)
   threshold = run.config.threshold if _THRESHOLD.value is None else _THRESHOLD.value

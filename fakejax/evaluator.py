@@ -6,8 +6,14 @@ The training loop (validation), `fakejax.evaluate`, `predict`, `serve` and `expl
 Views (how an image becomes model inputs):
   full        the run's evaluation crop: [resize to eval_resize] then a centre crop of image_size.
   whole       the image at its native size (or resized to eval_resize x eval_resize) through the
-              fully convolutional model: CNNDetection's "no crop" evaluation. Images are batched
-              by size; padding only adds whole dummy images, so it never changes a result.
+              fully convolutional model: CNNDetection's "no crop" evaluation. So that hundreds of
+              image sizes compile a handful of programs, an image is padded (edge pixels) to its
+              size bucket, each side rounded up to the next of 32, 48, 64, 96, 128, 192, 256, ...
+              (at most 1.5x), and the global pooling averages only the feature cells over its
+              own pixels (models.layers.valid_region). The padding still reaches the border
+              cells through the convolutions: measured against the exact per-size forward, the
+              logits differ by at most BUCKET_RELATIVE_BOUND of their scale (tests/test_evaluate.py); `exact_sizes`
+              compiles one program per size instead, with no difference.
   tiles       image_size-independent tiles of `tile` px covering the image (the last ones overlap),
               probabilities averaged: for photos too large to run whole.
   auto        whole, or tiles above `max_whole_pixels` (what `predict` uses by default).
@@ -48,10 +54,24 @@ from fakejax import metrics as metrics_lib
 from fakejax import models
 from fakejax import sharding
 from fakejax.datasets import images
+from fakejax.models import layers
 
 MODES = ("full", "whole", "tiles", "auto", "grid", "random", "confident", "mean_logit", "mean_prob")
 VOTING = ("grid", "random", "confident")
 MIN_WHOLE = 32  # The models down-sample by 32: smaller images give no feature map.
+# The largest |logit difference| of a bucketed whole image against its exact-size forward, as a
+# fraction of the largest |logit| (tests/test_evaluate.py; docs/evaluation.md has measurements).
+BUCKET_RELATIVE_BOUND = 0.1
+
+
+def bucket_side(n):
+  """The side a whole image of side n is padded to: the next of 32, 48, 64, 96, 128, 192, ..."""
+  side = 32
+  while True:
+    for m in (side, side * 3 // 2):
+      if n <= m:
+        return m
+    side *= 2
 
 
 # ---------------------------------------------------------------------------
@@ -85,6 +105,7 @@ class View:
   theta: float = 0.5
   tile: int = 1024
   max_whole_pixels: int = 1 << 22
+  exact_sizes: bool = False
 
   def __post_init__(self):
     if self.mode not in MODES:
@@ -99,6 +120,20 @@ class View:
     if self.mode == "auto":
       return "whole" if h * w <= self.max_whole_pixels or min(h, w) < self.tile else "tiles"
     return self.mode
+
+  def grid(self, h, w):
+    """(rows, cols) of the inputs of an h x w image laid out as a grid (grid-patch modes,
+    tiles), else None: what a patch heatmap is drawn on."""
+    kind = self.kind(h, w)
+    if kind == "tiles":
+      return len(_tile_starts(h, self.tile)), len(_tile_starts(w, self.tile))
+    if kind in ("grid", "confident", "mean_logit", "mean_prob"):
+      return h // self.patch_size, w // self.patch_size
+    return None
+
+  def pads(self, h, w):
+    """Whether an h x w image's input is padded to its size bucket (whole view, no resize)."""
+    return self.kind(h, w) == "whole" and not self.resize and not self.exact_sizes
 
   def plan(self, h, w):
     """(input shape (H, W), number of inputs) for an h x w image, from its size alone.
@@ -118,7 +153,7 @@ class View:
         return (self.resize, self.resize), 1
       if min(h, w) < MIN_WHOLE:
         raise augment.TooSmall(f"image is {w}x{h}, smaller than {MIN_WHOLE} px")
-      return (h, w), 1
+      return ((h, w) if self.exact_sizes else (bucket_side(h), bucket_side(w))), 1
     if kind == "tiles":
       return (self.tile, self.tile), len(_tile_starts(h, self.tile)) * len(_tile_starts(w, self.tile))
     if min(h, w) < self.patch_size:
@@ -136,7 +171,10 @@ class View:
         img = augment.resize(img, self.resize)
       return augment.center_crop(augment.fit(img, self.crop, self.too_small), self.crop)[None], None
     if kind == "whole":
-      return (augment.resize(img, self.resize) if self.resize else img)[None], None
+      if self.resize:
+        return augment.resize(img, self.resize)[None], None
+      (bh, bw), _ = self.plan(h, w)
+      return np.pad(img, ((0, bh - h), (0, bw - w), (0, 0)), mode="edge")[None], None
     if kind == "tiles":
       ys, xs = _tile_starts(h, self.tile), _tile_starts(w, self.tile)
       t = self.tile
@@ -186,14 +224,15 @@ def decide(rule, logits, threshold=0.5, theta=0.0):
   return np.bincount(probs.argmax(-1), minlength=n_classes) / len(probs)
 
 
-def verdict(p, rule, threshold=0.5):
+def verdict(p, rule, threshold=0.5, has_real=True):
   """(score, predicted class) of an image's probabilities: score = p(fake) = 1 - p(real).
 
   A voting mode already thresholded each patch: the image is fake when at least half the
-  votes are (a tie counts as fake).
+  votes are (a tie counts as fake). Without a real class (has_real False: class 0 is a
+  generator) there is no p_fake: the score is NaN and the class is the arg-max.
   """
-  score = float(1 - p[0])
-  if len(p) == 2:
+  score = float(1 - p[0]) if has_real else float("nan")
+  if len(p) == 2 and has_real:
     return score, int(score >= (0.5 if rule in VOTING else threshold))
   return score, int(np.argmax(p))
 
@@ -229,13 +268,21 @@ class Evaluator:
     batch_size: global batch of the crop-sized inputs; must divide by the device count.
     crop: the inputs' usual side: larger inputs (whole images) get proportionally smaller
       batches, so a batch always holds about batch_size * crop^2 pixels.
-    threads: decoding threads per process.
+    threads: decoding threads per process (0: one per core).
+    in_flight: batches dispatched to the devices before the oldest one's outputs are fetched.
+    has_real: whether class 0 is 'real'; without a real class (attribution among generators
+      only) there is no p_fake, and Result.score is NaN.
+
+  `forward(x)` scores inputs of one size; the padded whole-image inputs of a View call
+  `forward(x, valid)` with valid (B, 2), each input's size before padding (make_forward).
   """
 
-  def __init__(self, forward, mesh, batch_size, crop, threads=4):
+  def __init__(self, forward, mesh, batch_size, crop, threads=0, in_flight=2, has_real=True):
     sharding.check_batch(batch_size, mesh, "eval batch")
     self.forward, self.mesh, self.batch, self.crop = forward, mesh, batch_size, crop
-    self.threads = threads
+    self.threads = threads or os.cpu_count() or 1
+    self.in_flight = max(in_flight, 1)
+    self.has_real = has_real
 
   def bucket_batch(self, shape):
     """Global batch for inputs of `shape`: ~batch * crop^2 pixels, a multiple of the devices."""
@@ -261,8 +308,10 @@ class Evaluator:
     """
     n = len(sizes)
     results = [Result() for _ in range(n)]
-    buckets = collections.defaultdict(list)  # input shape -> [(image, copy, input)]
+    # (input shape, padded) -> [(image, copy, input)]: one compiled program per key.
+    buckets = collections.defaultdict(list)
     expected = np.zeros(n, int)
+    valid = np.zeros((n, 2), np.int32)  # Per image, its inputs' size before padding.
     for i, size in enumerate(sizes):
       if isinstance(size, str):
         results[i].error = size
@@ -275,10 +324,13 @@ class Evaluator:
         continue
       results[i].view = view.kind(h, w)
       results[i].n_inputs = count
+      results[i].grid = view.grid(h, w)
       expected[i] = count * len(copies)
+      padded = view.pads(h, w)
+      valid[i] = (h, w) if padded else shape
       for c in range(len(copies)):
-        buckets[shape] += [(i, c, j) for j in range(count)]
-    batches = [(shape, slots[s:s + bs]) for shape, slots in buckets.items()
+        buckets[shape, padded] += [(i, c, j) for j in range(count)]
+    batches = [(shape, padded, slots[s:s + bs]) for (shape, padded), slots in buckets.items()
                for bs in [self.bucket_batch(shape)] for s in range(0, len(slots), bs)]
 
     nproc, proc = jax.process_count(), jax.process_index()
@@ -302,15 +354,16 @@ class Evaluator:
       p = np.mean(per_copy, 0)
       r = results[i]
       r.probs = p
-      r.score, r.pred = verdict(p, view.rule, threshold)
-      r.copy_scores = tuple(verdict(q, view.rule, threshold)[0] for q in per_copy)
+      r.score, r.pred = verdict(p, view.rule, threshold, self.has_real)
+      r.copy_scores = tuple(verdict(q, view.rule, threshold, self.has_real)[0] for q in per_copy)
+
       r.outputs = {k: np.stack([gathered[i][(0, j)][k] for j in range(r.n_inputs)])
                    for k in gathered[i][(0, 0)]}
       del gathered[i]
 
     with concurrent.futures.ThreadPoolExecutor(self.threads) as pool:
       futures = {}
-      needed = [{i for i, _, _ in local_slots(shape, slots)[0]} for shape, slots in batches]
+      needed = [{i for i, _, _ in local_slots(shape, slots)[0]} for shape, _, slots in batches]
 
       def prefetch(k):
         for i in needed[k] if k < len(needed) else ():
@@ -318,35 +371,39 @@ class Evaluator:
             futures[i] = pool.submit(prepare, i)
 
       def host_batch(k):
-        shape, slots = batches[k]
+        shape, _, slots = batches[k]
         mine, b = local_slots(shape, slots)
         x = np.zeros((b,) + tuple(shape) + (3,), np.uint8)
         ok = np.zeros(b, bool)
+        v = np.tile(np.asarray(shape, np.int32), (b, 1))  # Dummy rows: unpadded.
         for row, (i, c, j) in enumerate(mine):
+          v[row] = valid[i]
           try:
             x[row] = futures[i].result()[c][0][j]
             ok[row] = True
           except (images.BadImage, augment.TooSmall, OSError, ValueError) as e:
             local_errors.setdefault(i, str(e))
-        return x, ok
+        return x, ok, v
 
+      ahead = self.in_flight + 1  # Batches whose images are being decoded ahead of the forward.
       prefetch(0)
       in_flight = collections.deque()
       for k in range(len(batches) + 1):
         if k < len(batches):
-          prefetch(k + 1)
-          prefetch(k + 2)
-          x, ok = host_batch(k)
-          xg, okg = sharding.to_global(self.mesh, (x, ok))
-          in_flight.append((k, self.forward(xg), okg))  # Dispatched; runs while we fetch k-1.
-          done_here = needed[k] - set().union(*needed[k + 1:k + 3])
+          for a in range(1, ahead + 1):
+            prefetch(k + a)
+          x, ok, v = host_batch(k)
+          xg, okg, vg = sharding.to_global(self.mesh, (x, ok, v))
+          # Dispatched; runs while earlier batches' outputs are fetched.
+          in_flight.append((k, self.forward(xg, vg) if batches[k][1] else self.forward(xg), okg))
+          done_here = needed[k] - set().union(*needed[k + 1:k + 1 + ahead])
           for i in done_here:
             futures.pop(i, None)
-        if len(in_flight) > 1 or (k == len(batches) and in_flight):
+        while len(in_flight) > self.in_flight or (k == len(batches) and in_flight):
           kk, out, okg = in_flight.popleft()
           out = out if isinstance(out, dict) else {"logits": out}
           out, okh = sharding.to_host((out, okg))
-          for row, (i, c, j) in enumerate(batches[kk][1]):
+          for row, (i, c, j) in enumerate(batches[kk][2]):
             if not okh[row]:
               if not results[i].error:
                 results[i].error = local_errors.get(i, "could not be decoded")
@@ -397,14 +454,24 @@ def set_metrics(results, labels, class_names, view, threshold=0.5):
 # A trained run.
 # ---------------------------------------------------------------------------
 def make_forward(model_def, preprocess, dtype, outputs=None):
-  """The jitted eval forward: (model state, uint8 images) -> logits (or a dict with them)."""
+  """The jitted eval forward: (model state, uint8 images[, valid]) -> logits (or a dict with them).
+
+  `outputs(state, x)` replaces the plain logits (e.g. Grad-CAM). With `valid` ((B, 2) sizes
+  before padding), the global pools average each input's valid cells only (View's buckets).
+  """
   dtype = jnp.dtype(dtype)
 
-  def forward(state, x):
+  def logits(state, x):
     model = nnx.merge(model_def, state)
     return model(models.preprocess(x, preprocess, dtype))
 
-  return jax.jit(outputs or forward)
+  fn = outputs or logits
+
+  def forward(state, x, valid=None):
+    with layers.valid_region(valid, x.shape[1:3]):
+      return fn(state, x)
+
+  return jax.jit(forward)
 
 
 def _merge(config, saved):
@@ -426,7 +493,7 @@ def load_config(workdir):
 class Run:
   """A trained model loaded from a workdir (model weights only), ready to evaluate."""
 
-  def __init__(self, workdir, which="best", devices=None, batch_size=0):
+  def __init__(self, workdir, which="best", devices=None, batch_size=0, threads=0):
     run_path = os.path.join(workdir, "run.json")
     if not os.path.exists(run_path):
       raise cli.UserError(f"{workdir} is not a fakejax run (no run.json); train one with "
@@ -449,8 +516,9 @@ class Run:
     fast_def = self.load(which)
     self.forward = make_forward(fast_def, self.preprocess, c.model.dtype)
     self.batch = batch_size or c.eval_batch_size or c.batch_size
-    self.evaluator = Evaluator(lambda x: self.forward(self.inference_state, x), self.mesh, self.batch,
-                               c.data.image_size)
+    self.evaluator = Evaluator(lambda x, valid=None: self.forward(self.inference_state, x, valid),
+                               self.mesh, self.batch, c.data.image_size, threads=threads or c.eval_threads,
+                               has_real=self.class_names[0] == "real")
 
   def load(self, which):
     """Loads another checkpoint of the run ('best', 'latest' or a step): same shapes, so the

@@ -247,8 +247,9 @@ def gradcam_evaluator(run, layer=None, target=None, batch_size=0, threshold=None
   layer = resolve_layer(nnx.merge(run.model_def, run.state), layer)
   fwd = gradcam_forward(run.model_def, run.preprocess, run.config.model.dtype, layer, target,
                         run.config.threshold if threshold is None else threshold)
-  ev = evaluator.Evaluator(lambda x: fwd(run.state, x), run.mesh, batch_size or run.batch,
-                           run.config.data.image_size)
+  ev = evaluator.Evaluator(lambda x, valid=None: fwd(run.state, x, valid), run.mesh,
+                           batch_size or run.batch, run.config.data.image_size,
+                           threads=run.config.eval_threads, has_real=run.evaluator.has_real)
   return ev, layer
 
 
@@ -509,7 +510,7 @@ def main(argv):
   if run:
     target = resolve_class(run.class_names, _CLASS.value)
     ev, layer = gradcam_evaluator(run, _LAYER.value, target, _BATCH.value)
-    view = run.view(_MODE.value)
+    view = run.view(_MODE.value, exact_sizes=True)  # Maps over the image's own pixels only.
     if inputs:
       from fakejax import predict  # pylint: disable=g-import-not-at-top  (its folder listing)
       rows = explain_images(run, ev, layer, view, predict.list_images(inputs), out, _ROWS.value)

@@ -42,6 +42,10 @@ if __name__ == "__main__":
   _MAX_WHOLE = flags.DEFINE_integer("max_whole_pixels", 1 << 22, "'auto': larger images are judged "
                                     "by tiles of --tile px.")
   _TILE = flags.DEFINE_integer("tile", 1024, "Tile side of the 'tiles' view.")
+  _THREADS = flags.DEFINE_integer("threads", 0, "Image-decoding threads (default: the run's eval_threads, "
+                                  "0: one per core).")
+  _EXACT = flags.DEFINE_bool("exact_sizes", False, "Whole images: one compiled program per image "
+                             "size, no padding (default: padded to size buckets, see fakejax.evaluator).")
   cli.define_distributed_flags()
 
 COLUMNS = ("path", "p_fake", "label", "mode", "view", "n_patches", "error")
@@ -71,7 +75,7 @@ def predict(run, files, view, threshold, copies=(augment.Copy(),), max_pixels=1 
   rows = []
   for path, r in zip(files, res):
     ok = not r.error
-    rows.append({"path": path, "p_fake": f"{r.score:.6f}" if ok else "",
+    rows.append({"path": path, "p_fake": f"{r.score:.6f}" if ok and r.score == r.score else "",
                  "label": run.label_name(r.pred) if ok else "", "mode": view.mode,
                  "view": r.view if ok else "", "n_patches": r.n_inputs, "error": r.error})
   return rows
@@ -93,9 +97,9 @@ def main(argv):
   if not inputs:
     raise cli.UserError("name at least one image or folder to score")
   sharding.initialize(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes, flags.FLAGS.process_id)
-  run = evaluator.Run(_WORKDIR.value, _CHECKPOINT.value)
+  run = evaluator.Run(_WORKDIR.value, _CHECKPOINT.value, threads=_THREADS.value)
   view = run.view(_MODE.value, patch_size=_PATCH.value, k=_K.value, theta=_THETA.value,
-                  tile=_TILE.value, max_whole_pixels=_MAX_WHOLE.value)
+                  tile=_TILE.value, max_whole_pixels=_MAX_WHOLE.value, exact_sizes=_EXACT.value)
   threshold = run.config.threshold if _THRESHOLD.value is None else _THRESHOLD.value
   files = list_images(inputs)
   rows = predict(run, files, view, threshold, augment.tta_copies(_TTA.value), _MAX_PIXELS.value)

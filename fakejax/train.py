@@ -40,7 +40,8 @@ from fakejax import sharding
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped with a checkpoint written; rerun to resume.
 # Config keys that may change between a run and its resumption (they do not change results).
 OPERATIONAL_KEYS = ("data.workers", "data.cache_dir", "log_every_steps", "keep_checkpoints",
-                    "checkpoint_every_steps", "checkpoint_every_minutes", "eval_batch_size")
+                    "checkpoint_every_steps", "checkpoint_every_minutes", "eval_batch_size",
+                    "eval_threads")
 # Validation metrics where lower is better; every other one keeps its highest value.
 LOWER_IS_BETTER = ("loss", "eer")
 BEST_METRICS = ("accuracy", "ap", "auc", "real_acc", "fake_acc", "top1") + LOWER_IS_BETTER
@@ -277,8 +278,9 @@ def make_eval_step(ts):
 def evaluate_split(eval_step, model_state, mesh, dataset, config, split, indices, desc=None):
   """Metrics of the model on some records of a split (the evaluator's 'full' view)."""
   key = input_pipeline.label_key(config.data)
-  ev = evaluator.Evaluator(lambda x: eval_step(model_state, x), mesh,
-                           config.eval_batch_size or config.batch_size, config.data.image_size)
+  ev = evaluator.Evaluator(lambda x, valid=None: eval_step(model_state, x, valid), mesh,
+                           config.eval_batch_size or config.batch_size, config.data.image_size,
+                           threads=config.eval_threads)
   view = evaluator.View("full", crop=config.data.image_size, resize=config.data.eval_resize,
                         too_small=config.data.too_small)
   sizes, load = evaluator.dataset_reader(dataset, split, indices)

@@ -2,6 +2,7 @@
 whole images, test-time augmentation, reports, predict."""
 
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -190,12 +191,12 @@ def test_evaluate_counts_every_image_once(tiny_run, tiny_synthetic):
 
 
 def test_whole_view_equals_the_plain_forward_and_mixes_sizes(tiny_run):
-  """The whole image through the model: the plain forward of that image, whatever else shares
-  its batches (sizes are bucketed; padding adds only dummy images)."""
+  """With exact_sizes, the whole image through the model: the plain forward of that image,
+  whatever else shares its batches (padding adds only dummy images)."""
   run = evaluator.Run(tiny_run)
   rng = np.random.default_rng(1)
   imgs = [rng.integers(0, 256, s + (3,), dtype=np.uint8) for s in ((48, 40), (32, 32), (48, 40), (64, 32))]
-  view = run.view("whole")
+  view = run.view("whole", exact_sizes=True)
   together = run.evaluator.run([im.shape[:2] for im in imgs], lambda i: imgs[i], view)
   model = nnx.merge(run.model_def, run.state)
   for im, r in zip(imgs, together):
@@ -274,3 +275,81 @@ def test_predict_folder_with_bad_files(tiny_run, tiny_synthetic, tmp_path):
                      text=True, timeout=300)
   assert r.returncode == 1
   assert "empty file" in open(tmp_path / "q.csv").read()
+
+
+# ---------------------------------------------------------------------------
+# Whole images of many sizes: a handful of programs, logits within the stated bound.
+# ---------------------------------------------------------------------------
+def test_bucket_side():
+  assert [evaluator.bucket_side(n) for n in (1, 32, 33, 48, 49, 64, 65, 96, 97, 129, 193, 257, 385)] \
+      == [32, 32, 48, 48, 64, 64, 96, 96, 128, 192, 256, 384, 512]
+  for n in range(1, 3000):
+    assert n <= evaluator.bucket_side(n) <= max(32, 1.5 * n)
+
+
+def test_whole_images_of_60_sizes_compile_a_handful_of_programs(tiny_run):
+  """300 images of 60 distinct sizes go through 4 size buckets (4 programs), and each image's
+  logits equal its exact-size forward's within evaluator.BUCKET_RELATIVE_BOUND of their scale."""
+  run = evaluator.Run(tiny_run)
+  rng = np.random.default_rng(0)
+  every = sorted({(int(h), int(w)) for h, w in rng.integers(70, 129, (400, 2))})
+  sizes = [every[k] for k in rng.permutation(len(every))[:60]]
+  assert len(sizes) == 60
+  imgs = [rng.integers(0, 256, sizes[i % 60] + (3,), dtype=np.uint8) for i in range(300)]
+  before = run.forward._cache_size()  # pylint: disable=protected-access
+  res = run.evaluator.run([im.shape[:2] for im in imgs], lambda i: imgs[i], run.view("whole"))
+  programs = run.forward._cache_size() - before  # pylint: disable=protected-access
+  assert programs == len({(evaluator.bucket_side(h), evaluator.bucket_side(w)) for h, w in sizes}) == 4
+  assert all(not r.error and r.view == "whole" for r in res)
+  exact_view = run.view("whole", exact_sizes=True)
+  sample = list(range(0, 60, 5))  # 12 sizes: the exact path compiles one program each.
+  exact = run.evaluator.run([imgs[i].shape[:2] for i in sample], lambda k: imgs[sample[k]], exact_view)
+  diff = max(float(np.abs(r.patch_logits - res[i].patch_logits).max()) for i, r in zip(sample, exact))
+  scale = max(float(np.abs(r.patch_logits).max()) for r in exact)
+  assert diff <= evaluator.BUCKET_RELATIVE_BOUND * scale, (diff, scale)
+  unpadded = [i for i in sample if imgs[i].shape[:2] in ((96, 96), (96, 128), (128, 96), (128, 128))]
+  for i in unpadded:  # An image of its bucket's size: nothing padded, the same program's logits.
+    np.testing.assert_allclose(res[i].patch_logits, exact[sample.index(i)].patch_logits, rtol=1e-6)
+
+
+def test_masked_global_pool_is_the_mean_of_the_valid_cells():
+  """Inside valid_region, the pool of each image is the mean of its ceil(h * Hf / H) x
+  ceil(w * Wf / W) top-left cells (numpy on the cropped map)."""
+  from fakejax.models import layers  # pylint: disable=g-import-not-at-top
+  x = np.random.default_rng(0).normal(size=(3, 4, 6, 5)).astype(np.float32)  # 128 x 192 input.
+  valid = np.array([[128, 192], [70, 100], [33, 31]], np.int32)
+  with layers.valid_region(jnp.asarray(valid), (128, 192)):
+    got = np.asarray(layers.global_avg_pool(jnp.asarray(x)))
+  for b, (rows, cols) in enumerate([(4, 6), (3, 4), (2, 1)]):
+    np.testing.assert_allclose(got[b], x[b, :rows, :cols].mean((0, 1)), rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(layers.global_avg_pool(jnp.asarray(x))), x.mean((1, 2)), rtol=1e-6)
+
+
+def test_grid_results_carry_their_grid_and_the_heatmap_is_drawn(tmp_path):
+  """A grid view's Result knows its patch grid (rows, cols), and the patch-heatmap figure
+  draws the per-patch overlay from it (the figure differs from one without the grid)."""
+  from fakejax import report  # pylint: disable=g-import-not-at-top
+  img = np.zeros((48, 64, 3), np.uint8)
+  img[:, 32:] = 255  # Right half bright: fake patches there.
+  ev = evaluator.Evaluator(_brightness_forward, sharding.make_mesh(), 8, 16)
+  r = ev.run([img.shape[:2]], lambda _: img, evaluator.View("grid", patch_size=16))[0]
+  assert r.grid == (3, 4) and r.n_inputs == 12
+  tiles = evaluator.View("tiles", tile=32).grid(48, 64)
+  assert tiles == (2, 2)
+  assert evaluator.View("full").grid(48, 64) is None
+  with_grid, without = str(tmp_path / "a.png"), str(tmp_path / "b.png")
+  report.plot_patch_heatmaps([("x", img, r)], 16, with_grid, ("real", "fake"))
+  report.plot_patch_heatmaps([("x", img, dataclasses.replace(r, grid=None))], 16, without, ("real", "fake"))
+  a, b = np.asarray(Image.open(with_grid).convert("RGB")), np.asarray(Image.open(without).convert("RGB"))
+  assert a.shape == b.shape and (np.abs(a.astype(int) - b).sum(-1) > 30).mean() > 0.05
+
+
+def test_without_a_real_class_there_is_no_p_fake():
+  """Attribution among generators only: class 0 is a generator, so 1 - p(class 0) is no
+  p_fake; the score is NaN and the prediction the arg-max."""
+  img = np.full((32, 32, 3), 200, np.uint8)
+  for has_real in (True, False):
+    ev = evaluator.Evaluator(_brightness_forward, sharding.make_mesh(), 8, 32, has_real=has_real)
+    r = ev.run([img.shape[:2]], lambda _: img, evaluator.View("full", crop=32))[0]
+    assert r.pred == int(np.argmax(r.probs))
+    assert (r.score == pytest.approx(1 - r.probs[0])) if has_real else np.isnan(r.score)

@@ -4,6 +4,9 @@ These say what the networks are. How a convolution or a pool runs on a backend (
 or a CPU formulation) is chosen when it is traced, in fakejax.models.cpu_kernels.
 """
 
+import contextlib
+import contextvars
+
 from flax import nnx
 import jax.numpy as jnp
 
@@ -61,8 +64,40 @@ class SeparableConv(nnx.Module):
     return self.pointwise(self.depthwise(x))
 
 
+_VALID_REGION = contextvars.ContextVar("valid_region", default=None)
+
+
+@contextlib.contextmanager
+def valid_region(valid, input_hw):
+  """Global pools inside this block average each image's valid feature cells only.
+
+  For whole images padded to a bucket size (evaluator.View): the padded border must not count
+  in the pooled features. Set around a forward while it is traced (evaluator.make_forward).
+
+  Args:
+    valid: (B, 2) int array, each input's (height, width) before padding, or None (no mask).
+    input_hw: the padded inputs' (H, W).
+  """
+  token = _VALID_REGION.set(None if valid is None else (valid, tuple(input_hw)))
+  try:
+    yield
+  finally:
+    _VALID_REGION.reset(token)
+
+
 def global_avg_pool(x):
-  return jnp.mean(x, axis=(1, 2))
+  """Mean over H, W of NHWC; inside `valid_region`, over the cells that cover each image's
+  valid pixels (ceil(h * Hf / H) rows and ceil(w * Wf / W) columns of an Hf x Wf map)."""
+  region = _VALID_REGION.get()
+  if region is None:
+    return jnp.mean(x, axis=(1, 2))
+  valid, (h_in, w_in) = region
+  hf, wf = x.shape[1:3]
+  rows = -(-valid[:, 0] * hf // h_in)
+  cols = -(-valid[:, 1] * wf // w_in)
+  mask = ((jnp.arange(hf)[None, :, None] < rows[:, None, None])
+          & (jnp.arange(wf)[None, None, :] < cols[:, None, None]))[..., None].astype(x.dtype)
+  return jnp.sum(x * mask, axis=(1, 2)) / jnp.sum(mask, axis=(1, 2))
 
 
 def max_pool(x, window=3, stride=2, padding="SAME"):

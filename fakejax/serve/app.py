@@ -216,7 +216,7 @@ class DetectAPI(ls.LitAPI):
       if r.error:  # Decoded and planned above: any error here is a bug (a 500), not bad input.
         raise RuntimeError(f"image {i} could not be scored: {r.error}")
       h, w = arrays[i].shape[:2]
-      out[i] = {"p_fake": r.score, "label": self.run.label_name(r.pred),
+      out[i] = {"p_fake": r.score if r.score == r.score else None, "label": self.run.label_name(r.pred),
                 "probabilities": dict(zip(self.run.class_names, map(float, r.probs))),
                 "mode": self.view.mode, "view": r.view, "n_patches": r.n_inputs,
                 "width": w, "height": h}
