@@ -4,6 +4,7 @@ import csv
 import json
 import os
 
+from absl import logging
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -11,6 +12,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 from sklearn import metrics as skm  # pylint: disable=g-import-not-at-top
 from tensorboardX import SummaryWriter as _TBWriter  # pylint: disable=g-import-not-at-top
 
+from fakejax import cli  # pylint: disable=g-import-not-at-top
 from fakejax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
 
 
@@ -31,11 +33,12 @@ class RunLog:
     self.curves = os.path.join(workdir, "curves.png")
     if not enabled:
       return
-    if os.path.exists(self.path):
-      with open(self.path) as f:
-        lines = [l for l in f if l.strip() and json.loads(l).get("step", 0) <= resume_step]
-      with open(self.path, "w") as f:
-        f.writelines(lines)
+    if os.path.exists(self.path):  # Rewritten whole or not at all: a crash here loses nothing.
+      rows = [r for r in read_jsonl(self.path) if r.get("step", 0) <= resume_step]
+      tmp = f"{self.path}.tmp"
+      with open(tmp, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+      os.replace(tmp, self.path)
     self._tb = _TBWriter(os.path.join(workdir, "tb"))
 
   def log(self, rows, kind):
@@ -59,8 +62,19 @@ class RunLog:
 
 
 def read_jsonl(path):
+  """The rows of a .jsonl file. A torn last line (the process was killed while writing it) is
+  skipped with a warning; a bad line anywhere else is an error naming it."""
   with open(path) as f:
-    return [json.loads(l) for l in f if l.strip()]
+    lines = [l for l in f if l.strip()]
+  rows = []
+  for i, line in enumerate(lines):
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError as e:
+      if i < len(lines) - 1:
+        raise cli.UserError(f"{path} line {i + 1} is not JSON ({e}); fix or remove that line") from None
+      logging.warning("%s: skipping its torn last line (a killed run was writing it): %r", path, line[:80])
+  return rows
 
 
 def plot_curves(metrics_path, out_png):
