@@ -474,6 +474,29 @@ def make_forward(model_def, preprocess, dtype, outputs=None):
   return jax.jit(forward)
 
 
+class Folder:
+  """The inference model of a model's weights: BatchNorm folded (models.for_inference; the same
+  logits, tested per model) and its jitted forward (make_forward). One forward serves every
+  state of the same model: validation after each epoch compiles once.
+
+  Args:
+    model_def: the plain eval-mode graph definition.
+    preprocess: the input normalisation (models.resolve_preprocess).
+    dtype: compute dtype.
+  """
+
+  def __init__(self, model_def, preprocess, dtype):
+    self.model_def, self.preprocess, self.dtype = model_def, preprocess, dtype
+    self.forward = None
+
+  def __call__(self, state):
+    """(jitted forward(state, x[, valid]), the folded state) of the plain model's `state`."""
+    fast_def, folded = nnx.split(models.for_inference(nnx.merge(self.model_def, state)))
+    if self.forward is None:
+      self.forward = make_forward(fast_def, self.preprocess, self.dtype)
+    return self.forward, folded
+
+
 def _merge(config, saved):
   """Writes the saved values (a nested dict) into a ConfigDict."""
   for k, v in saved.items():
@@ -513,8 +536,9 @@ class Run:
                             abstract)
     self.preprocess = models.resolve_preprocess(c.model.name, c.model.preprocess)
     self._abstract = abstract
-    fast_def = self.load(which)
-    self.forward = make_forward(fast_def, self.preprocess, c.model.dtype)
+    self._folder = Folder(self.model_def, self.preprocess, c.model.dtype)
+    self.load(which)
+    self.forward = self._folder.forward
     self.batch = batch_size or c.eval_batch_size or c.batch_size
     self.evaluator = Evaluator(lambda x, valid=None: self.forward(self.inference_state, x, valid),
                                self.mesh, self.batch, c.data.image_size, threads=threads or c.eval_threads,
@@ -522,13 +546,11 @@ class Run:
 
   def load(self, which):
     """Loads another checkpoint of the run ('best', 'latest' or a step): same shapes, so the
-    compiled forward is reused. Returns the inference model's graph."""
+    compiled forward is reused."""
     self.state, self.meta = checkpoint.restore_model(self.workdir, self._abstract, which)
-    # Scores come from the inference rewrite (BatchNorm folded; the same logits, tested per
-    # model); model_def / state stay the plain model (explain differentiates through it).
-    fast_def, self.inference_state = nnx.split(
-        models.for_inference(nnx.merge(self.model_def, self.state)))
-    return fast_def
+    # Scores come from the inference model (Folder, the forward training validates with);
+    # model_def / state stay the plain model (explain differentiates through it).
+    _, self.inference_state = self._folder(self.state)
 
   def view(self, mode="full", **kw):
     """A View with this run's crop, eval resize and too-small policy."""

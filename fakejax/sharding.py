@@ -93,11 +93,18 @@ class Preemption:
 
   def __init__(self):
     self._requested = False
+    self._previous = None
     if jax.process_count() == 1:
       try:
-        signal.signal(signal.SIGTERM, self._handler)
+        self._previous = signal.signal(signal.SIGTERM, self._handler)
       except ValueError:  # Not the main thread (e.g. called from a test thread).
         pass
+
+  def close(self):
+    """Puts back the SIGTERM handler there was before (a process that trains several runs)."""
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
 
   def _handler(self, signum, frame):
     del signum, frame
@@ -109,6 +116,13 @@ class Preemption:
       return self._requested
     self._requested = self._requested or multihost_utils.reached_preemption_sync_point(step)
     return self._requested
+
+
+def broadcast_from_main(value):
+  """Process 0's `value` (a number) on every process: a collective, called by all at one step."""
+  if jax.process_count() == 1:
+    return value
+  return multihost_utils.broadcast_one_to_all(np.asarray(value)).item()
 
 
 def make_mesh(devices=None):

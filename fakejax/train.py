@@ -9,13 +9,14 @@ is refused, naming the keys); a finished run reports and exits. Exit status: 0 f
 
 Several hosts: start one process per host (or per GPU) with jax.distributed's environment
 (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID; SLURM and Open MPI are detected)
-or --coordinator_address/--num_processes/--process_id; see the README.
+or --coordinator_address/--num_processes/--process_id; see docs/multihost.md.
 """
 
 import json
 import os
 import sys
 import time
+import types
 
 from absl import flags
 from absl import logging
@@ -33,23 +34,17 @@ from fakejax import convert
 from fakejax import datasets
 from fakejax import evaluator
 from fakejax import input_pipeline
+from fakejax import loop
 from fakejax import models
 from fakejax import report
 from fakejax import sharding
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped with a checkpoint written; rerun to resume.
+TrainingError = loop.TrainingError
 # Config keys that may change between a run and its resumption (they do not change results).
 OPERATIONAL_KEYS = ("data.workers", "data.cache_dir", "log_every_steps", "keep_checkpoints",
                     "checkpoint_every_steps", "checkpoint_every_minutes", "eval_batch_size",
                     "eval_threads")
-# Validation metrics where lower is better; every other one keeps its highest value.
-LOWER_IS_BETTER = ("loss", "eer")
-BEST_METRICS = ("accuracy", "ap", "auc", "real_acc", "fake_acc", "top1") + LOWER_IS_BETTER
-
-
-class TrainingError(cli.UserError):
-  """Training cannot go on (NaN loss, a changed config, ...); the message says why."""
-
 
 # ---------------------------------------------------------------------------
 # Model and optimizer.
@@ -270,15 +265,12 @@ def make_train_step(ts, stage=0):
   return jax.jit(train_step, donate_argnums=0, out_shardings=(ts.replicated, ts.replicated))
 
 
-def make_eval_step(ts):
-  """The jitted forward in eval mode: (model state, uint8 images) -> float32 logits."""
-  return evaluator.make_forward(ts.model_def, ts.preprocess, ts.config.model.dtype)
-
-
-def evaluate_split(eval_step, model_state, mesh, dataset, config, split, indices, desc=None):
-  """Metrics of the model on some records of a split (the evaluator's 'full' view)."""
+def evaluate_split(fold, model_state, mesh, dataset, config, split, indices, desc=None):
+  """Metrics of the model on some records of a split (the evaluator's 'full' view), scored by
+  the inference model (evaluator.Folder: BatchNorm folded) like evaluate/predict/serve."""
   key = input_pipeline.label_key(config.data)
-  ev = evaluator.Evaluator(lambda x, valid=None: eval_step(model_state, x, valid), mesh,
+  forward, state = fold(model_state)
+  ev = evaluator.Evaluator(lambda x, valid=None: forward(state, x, valid), mesh,
                            config.eval_batch_size or config.batch_size, config.data.image_size,
                            threads=config.eval_threads)
   view = evaluator.View("full", crop=config.data.image_size, resize=config.data.eval_resize,
@@ -323,29 +315,223 @@ def check_same_run(workdir, config_json):
                         f"Use another --workdir, or the saved values. Differences: {'; '.join(diff)}")
 
 
-def _atomic_json(path, obj):
+def _atomic_write(path, text):
+  """Writes the whole file or, if killed, leaves the old one: never a torn file."""
   tmp = f"{path}.tmp"
   with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2)
+    f.write(text)
   os.replace(tmp, path)
 
 
-def train_and_evaluate(config, workdir, devices=None):
+def _atomic_json(path, obj):
+  _atomic_write(path, json.dumps(obj, indent=2))
+
+
+# ---------------------------------------------------------------------------
+# The phases of a run: open data -> state -> restore or init -> loop -> finalize.
+# ---------------------------------------------------------------------------
+class Data(types.SimpleNamespace):
+  """What the run reads: dataset, classes, validation records, steps per epoch, the train iterator."""
+
+
+def open_data(config):
+  """The dataset and its validation records, checked before any step."""
+  if sharding.is_main():  # The synthetic benchmark is generated once, by process 0, while the others wait.
+    dataset = datasets.open_dataset(config.data)
+  sharding.barrier("dataset")
+  if not sharding.is_main():
+    dataset = datasets.open_dataset(config.data)
+  d = config.data
+  num_classes = input_pipeline.num_classes(dataset, d)
+  class_names = dataset.class_names if d.task == "attribution" else ("real", "fake")
+  # Checked before the first step: a dataset without validation fails now, not after an epoch.
+  val_split, val_pool = input_pipeline.validation_source(dataset, d)
+  val_idx = dataset.select(val_split, tuple(d.train_sources), tuple(d.train_categories),
+                           tuple(d.exclude_categories))
+  if val_pool is not None:
+    val_idx = np.intersect1d(val_idx, val_pool)
+  if d.patches_per_image and config.batch_size % d.patches_per_image:
+    raise cli.UserError(f"batch_size {config.batch_size} must be a multiple of patches_per_image "
+                        f"{d.patches_per_image}")
+  images_per_step = config.batch_size // max(d.patches_per_image, 1)
+  steps_per_epoch = max(len(input_pipeline.train_indices(dataset, d)) // images_per_step, 1)
+  run_info = {  # What evaluate/predict need to load the run (run.json).
+      "num_classes": num_classes, "class_names": list(class_names),
+      "dataset": os.path.abspath(dataset.path), "task": d.task,
+      "validation": {"split": val_split, "val_fraction": d.val_fraction if val_pool is not None else 0.0,
+                     "n": int(len(val_idx))}}
+  train_iter = input_pipeline.make_train_iter(dataset, d, config.aug, images_per_step, d.seed)
+  return Data(dataset=dataset, num_classes=num_classes, class_names=class_names, val_split=val_split,
+              val_idx=val_idx, images_per_step=images_per_step, steps_per_epoch=steps_per_epoch,
+              train_iter=train_iter, run_info=run_info)
+
+
+def restore_or_init(config, ts, ckpt, train_iter):
+  """(state, meta): the last checkpoint (repairing a missing best-model save), or a new state."""
+  restored = ckpt.restore_latest(ts.abstract, train_iter)
+  if restored:
+    state, meta = restored
+    logging.info("Resumed from step %d", meta["step"])
+    if meta.get("best_step") == meta["step"] and meta["step"] not in ckpt.best_steps():
+      # A crash came between this step's checkpoint and its best-model save: save it now.
+      ckpt.save_best(meta["step"], state["model"], {"step": meta["step"], "val": meta.get("best_val")})
+    return state, meta
+  state = ts.init()
+  if config.model.init_from:
+    weights, _ = convert.load_pretrained(config.model.init_from, config.model.name)
+    convert.init_model_state(state["model"], weights, f"init_from {config.model.init_from}")
+    state = jax.device_put(state, ts.replicated)
+    logging.info("Initialised from %s", config.model.init_from)
+  return state, {"step": 0}
+
+
+def validation_fn(ts, mesh, data, config):
+  """model state -> validation metrics, through the forward evaluate/predict/serve score with."""
+  fold = evaluator.Folder(ts.model_def, ts.preprocess, config.model.dtype)
+  return lambda model_state: evaluate_split(fold, model_state, mesh, data.dataset, config, data.val_split,
+                                            data.val_idx)
+
+
+class _TrainLog:
+  """Device metrics of the steps since the last log, fetched together; NaN is an error."""
+
+  def __init__(self, log, bar, images_per_step, step):
+    self.log, self.bar, self.images_per_step = log, bar, images_per_step
+    self.pending, self.t_last, self.s_last = [], time.perf_counter(), step
+    self.data_s = 0.0  # Time waiting for the input pipeline since the last log.
+
+  def add(self, step, metrics, data_s):
+    self.pending.append((step, metrics))
+    self.data_s += data_s
+
+  def flush(self, saved_step):
+    if not self.pending:
+      return
+    rows = [{"step": s, **{k: float(v) for k, v in m.items()}} for s, m in jax.device_get(self.pending)]
+    self.pending.clear()
+    for r in rows:
+      if not np.isfinite(r["loss"]):
+        raise TrainingError(f"Loss is {r['loss']} at step {r['step']}: training stopped, no "
+                            f"checkpoint written after step {saved_step}. Lower optim.lr or "
+                            "check the data.")
+    now = time.perf_counter()
+    dt, n = now - self.t_last, rows[-1]["step"] - self.s_last
+    self.t_last, self.s_last = now, rows[-1]["step"]
+    speed = {"step_time": dt / max(n, 1), "data_wait_time": self.data_s / max(n, 1),
+             "img_per_s": n * self.images_per_step / max(dt, 1e-9)}
+    self.data_s = 0.0
+    rows[-1].update(speed)
+    self.log.log(rows, "train")
+    self.bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}", step_s=f"{speed['step_time']:.3f}",
+                         img_s=f"{speed['img_per_s']:.0f}")
+
+
+def train_loop(config, ts, data, state, meta, ckpt, log, schedule, best, evaluate_fn, preempt, mesh):
+  """Steps from meta['step'] to the end, an early stop or a stop request.
+
+  Returns:
+    (state, step, stop reason or None).
+  """
+  main = sharding.is_main()
+  step = meta["step"]
+  train_steps = {k: make_train_step(ts, k) for k in ts.stage_steps}  # Each compiles on first use.
+  final_stage = max(ts.stage_steps)  # The stage whose model is evaluated and kept as best.
+  bar = tqdm.tqdm(total=ts.total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
+                  disable=not main)
+  train_log = _TrainLog(log, bar, data.images_per_step, step)
+  stop_reason = meta.get("stopped")
+  saved_step = step
+
+  def save():
+    nonlocal saved_step
+    train_log.flush(saved_step)  # Raises on NaN: a NaN state is never saved.
+    meta.update(step=step, checkpoint_interval_steps=schedule.minutes_interval, **best.meta())
+    ckpt.save(step, state, data.train_iter, dict(meta))
+    if best.best_step == step:  # After the checkpoint that records it (see restore_or_init).
+      ckpt.save_best(step, state["model"], {"step": step, "val": best.best_val})
+    saved_step = step
+
+  with jax.set_mesh(mesh):
+    while step < ts.total_steps and not stop_reason:
+      t0 = time.perf_counter()
+      host = next(data.train_iter)
+      batch = sharding.to_global(mesh, {"image": host["image"], "label": host["label"]})
+      data_s = time.perf_counter() - t0
+      stage = ts.stage_at(step)
+      state, m = train_steps[stage](state, batch, config.seed)
+      step += 1
+      train_log.add(step, m, data_s)
+      bar.update()
+      schedule.calibrate(step, time.perf_counter())
+      if schedule.log(step):
+        train_log.flush(saved_step)
+      if schedule.eval(step):
+        train_log.flush(saved_step)
+        val = evaluate_fn(state["model"])
+        val = {"step": step, "epoch": step / data.steps_per_epoch,
+               **{k: v for k, v in val.items() if not isinstance(v, list)}}
+        log.log([val], "val")
+        if stage == final_stage:  # An earlier stage (DeepFD's D1) has no classifier worth keeping yet.
+          best.update(step, val)
+        if main:
+          bar.write(f"step {step} epoch {val['epoch']:.1f}: val {best.metric}={val[best.metric]:.4f} "
+                    + (f"(best {best.best:.4f} at step {best.best_step})" if best.best is not None
+                       else f"(stage {stage})"))
+        log.plot()
+        if config.early_stop_patience and best.bad_evals >= config.early_stop_patience:
+          stop_reason = meta["stopped"] = f"early stop: no improvement in {best.bad_evals} evaluations"
+        save()
+      elif schedule.checkpoint(step):
+        save()
+      if preempt.reached(step):
+        if saved_step != step:
+          save()
+        stop_reason = "SIGTERM: checkpoint written"
+        break
+  bar.close()
+  train_log.flush(saved_step)
+  return state, step, stop_reason
+
+
+def finalize(config, ts, data, workdir, mesh, log, step, stop_reason, best):
+  """The held-out test of the best model, finished.json; returns the run's result."""
+  main = sharding.is_main()
+  best_state, best_meta = checkpoint.restore_model(workdir, ts.abstract["model"], "best")
+  test = {}
+  if "test" in data.dataset.splits:
+    d = config.data
+    test_idx = data.dataset.select("test", tuple(d.train_sources), tuple(d.train_categories),
+                                   tuple(d.exclude_categories))
+    fold = evaluator.Folder(ts.model_def, ts.preprocess, config.model.dtype)
+    test = evaluate_split(fold, best_state, mesh, data.dataset, config, "test", test_idx, desc="test")
+    test = {k: v for k, v in test.items() if not isinstance(v, list)}
+    log.log([{"step": best_meta["step"], **test}], "test")
+    if main:
+      print(f"held-out test ({','.join(d.train_sources) or 'all'}): "
+            + " ".join(f"{k}={test[k]:.4f}" for k in ("top1", "accuracy", "real_acc", "fake_acc",
+                                                       "ap", "auc") if k in test), flush=True)
+  if main:
+    _atomic_json(os.path.join(workdir, "finished.json"),
+                 {"step": step, "reason": stop_reason or "completed", "best_step": best.best_step,
+                  "test": test})
+  return {"step": step, "best": best.best, "test": test}
+
+
+def train_and_evaluate(config, workdir, devices=None, *, evaluate_fn=None, preemption=None):
   """Trains (resuming if `workdir` has a checkpoint), evaluates, returns the final metrics.
 
   Args:
     config: a ConfigDict (see fakejax.defaults).
     workdir: output folder.
     devices: devices of the data mesh (default: all).
+    evaluate_fn: model state -> validation metrics (default: validation_fn, the evaluator).
+    preemption: the stop request (default: sharding.Preemption(), SIGTERM); any object with
+      `reached(step)` and `close()`.
 
   Returns:
     dict with 'step', 'best' (validation) and 'test' (held-out) metrics; with 'preempted':
     True when SIGTERM stopped it (a checkpoint was written).
   """
-  main = sharding.is_main()
-  if config.best_metric not in BEST_METRICS:
-    raise cli.UserError(f"Unknown best_metric {config.best_metric!r}; known: {', '.join(BEST_METRICS)}")
-  lower_better = config.best_metric in LOWER_IS_BETTER
   models.get(config.model.name)  # An unknown name fails here, before any work.
   # --- Pretrained weights: their origin decides the input preprocessing ('auto') --------
   weights_info = (convert.pretrained_info(config.model.init_from, config.model.name)
@@ -367,185 +553,57 @@ def train_and_evaluate(config, workdir, devices=None):
     raise cli.UserError(f"batch_size {config.batch_size} must split into optim.accumulate_steps "
                         f"{config.optim.accumulate_steps} micro-batches of a multiple of {mesh.size} devices")
 
-  # --- Input ------------------------------------------------------------------
-  if main:  # The synthetic benchmark is generated once, by process 0, while the others wait.
-    dataset = datasets.open_dataset(config.data)
-  sharding.barrier("dataset")
-  if not main:
-    dataset = datasets.open_dataset(config.data)
-  num_classes = input_pipeline.num_classes(dataset, config.data)
-  class_names = dataset.class_names if config.data.task == "attribution" else ("real", "fake")
-  # Checked before the first step: a dataset without validation fails now, not after an epoch.
-  val_split, val_pool = input_pipeline.validation_source(dataset, config.data)
-  val_idx = dataset.select(val_split, tuple(config.data.train_sources),
-                           tuple(config.data.train_categories), tuple(config.data.exclude_categories))
-  if val_pool is not None:
-    val_idx = np.intersect1d(val_idx, val_pool)
-  n_train = len(input_pipeline.train_indices(dataset, config.data))
-  images_per_step = config.batch_size // max(config.data.patches_per_image, 1)
-  if config.data.patches_per_image and config.batch_size % config.data.patches_per_image:
-    raise cli.UserError(f"batch_size {config.batch_size} must be a multiple of patches_per_image "
-                        f"{config.data.patches_per_image}")
-  steps_per_epoch = max(n_train // images_per_step, 1)
-  eval_every = config.eval_every_steps or steps_per_epoch
-  if main:
+  # --- Open data (best_metric checked against what the task reports, before step 1) ----------
+  data = open_data(config)
+  task_metrics = loop.task_metrics(data.class_names)
+  loop.BestTracker(config.best_metric, task_metrics)
+  if sharding.is_main():  # Only now: a run refused above leaves no folder behind.
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config_json)
-    _atomic_json(os.path.join(workdir, "run.json"), {  # What evaluate/predict need to load it.
-        "num_classes": num_classes, "class_names": list(class_names),
-        "dataset": os.path.abspath(dataset.path), "task": config.data.task,
-        "validation": {"split": val_split, "val_fraction": config.data.val_fraction if val_pool is not None
-                       else 0.0, "n": int(len(val_idx))}})
-  train_iter = input_pipeline.make_train_iter(dataset, config.data, config.aug, images_per_step,
-                                              config.data.seed)
+    _atomic_write(os.path.join(workdir, "config.json"), config_json)
+    _atomic_json(os.path.join(workdir, "run.json"), data.run_info)
 
-  # --- Model & optimizer ------------------------------------------------------
-  ts = TrainState(config, num_classes, config.total_steps or config.num_epochs * steps_per_epoch,
-                  mesh)
-  total_steps = ts.total_steps
-  train_steps = {k: make_train_step(ts, k) for k in ts.stage_steps}  # Each compiles on first use.
-  final_stage = max(ts.stage_steps)  # The stage whose model is evaluated and kept as best.
-  eval_step = make_eval_step(ts)
-
-  # --- Load checkpoint --------------------------------------------------------
+  # --- State, restored or new -----------------------------------------------------------
+  ts = TrainState(config, data.num_classes,
+                  config.total_steps or config.num_epochs * data.steps_per_epoch, mesh)
   ckpt = checkpoint.Checkpointer(workdir, config.keep_checkpoints)
-  restored = ckpt.restore_latest(ts.abstract, train_iter)
-  if restored:
-    state, meta = restored
-    logging.info("Resumed from step %d", meta["step"])
-    if meta.get("best_step") == meta["step"] and meta["step"] not in ckpt.best_steps():
-      # A crash came between this step's checkpoint and its best-model save: save it now.
-      ckpt.save_best(meta["step"], state["model"], {"step": meta["step"], "val": meta.get("best_val")})
-  else:
-    state, meta = ts.init(), {"step": 0, "best": None, "best_step": None, "bad_evals": 0}
-    if config.model.init_from:
-      weights, _ = convert.load_pretrained(config.model.init_from, config.model.name)
-      convert.init_model_state(state["model"], weights, f"init_from {config.model.init_from}")
-      state = jax.device_put(state, ts.replicated)
-      logging.info("Initialised from %s (%s)", config.model.init_from, weights_info["origin"])
+  state, meta = restore_or_init(config, ts, ckpt, data.train_iter)
   step = meta["step"]
   finished_path = os.path.join(workdir, "finished.json")
-  if meta.get("stopped") or step >= total_steps:
-    if os.path.exists(finished_path):
-      with open(finished_path) as f:
-        done = json.load(f)
-      if main:
-        print(f"{workdir}: this run finished at step {step} ({done['reason']}); nothing to do. "
-              f"Held-out test: {json.dumps(done.get('test', {}))}", flush=True)
-      ckpt.close()
-      return {"step": step, "best": meta["best"], "test": done.get("test"), "finished": True}
-  log = report.RunLog(workdir, enabled=main, resume_step=step)
+  if (meta.get("stopped") or step >= ts.total_steps) and os.path.exists(finished_path):
+    with open(finished_path) as f:
+      done = json.load(f)
+    if sharding.is_main():
+      print(f"{workdir}: this run finished at step {step} ({done['reason']}); nothing to do. "
+            f"Held-out test: {json.dumps(done.get('test', {}))}", flush=True)
+    ckpt.close()
+    return {"step": step, "best": meta.get("best"), "test": done.get("test"), "finished": True}
+  best = loop.BestTracker(config.best_metric, task_metrics, meta)
+  schedule = loop.Schedule(ts.total_steps, config.log_every_steps,
+                           config.eval_every_steps or data.steps_per_epoch, config.checkpoint_every_steps,
+                           config.checkpoint_every_minutes, meta.get("checkpoint_interval_steps"))
 
-  # --- Train loop -------------------------------------------------------------
-  preempt = sharding.Preemption()
-  pending = []  # Device metrics of the steps since the last log: fetched together.
-  bar = tqdm.tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
-                  disable=not main)
-  t_last, s_last = time.perf_counter(), step
-  t_saved = time.monotonic()
-  stop_reason = meta.get("stopped")
-
-  def flush_train_metrics():
-    nonlocal t_last, s_last
-    if not pending:
-      return
-    rows = [{"step": s, **{k: float(v) for k, v in m.items()}} for s, m in jax.device_get(pending)]
-    pending.clear()
-    for r in rows:
-      if not np.isfinite(r["loss"]):
-        raise TrainingError(f"Loss is {r['loss']} at step {r['step']}: training stopped, no "
-                            f"checkpoint written after step {meta['step']}. Lower optim.lr or "
-                            "check the data.")
-    dt = time.perf_counter() - t_last
-    t_last, s_last, n = time.perf_counter(), rows[-1]["step"], rows[-1]["step"] - s_last
-    speed = {"step_time": dt / max(n, 1), "img_per_s": n * images_per_step / max(dt, 1e-9)}
-    rows[-1].update(speed)
-    log.log(rows, "train")
-    bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}", step_s=f"{speed['step_time']:.3f}",
-                    img_s=f"{speed['img_per_s']:.0f}")
-
-  def save():
-    nonlocal t_saved
-    flush_train_metrics()  # Raises on NaN: a NaN state is never saved.
-    meta["step"] = step
-    ckpt.save(step, state, train_iter, dict(meta))
-    if meta.get("best_step") == step:  # After the checkpoint that records it (see above).
-      ckpt.save_best(step, state["model"], {"step": step, "val": meta.get("best_val")})
-    t_saved = time.monotonic()
-
-  with jax.set_mesh(mesh):
-    while step < total_steps and not stop_reason:
-      host = next(train_iter)
-      batch = sharding.to_global(mesh, {"image": host["image"], "label": host["label"]})
-      stage = ts.stage_at(step)
-      state, m = train_steps[stage](state, batch, config.seed)
-      step += 1
-      pending.append((step, m))
-      bar.update()
-      if step % config.log_every_steps == 0:
-        flush_train_metrics()
-      if step % eval_every == 0 or step == total_steps:
-        flush_train_metrics()
-        val = evaluate_split(eval_step, state["model"], mesh, dataset, config, val_split, val_idx)
-        val = {"step": step, "epoch": step / steps_per_epoch, **val}
-        log.log([{k: v for k, v in val.items() if not isinstance(v, list)}], "val")
-        score = val[config.best_metric]
-        better = (meta["best"] is None or (score < meta["best"] if lower_better else score > meta["best"]))
-        if stage != final_stage:
-          pass  # An earlier stage (DeepFD's D1) has no classifier worth keeping yet.
-        elif better:
-          meta.update(best=score, best_step=step, bad_evals=0,
-                      best_val={k: v for k, v in val.items() if not isinstance(v, list)})
-        else:
-          meta["bad_evals"] += 1
-        if main:
-          bar.write(f"step {step} epoch {val['epoch']:.1f}: val {config.best_metric}={score:.4f} "
-                    + (f"(best {meta['best']:.4f} at step {meta['best_step']})" if meta["best"]
-                       is not None else f"(stage {stage})"))
-        log.plot()
-        if config.early_stop_patience and meta["bad_evals"] >= config.early_stop_patience:
-          stop_reason = meta["stopped"] = f"early stop: no improvement in {meta['bad_evals']} evaluations"
-        save()
-      elif ((config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0) or
-            (config.checkpoint_every_minutes and
-             time.monotonic() - t_saved >= 60 * config.checkpoint_every_minutes)):
-        save()
-      if preempt.reached(step):
-        save()  # A no-op when this step was just saved.
-        stop_reason = "SIGTERM: checkpoint written"
-        break
-  bar.close()
-  flush_train_metrics()
-  if stop_reason and main:
+  # --- Loop -----------------------------------------------------------------------------
+  log = report.RunLog(workdir, enabled=sharding.is_main(), resume_step=step)
+  preempt = preemption or sharding.Preemption()
+  try:
+    state, step, stop_reason = train_loop(
+        config, ts, data, state, meta, ckpt, log, schedule, best,
+        evaluate_fn or validation_fn(ts, mesh, data, config), preempt, mesh)
+  finally:
+    preempt.close()
+  if stop_reason and sharding.is_main():
     logging.info(stop_reason)
     print(stop_reason, flush=True)
+  ckpt.close()
   if stop_reason == "SIGTERM: checkpoint written":
     log.close()
-    ckpt.close()
     return {"step": step, "preempted": True}
 
-  # --- Final held-out evaluation of the best model ------------------------------
-  ckpt.close()
-  model_abstract = ts.abstract["model"]
-  best_state, best_meta = checkpoint.restore_model(workdir, model_abstract, "best")
-  test = {}
-  if "test" in dataset.splits:
-    test_idx = dataset.select("test", tuple(config.data.train_sources), tuple(config.data.train_categories),
-                              tuple(config.data.exclude_categories))
-    test = evaluate_split(eval_step, best_state, mesh, dataset, config, "test", test_idx, desc="test")
-    test = {k: v for k, v in test.items() if not isinstance(v, list)}
-    log.log([{"step": best_meta["step"], **test}], "test")
-    sources = ",".join(config.data.train_sources) or "all"
-    if main:
-      print(f"held-out test ({sources}): "
-            + " ".join(f"{k}={test[k]:.4f}" for k in ("top1", "accuracy", "real_acc", "fake_acc",
-                                                       "ap", "auc") if k in test), flush=True)
-  log.close()
-  if main:
-    _atomic_json(finished_path, {"step": step, "reason": stop_reason or "completed",
-                                 "best_step": meta["best_step"], "test": test})
-  return {"step": step, "best": meta["best"], "test": test}
+  # --- Finalize -------------------------------------------------------------------------
+  try:
+    return finalize(config, ts, data, workdir, mesh, log, step, stop_reason, best)
+  finally:
+    log.close()
 
 
 def default_workdir(config_arg):

@@ -113,6 +113,19 @@ def _files(workdir, sub):
   return sorted(int(os.path.basename(p)) for p in glob.glob(os.path.join(workdir, sub, "[0-9]*")))
 
 
+class StopAt:
+  """A stop request at a given step (what SIGTERM does, without a signal or a race)."""
+
+  def __init__(self, step):
+    self.step = step
+
+  def reached(self, step):
+    return step == self.step
+
+  def close(self):
+    pass
+
+
 def test_crash_safety(make_config, tmp_path, monkeypatch):
   """Each fault injected in turn; after every one the run resumes and finishes.
 
@@ -121,29 +134,28 @@ def test_crash_safety(make_config, tmp_path, monkeypatch):
   """
   calls = []
 
-  def improving(*args, **kwargs):
-    del args, kwargs
+  def improving(model_state):
+    del model_state
     calls.append(1)
     return {"accuracy": len(calls) / 100, "loss": 1 / len(calls)}
-  monkeypatch.setattr(train, "evaluate_split", improving)
+
   cfg = lambda **kw: make_config(total_steps=4, eval_every_steps=2, keep_checkpoints=10, **kw)
-  real_reached = sharding.Preemption.reached
+  run = lambda w, stop_at=None: train.train_and_evaluate(
+      cfg(checkpoint_every_steps=1), w, evaluate_fn=improving,
+      preemption=StopAt(stop_at) if stop_at else None)
 
   # SIGTERM before the first evaluation: no best model yet; evaluation falls back to the latest
   # checkpoint. checkpoint_every_steps wrote step 1 between evaluations.
   w = str(tmp_path / "run")
-  monkeypatch.setattr(sharding.Preemption, "reached", lambda self, step: step == 1)
-  out = train.train_and_evaluate(cfg(checkpoint_every_steps=1), w)
+  out = run(w, stop_at=1)
   assert out == {"step": 1, "preempted": True} and _files(w, "checkpoints") == [1] and _files(w, "best") == []
   assert evaluator.Run(w).meta["step"] == 1
 
   # SIGTERM arriving with the evaluation of step 2, which already saved that step: saved once.
-  monkeypatch.setattr(sharding.Preemption, "reached", lambda self, step: step == 2)
-  assert train.train_and_evaluate(cfg(checkpoint_every_steps=1), w)["preempted"]
+  assert run(w, stop_at=2)["preempted"]
   assert _files(w, "checkpoints") == [1, 2] and _files(w, "best") == [2]
 
   # A crash between step 4's checkpoint and its best-model save: the resumed run saves it.
-  monkeypatch.setattr(sharding.Preemption, "reached", real_reached)
   save_best = checkpoint.Checkpointer.save_best
 
   def crash(self, step, *a):
@@ -152,10 +164,10 @@ def test_crash_safety(make_config, tmp_path, monkeypatch):
     return save_best(self, step, *a)
   monkeypatch.setattr(checkpoint.Checkpointer, "save_best", crash)
   with pytest.raises(RuntimeError, match="killed"):
-    train.train_and_evaluate(cfg(checkpoint_every_steps=1), w)
+    run(w)
   monkeypatch.setattr(checkpoint.Checkpointer, "save_best", save_best)
   assert _files(w, "checkpoints") == [1, 2, 3, 4] and _files(w, "best") == [2]
-  done = train.train_and_evaluate(cfg(checkpoint_every_steps=1), w)
+  done = run(w)
   assert _files(w, "best") == [4] and done["step"] == 4 and "accuracy" in done["test"]
   # The best model holds no optimizer state.
   saved = checkpoint.ocp.PyTreeCheckpointer().metadata(
@@ -164,24 +176,27 @@ def test_crash_safety(make_config, tmp_path, monkeypatch):
 
   # Rerunning a finished run reports and exits without training or logging.
   before = open(os.path.join(w, "metrics.jsonl")).read()
-  again = train.train_and_evaluate(cfg(checkpoint_every_steps=1), w)
+  again = run(w)
   assert again["finished"] and open(os.path.join(w, "metrics.jsonl")).read() == before
 
   # The old failure: a best model on disk for a step whose checkpoint was lost. The resumed run
   # reaches that step again and goes on (a step already saved is never saved twice).
   w2 = str(tmp_path / "lost")
-  train.train_and_evaluate(cfg(), w2)
+  train.train_and_evaluate(cfg(), w2, evaluate_fn=improving)
   assert _files(w2, "checkpoints") == [2, 4] and _files(w2, "best") == [4]
   os.remove(os.path.join(w2, "finished.json"))
   shutil.rmtree(os.path.join(w2, "checkpoints", "4"))
-  assert train.train_and_evaluate(cfg(), w2)["step"] == 4
+  assert train.train_and_evaluate(cfg(), w2, evaluate_fn=improving)["step"] == 4
   assert _files(w2, "checkpoints") == [2, 4]
 
 
 def test_early_stop_is_final_and_lower_is_better_metrics(make_config, tmp_path):
   """best_metric='loss' keeps the lowest; an early-stopped run does not train on when rerun."""
-  with pytest.raises(ValueError, match="Unknown best_metric 'acc'; known: accuracy"):
+  with pytest.raises(ValueError, match="best_metric 'acc' is not a metric of this task; it reports: .*accuracy"):
     train.train_and_evaluate(make_config(best_metric="acc"), str(tmp_path / "x"))
+  # top1 exists only for attribution: on a binary run it is refused before step 1, not after an epoch.
+  with pytest.raises(ValueError, match="best_metric 'top1' is not a metric of this task"):
+    train.train_and_evaluate(make_config(best_metric="top1"), str(tmp_path / "x"))
   assert not os.path.exists(tmp_path / "x")
   w = str(tmp_path / "es")
   c = make_config(total_steps=6, eval_every_steps=1, best_metric="loss", early_stop_patience=1,
