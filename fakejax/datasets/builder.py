@@ -18,6 +18,7 @@ import array
 import collections
 import contextlib
 import hashlib
+import itertools
 import json
 import multiprocessing
 import os
@@ -206,14 +207,15 @@ def _write(out, examples, class_names, storage, meta, index):
 
 
 def _in_order(fn, tasks, pool, window):
-  """fn over tasks, results in order; with a pool at most two windows of tasks are in flight
-  (Pool.imap would run ahead of a slow writer and hold every decoded image in memory)."""
+  """fn over the iterable `tasks`, results in order; with a pool at most two windows of tasks
+  are in flight (Pool.imap would run ahead of a slow writer and hold every decoded image in
+  memory). Tasks are drawn a window at a time, never listed whole."""
   if pool is None:
     yield from map(fn, tasks)
     return
-  pending = collections.deque()
-  for start in range(0, len(tasks), window):
-    pending.append(pool.map_async(fn, tasks[start:start + window], chunksize=8))
+  tasks, pending = iter(tasks), collections.deque()
+  while chunk := list(itertools.islice(tasks, window)):
+    pending.append(pool.map_async(fn, chunk, chunksize=8))
     if len(pending) == 2:
       yield from pending.popleft().get()
   while pending:
@@ -293,14 +295,14 @@ def prepare_folder(root, out, layout="auto", fractions=(0.56, 0.24, 0.20), seed=
   workers = default_workers(len(items)) if workers is None else workers
   skipped, removed = [], []
   index = {s: _Index() for s in by_split}
-  first_seen = {}  # Content hash -> (split, row) of its first record (leakage, --dedup).
+  first_seen = {}  # Content hash -> its first record, row * 4 + split index (leakage, --dedup).
   leaked, leaks = set(), {}  # Hashes in several splits; their paths (the first 20, without --dedup).
   t0 = time.perf_counter()
   bar = tqdm.tqdm(total=len(items), desc="prepare", unit="img", dynamic_ncols=True)
 
   def examples(split, pool):
     def gen():
-      tasks = [(os.path.join(root, it.path), storage, max_pixels, min_size) for it in by_split[split]]
+      tasks = ((os.path.join(root, it.path), storage, max_pixels, min_size) for it in by_split[split])
       ix = index[split]
       for it, res in zip(by_split[split], _in_order(_decode_file, tasks, pool, 64 * max(workers, 1))):
         bar.update()
@@ -309,6 +311,7 @@ def prepare_folder(root, out, layout="auto", fractions=(0.56, 0.24, 0.20), seed=
           continue
         _, data, shape, digest, fmt = res
         seen = first_seen.get(digest)
+        seen = None if seen is None else (SPLITS[seen % 4], seen // 4)
         if seen is not None and seen[0] != split:  # The same pixels in an earlier split.
           leaked.add(digest)
           if dedup:
@@ -317,7 +320,7 @@ def prepare_folder(root, out, layout="auto", fractions=(0.56, 0.24, 0.20), seed=
           if digest in leaks or len(leaks) < 20:
             leaks.setdefault(digest, [index[seen[0]].cols["path"][seen[1]]]).append(it.path)
         elif seen is None:
-          first_seen[digest] = (split, len(ix))
+          first_seen[digest] = len(ix) * 4 + SPLITS.index(split)
         label, class_label = int(it.class_name != REAL), class_names.index(it.class_name)
         ix.add(label=label, class_label=class_label, source=it.source, category=it.category,
                group=it.group, path=it.path, hash=digest, height=shape[0], width=shape[1], format=fmt)

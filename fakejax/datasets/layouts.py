@@ -18,6 +18,7 @@ import collections
 import dataclasses
 import hashlib
 import os
+import sys
 
 import numpy as np
 
@@ -78,15 +79,19 @@ LAYOUT_HELP = {**{l.name: l.help for l in LAYOUT_RULES},
                         "folders between"}
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class Item:
-  """One image file to put in a dataset."""
+  """One image file to put in a dataset (slots, names shared: a build holds one per image)."""
   path: str  # Relative to the root.
   split: str
   class_name: str
   source: str  # Generator name, or 'real'.
   category: str = ""
   group: str = ""  # Real images: the generator folder (or declared set) they pair with.
+
+  def __post_init__(self):
+    for k in ("split", "class_name", "source", "category", "group"):
+      setattr(self, k, sys.intern(getattr(self, k)))
 
 
 @dataclasses.dataclass(frozen=True)
