@@ -110,7 +110,8 @@ def get_config():
   c.early_stop_patience = 0           # Stop after this many evals without improvement (0: never).
   c.keep_checkpoints = 2
   c.checkpoint_every_steps = 0        # Also checkpoint between evaluations (0: only at evaluations),
-  c.checkpoint_every_minutes = 0.0    #   or after this many minutes: a kill loses little work.
+  c.checkpoint_every_minutes = 0.0    #   or about this many minutes (a step interval set by process 0
+                                      #   after 10 timed steps, kept on resume): a kill loses little work.
   c.eval_batch_size = 0               # 0: same as batch_size.
   c.eval_threads = 0                  # Image-decoding threads of evaluation per process (0: one per core).
   c.threshold = 0.5                   # p_fake decision threshold.

@@ -302,7 +302,7 @@ def prepare_folder(root, out, layout="auto", fractions=(0.56, 0.24, 0.20), seed=
 
   def examples(split, pool):
     def gen():
-      tasks = ((os.path.join(root, it.path), storage, max_pixels, min_size) for it in by_split[split])
+      tasks = [(os.path.join(root, it.path), storage, max_pixels, min_size) for it in by_split[split]]
       ix = index[split]
       for it, res in zip(by_split[split], _in_order(_decode_file, tasks, pool, 64 * max(workers, 1))):
         bar.update()
