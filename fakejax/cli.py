@@ -64,9 +64,8 @@ def define_distributed_flags():
 def _compilation_cache(path):
   """JAX's persistent compilation cache in `path` ('' : off): a rerun, a resumed run or another
   command on the same model reuses the compiled programs instead of compiling again."""
-  if path:
-    import jax  # pylint: disable=g-import-not-at-top
-    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))
+  if path and "jax" in sys.modules:  # A command that never loads JAX (prepare) does not pay ~100 MB for it.
+    sys.modules["jax"].config.update("jax_compilation_cache_dir", os.path.expanduser(path))
 
 
 def run(main):
