@@ -132,8 +132,10 @@ class View:
     return None
 
   def pads(self, h, w):
-    """Whether an h x w image's input is padded to its size bucket (whole view, no resize)."""
-    return self.kind(h, w) == "whole" and not self.resize and not self.exact_sizes
+    """Whether an h x w image's input is padded to a larger size bucket (whole view, no resize):
+    only those go through `forward(x, valid)`; an image of its bucket's size is scored as is."""
+    return (self.kind(h, w) == "whole" and not self.resize and not self.exact_sizes
+            and (bucket_side(h), bucket_side(w)) != (h, w))
 
   def plan(self, h, w):
     """(input shape (H, W), number of inputs) for an h x w image, from its size alone.
