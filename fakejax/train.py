@@ -385,9 +385,8 @@ def restore_or_init(config, ts, ckpt, train_iter):
   return state, {"step": 0}
 
 
-def validation_fn(ts, mesh, data, config):
+def validation_fn(fold, mesh, data, config):
   """model state -> validation metrics, through the forward evaluate/predict/serve score with."""
-  fold = evaluator.Folder(ts.model_def, ts.preprocess, config.model.dtype)
   return lambda model_state: evaluate_split(fold, model_state, mesh, data.dataset, config, data.val_split,
                                             data.val_idx)
 
@@ -493,7 +492,7 @@ def train_loop(config, ts, data, state, meta, ckpt, log, schedule, best, evaluat
   return state, step, stop_reason
 
 
-def finalize(config, ts, data, workdir, mesh, log, step, stop_reason, best):
+def finalize(config, ts, data, workdir, mesh, log, step, stop_reason, best, fold):
   """The held-out test of the best model, finished.json; returns the run's result."""
   main = sharding.is_main()
   best_state, best_meta = checkpoint.restore_model(workdir, ts.abstract["model"], "best")
@@ -502,7 +501,6 @@ def finalize(config, ts, data, workdir, mesh, log, step, stop_reason, best):
     d = config.data
     test_idx = data.dataset.select("test", tuple(d.train_sources), tuple(d.train_categories),
                                    tuple(d.exclude_categories))
-    fold = evaluator.Folder(ts.model_def, ts.preprocess, config.model.dtype)
     test = evaluate_split(fold, best_state, mesh, data.dataset, config, "test", test_idx, desc="test")
     test = {k: v for k, v in test.items() if not isinstance(v, list)}
     log.log([{"step": best_meta["step"], **test}], "test")
@@ -584,11 +582,12 @@ def train_and_evaluate(config, workdir, devices=None, *, evaluate_fn=None, preem
 
   # --- Loop -----------------------------------------------------------------------------
   log = report.RunLog(workdir, enabled=sharding.is_main(), resume_step=step)
+  fold = evaluator.Folder(ts.model_def, ts.preprocess, config.model.dtype)  # One forward: val and test.
   preempt = preemption or sharding.Preemption()
   try:
     state, step, stop_reason = train_loop(
         config, ts, data, state, meta, ckpt, log, schedule, best,
-        evaluate_fn or validation_fn(ts, mesh, data, config), preempt, mesh)
+        evaluate_fn or validation_fn(fold, mesh, data, config), preempt, mesh)
   finally:
     preempt.close()
   if stop_reason and sharding.is_main():
@@ -601,7 +600,7 @@ def train_and_evaluate(config, workdir, devices=None, *, evaluate_fn=None, preem
 
   # --- Finalize -------------------------------------------------------------------------
   try:
-    return finalize(config, ts, data, workdir, mesh, log, step, stop_reason, best)
+    return finalize(config, ts, data, workdir, mesh, log, step, stop_reason, best, fold)
   finally:
     log.close()
 
