@@ -96,16 +96,20 @@ def test_kill_and_resume_in_stage_two_is_exact(tiny_synthetic, data_root, tmp_pa
   del tiny_synthetic
   extra = ["--config.model.name=deepfd", "--config.model.width=0.25", "--config.model.preprocess=unit",
            "--config.deepfd.stage1_steps=6", "--config.deepfd.stage2_steps=10"]
-  cmd = lambda w: test_train._cmd(data_root, w) + extra  # pylint: disable=protected-access
-  env = test_train._env()  # pylint: disable=protected-access
+  cmd = lambda w, **kw: test_train._cmd(data_root, w, **kw) + extra  # pylint: disable=protected-access
+  run = test_train._run  # pylint: disable=protected-access
   ref = str(tmp_path / "ref")
-  subprocess.run(cmd(ref), cwd=ROOT, env=env, check=True, capture_output=True)
+  code, out = run(cmd(ref))
+  assert code == 0, out[-3000:]
   expected = test_train._losses(ref)  # pylint: disable=protected-access
   assert sorted(expected) == list(range(1, 17))
+  # SIGKILL after step 10, in stage two (from step 7), past checkpoint 8: no chance to save.
   killed = str(tmp_path / "killed")
-  code, _ = test_train._interrupt(cmd(killed), killed, signal.SIGKILL, after_step=8)  # pylint: disable=protected-access
-  assert code == -signal.SIGKILL
-  subprocess.run(cmd(killed), cwd=ROOT, env=env, check=True, capture_output=True)
+  code, out = run(cmd(killed, signal_at=(10, "SIGKILL")))
+  assert code == -signal.SIGKILL, out[-3000:]
+  assert max(test_train._losses(killed)) == 10  # pylint: disable=protected-access
+  code, out = run(cmd(killed))
+  assert code == 0, out[-3000:]
   got = test_train._losses(killed)  # pylint: disable=protected-access
   assert sorted(got) == sorted(expected)
   np.testing.assert_allclose([got[s] for s in sorted(got)], [expected[s] for s in sorted(got)],

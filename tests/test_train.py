@@ -5,10 +5,8 @@ import glob
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 from flax import nnx
 import jax
@@ -284,14 +282,17 @@ def test_cli_errors_are_one_line_and_bugs_keep_their_traceback():
 # ---------------------------------------------------------------------------
 # SIGTERM: a checkpoint, exit status 75, an exact resume (a real process).
 # ---------------------------------------------------------------------------
-def _cmd(data_root, workdir, steps=16):
+def _cmd(data_root, workdir, steps=16, signal_at=None):
+  """The tiny run's command line; signal_at=(step, 'SIGTERM'): the process sends itself that
+  signal right after that step (tests/signal_at.py), so where it stops is known in advance."""
   flags = {"model.width": 0.125, "model.middle_blocks": 1, "model.dropout": 0.3,
            "data.cache_dir": data_root, "data.synthetic.size": 32, "data.synthetic.train": 8,
            "data.synthetic.val": 4, "data.synthetic.test": 3, "data.image_size": 32,
            "batch_size": 16, "total_steps": steps, "eval_every_steps": 4, "log_every_steps": 1,
            "keep_checkpoints": 10}
-  return ([sys.executable, "-m", "fakejax.train", "--config", "configs/quick.py",
-           "--workdir", workdir] + [f"--config.{k}={v}" for k, v in flags.items()])
+  module = ["tests.signal_at", str(signal_at[0]), signal_at[1]] if signal_at else []
+  return ([sys.executable, "-m"] + module + ["fakejax.train", "--config", "configs/quick.py",
+                                             "--workdir", workdir] + [f"--config.{k}={v}" for k, v in flags.items()])
 
 
 def _env():
@@ -303,32 +304,28 @@ def _losses(workdir):
   return {r["step"]: r["loss"] for r in rows if r["kind"] == "train"}
 
 
-def _interrupt(cmd, workdir, sig, after_step):
-  """Starts a run and sends `sig` once checkpoint `after_step` is on disk."""
-  p = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                       text=True)
-  deadline = time.time() + 240
-  while not os.path.isdir(os.path.join(workdir, "checkpoints", str(after_step))):
-    assert p.poll() is None, p.stdout.read()
-    assert time.time() < deadline
-    time.sleep(0.02)
-  p.send_signal(sig)
-  out, _ = p.communicate(timeout=120)
-  return p.returncode, out
+def _run(cmd):
+  """(exit status, stdout and stderr) of a command run to its end."""
+  r = subprocess.run(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                     text=True, timeout=300)
+  return r.returncode, r.stdout
 
 
 def test_sigterm_checkpoints_exits_75_and_resumes_exactly(tiny_synthetic, data_root, tmp_path):
   del tiny_synthetic
   ref = str(tmp_path / "ref")
-  subprocess.run(_cmd(data_root, ref, 8), cwd=ROOT, env=_env(), check=True, capture_output=True)
+  code, out = _run(_cmd(data_root, ref, 8))
+  assert code == 0, out[-3000:]
   expected = _losses(ref)
   assert sorted(expected) == list(range(1, 9))
+  # SIGTERM after step 6, between the evaluations (and checkpoints) of steps 4 and 8: the stop
+  # itself must write checkpoint 6.
   termed = str(tmp_path / "termed")
-  code, out = _interrupt(_cmd(data_root, termed, 8), termed, signal.SIGTERM, after_step=4)
-  assert code == train.EXIT_PREEMPTED and "SIGTERM: checkpoint written" in out, out
-  stopped_at = max(_losses(termed))
-  assert stopped_at < 8 and os.path.isdir(os.path.join(termed, "checkpoints", str(stopped_at)))
-  subprocess.run(_cmd(data_root, termed, 8), cwd=ROOT, env=_env(), check=True, capture_output=True)
+  code, out = _run(_cmd(data_root, termed, 8, signal_at=(6, "SIGTERM")))
+  assert code == train.EXIT_PREEMPTED and "SIGTERM: checkpoint written" in out, out[-3000:]
+  assert max(_losses(termed)) == 6 and _files(termed, "checkpoints") == [4, 6]
+  code, out = _run(_cmd(data_root, termed, 8))
+  assert code == 0, out[-3000:]
   got = _losses(termed)
   assert sorted(got) == sorted(expected)
   np.testing.assert_allclose([got[s] for s in sorted(got)], [expected[s] for s in sorted(got)],
