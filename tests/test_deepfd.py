@@ -2,7 +2,6 @@
 
 import os
 import signal
-import subprocess
 
 from flax import nnx
 import jax
