@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 # the tests' tiny models spend their time compiling (tests/conftest.py).
 TEST_ENV := XLA_FLAGS="--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
 
-.PHONY: train test test-studies venv clean
+.PHONY: train test test-slow test-studies venv clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,12 @@ train: venv
 
 test: venv
 	$(PY) -m ruff check --quiet fakejax tests scripts configs
-	$(TEST_ENV) $(PY) -m pytest -q -n 2 --dist worksteal --durations=25 -m "not study" tests
+	$(TEST_ENV) $(PY) -m pytest -q -n 2 --dist worksteal --durations=25 -m "not study and not slow" tests
+
+# End-to-end chains of real processes, several minutes each (kill/resume, two processes on
+# loopback, DeepFD's stages): CI runs them after make test.
+test-slow: venv
+	$(TEST_ENV) $(PY) -m pytest -q -n 2 --dist worksteal --durations=10 -m slow tests
 
 # The study scripts' --quick smoke runs (scripts/study_*.py), ~5 minutes: CI runs them too.
 test-studies: venv

@@ -91,6 +91,7 @@ def test_deepfd_config_loads():
   assert c.model.name == "deepfd" and c.deepfd.freeze_d1
 
 
+@pytest.mark.slow
 def test_kill_and_resume_in_stage_two_is_exact(tiny_synthetic, data_root, tmp_path):
   del tiny_synthetic
   extra = ["--config.model.name=deepfd", "--config.model.width=0.25", "--config.model.preprocess=unit",

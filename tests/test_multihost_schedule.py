@@ -3,9 +3,11 @@
 import json
 import os
 
+import pytest
 from tests import test_multihost as mh
 
 
+@pytest.mark.slow
 def test_two_processes_checkpoint_by_minutes_at_the_same_steps(tiny_synthetic, data_root, tmp_path):
   """A minutes rule becomes one step interval, decided by process 0 after the timed steps and
   broadcast: both processes then save (orbax's collective save) at the same steps, so the run

@@ -124,6 +124,7 @@ class StopAt:
     pass
 
 
+@pytest.mark.slow
 def test_crash_safety(make_config, tmp_path, monkeypatch):
   """Each fault injected in turn; after every one the run resumes and finishes.
 
