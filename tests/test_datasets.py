@@ -1,5 +1,6 @@
 """Dataset preparation: published layouts as mirrors, lossless pixels, bad files, bias and leakage."""
 
+import hashlib
 import json
 import os
 import struct
@@ -220,6 +221,10 @@ def test_lossless_round_trip(tmp_path, monkeypatch, storage, sharded, workers):
   for rel, (rec, row) in seen.items():
     np.testing.assert_array_equal(ds.decode(rec), originals[rel])
     assert rec["label"] == row["label"] == (rel.startswith("fake"))
+    # The index's content hash is blake2b-128 of the shape and the pixels, in hex.
+    h = hashlib.blake2b(np.asarray(originals[rel].shape, np.int64).tobytes(), digest_size=16)
+    h.update(originals[rel].tobytes())
+    assert row["hash"] == h.hexdigest()
     assert (row["height"], row["width"]) == originals[rel].shape[:2]
   assert seen["real/photo.jpg"][1]["format"] == "JPEG"
   if workers:  # The same records in the same order as a build in this process.

@@ -182,19 +182,22 @@ def _general(parts, names):
 
 def _classify(layout, images, names):
   """{path: roles} if every image matches `layout`, else (None, [(path, why)] of the misfits)."""
-  out, misfits = {}, []
+  out, misfits, by_folder = {}, [], {}
+  patterns = () if layout == GENERAL else [p if isinstance(p, tuple) else (p, {}) for p in layout.patterns]
   for rel in images:
-    parts = rel.split(os.sep)[:-1]
-    if layout == GENERAL:
-      roles, why = _general(parts, names)
+    folder = os.path.dirname(rel)
+    if folder in by_folder:  # Roles depend on the folders only: one dict per folder, shared.
+      roles, why = by_folder[folder]
+    elif layout == GENERAL:
+      roles, why = by_folder[folder] = _general(folder.split(os.sep) if folder else [], names)
     else:
-      patterns = [p if isinstance(p, tuple) else (p, {}) for p in layout.patterns]
       roles, why = None, "matches none of " + ", ".join(p for p, _ in patterns)
       for pattern, fixed in patterns:
-        roles = _match(pattern, parts, names)
+        roles = _match(pattern, folder.split(os.sep) if folder else [], names)
         if roles is not None:
           roles.update({k: names.train_source if v is TRAIN_SOURCE else v for k, v in fixed.items()})
           break
+      by_folder[folder] = roles, why
     if roles is None:
       misfits.append((rel, why))
       if len(misfits) >= 5:
