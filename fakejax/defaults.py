@@ -9,6 +9,7 @@ import os
 
 import ml_collections
 
+from fakejax import photo
 from fakejax import synthetic
 
 
@@ -39,7 +40,8 @@ def get_config():
   c.model.backbone_lr = 1.0           # Learning-rate multiplier of everything but the head.
 
   c.data = ml_collections.ConfigDict()
-  c.data.dir = ""                     # A dataset made by `fakejax.prepare`; '' = synthetic.
+  c.data.dir = ""                     # A dataset made by `fakejax.prepare`; '' = synthetic;
+                                      #   'photo' = the embedded photo benchmark (data.photo).
   c.data.cache_dir = "data"           # Where the synthetic benchmark is generated and cached.
   c.data.task = "binary"              # 'binary' (real=0, fake=1) or 'attribution' (one class each).
   c.data.train_sources = ("tconv",)   # Generators to train on, with the reals they pair with; () = all.
@@ -67,6 +69,17 @@ def get_config():
   c.data.synthetic.categories = synthetic.DEFAULT_CATEGORIES  # synthetic.CATEGORIES has 9.
   c.data.synthetic.families = synthetic.FAMILIES
   c.data.synthetic.storage = "png"    # 'png' or 'raw' (uint8 pixels: ~10x faster to read).
+
+  c.data.photo = ml_collections.ConfigDict()  # data.dir='photo' (fakejax.photo): real photographs'
+  c.data.photo.size = 64                      #   crops and five generators trained here.
+  c.data.photo.train = 2000           # Reals of train (and as many `tconv` fakes).
+  c.data.photo.val = 400
+  c.data.photo.test = 400             # Reals and fakes per family in test.
+  c.data.photo.seed = 0
+  c.data.photo.families = photo.FAMILIES     # The first is the training family.
+  c.data.photo.postprocess = ""       # e.g. 'jpeg:65-100,resize:1-1.25': the same for both classes.
+  c.data.photo.gen_steps = photo.GEN_STEPS   # Training steps of each generator.
+  c.data.photo.storage = "png"
 
   c.aug = ml_collections.ConfigDict()
   c.aug.crop = "random"               # 'random' or 'center'.

@@ -34,7 +34,8 @@ if __name__ == "__main__":
   # Defined only when this file is the program, so other modules can import its functions.
   _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder written by fakejax.train.")
   _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
-  _DATASETS = flags.DEFINE_multi_string("dataset", [], "Prepared dataset folder(s); default: the run's.")
+  _DATASETS = flags.DEFINE_multi_string("dataset", [], "Prepared dataset folder(s), or 'synthetic' / 'photo' (the "
+                                      "embedded benchmarks at their defaults); default: the run's.")
   _SPLIT = flags.DEFINE_string("split", "test", "Split to evaluate.")
   _GROUP_BY = flags.DEFINE_enum("group_by", "source", datasets.GROUP_BY,
                                 "One test set per generator, per content category, or the whole split.")
@@ -134,7 +135,7 @@ def main(argv):
   dataset_paths = _DATASETS.value or [run.info["dataset"]]
   sets = []
   for path in dataset_paths:
-    ds = datasets.Dataset(path)
+    ds = datasets.open_named(path)
     prefix = f"{os.path.basename(os.path.normpath(path))}:" if len(dataset_paths) > 1 else ""
     sets += [(ds, name, idx) for name, idx in ds.test_sets(_SPLIT.value, _GROUP_BY.value,
                                                            tuple(_SOURCES.value), prefix)]

@@ -6,6 +6,7 @@ r"""Looking inside a detector: Grad-CAM maps, and the spectra of up-sampling fin
   python -m fakejax.explain --workdir RUN --list_layers
   python -m fakejax.explain --spectrum --dataset data/cnndet_mirror --split test
   python -m fakejax.explain --spectrum --dataset synthetic          # the benchmark `make train` uses
+  python -m fakejax.explain --spectrum --dataset photo              # the photo benchmark
 
 Grad-CAM (Selvaraju et al. 2017): for the class c and the activation A (h x w x K) of a layer,
 the channel weights are the spatially averaged gradients a_k = mean_ij d y_c / d A_ij,k of the
@@ -69,7 +70,6 @@ import tqdm
 
 from fakejax import cli
 from fakejax import datasets
-from fakejax import defaults
 from fakejax import evaluator
 from fakejax import models
 from fakejax import sharding
@@ -81,7 +81,7 @@ if __name__ == "__main__":
   _LAYER = flags.DEFINE_string("layer", None, "Layer of the maps (default: the model's CAM_LAYER).")
   _CLASS = flags.DEFINE_string("class", None, "Class of the maps, by name or index (default: predicted).")
   _MODE = flags.DEFINE_enum("mode", "full", ("full", "whole"), "The run's crop, or whole images.")
-  _DATASET = flags.DEFINE_string("dataset", None, "Prepared dataset folder, or 'synthetic' (default: "
+  _DATASET = flags.DEFINE_string("dataset", None, "Prepared dataset folder, or 'synthetic' or 'photo' (default: "
                                  "the run's, when no image is named).")
   _SPLIT = flags.DEFINE_string("split", "test", "Split of --dataset.")
   _PER_CLASS = flags.DEFINE_integer("per_class", 16, "Grad-CAM: images per class (source) of --dataset.")
@@ -378,10 +378,8 @@ def class_spectra(dataset, split, per_class=256, size=0, seed=0, progress=None):
 # The command.
 # ---------------------------------------------------------------------------
 def open_dataset(name):
-  """A prepared dataset folder, or 'synthetic': the default config's synthetic benchmark."""
-  if name == "synthetic":
-    return datasets.open_dataset(defaults.get_config().data)
-  return datasets.Dataset(name)
+  """A prepared dataset folder, or 'synthetic' / 'photo': the default config's benchmark."""
+  return datasets.open_named(name)
 
 
 def _entry(run, r, name, layer):
@@ -503,7 +501,7 @@ def main(argv):
   out = _OUT.value or (os.path.join(workdir, "explain") if workdir else "explain")
   dataset_name = _DATASET.value or (run.info["dataset"] if run and not inputs else None)
   if _SPECTRUM.value and not dataset_name:
-    raise cli.UserError("--spectrum needs --dataset (a prepared folder or 'synthetic')")
+    raise cli.UserError("--spectrum needs --dataset (a prepared folder, 'synthetic' or 'photo')")
   if main_process:
     os.makedirs(out, exist_ok=True)
   summary = {}

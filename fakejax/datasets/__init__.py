@@ -8,6 +8,7 @@
 """
 
 from fakejax.datasets.builder import prepare_folder
+from fakejax.datasets.builder import photo_dataset
 from fakejax.datasets.builder import synthetic_dataset
 from fakejax.datasets.checks import format_summary
 from fakejax.datasets.images import BadImage
@@ -30,12 +31,18 @@ from fakejax.datasets.reader import GROUP_BY
 
 __all__ = ["BadImage", "Dataset", "DatasetError", "FAKE", "GROUP_BY", "LAYOUT_HELP", "LAYOUTS",
            "LayoutError", "Names", "REAL", "SPLITS", "STORAGES", "decode_png", "format_summary",
-           "hash_split", "load_rgb", "open_dataset", "parse_pairs", "prepare_folder", "scan",
-           "synthetic_dataset"]
+           "hash_split", "load_rgb", "open_dataset", "open_named", "parse_pairs", "photo_dataset",
+           "prepare_folder", "scan", "synthetic_dataset"]
 
 
 def open_dataset(data_cfg):
-  """The Dataset named by a config's `data` block (a prepared folder, or synthetic)."""
+  """The Dataset named by a config's `data` block (a prepared folder, 'photo', or synthetic)."""
+  if data_cfg.dir == "photo":
+    p = data_cfg.photo
+    return photo_dataset(data_cfg.cache_dir, size=p.size,
+                         counts=(("train", p.train), ("val", p.val), ("test", p.test)), seed=p.seed,
+                         families=tuple(p.families), postprocess=p.postprocess,
+                         gen_steps=p.gen_steps, storage=p.storage)
   if data_cfg.dir:
     return Dataset(data_cfg.dir)
   syn = data_cfg.synthetic
@@ -43,3 +50,14 @@ def open_dataset(data_cfg):
                            counts=(("train", syn.train), ("val", syn.val), ("test", syn.test)),
                            seed=syn.seed, categories=tuple(syn.categories),
                            families=tuple(syn.families), storage=syn.get("storage", "png"))
+
+
+def open_named(name):
+  """A prepared dataset folder, or an embedded benchmark by name ('synthetic', 'photo') as the
+  default config makes it."""
+  if name in ("synthetic", "photo"):
+    from fakejax import defaults  # pylint: disable=g-import-not-at-top
+    data = defaults.get_config().data
+    data.dir = "" if name == "synthetic" else name
+    return open_dataset(data)
+  return Dataset(name)

@@ -36,6 +36,7 @@ from tensorflow_datasets.core import example_serializer
 from tensorflow_datasets.core import naming
 import tqdm
 
+from fakejax import photo
 from fakejax import synthetic
 from fakejax.datasets import checks
 from fakejax.datasets import images
@@ -146,30 +147,61 @@ def builder_dir(path):
 
 class _Index:
   """A split's side index (INDEX_COLUMNS), built row by row in compact form: numbers in arrays,
-  repeated names (generator, category, folder, format) shared, about 300 bytes a row."""
+  content hashes as 16 bytes in one buffer, repeated names (generator, category, folder,
+  format) shared, the path the scan's own string: about 100 bytes a row."""
 
   NUMBERS = ("label", "class_label", "height", "width")
-  UNIQUE = ("path", "hash")
+  UNIQUE = ("path",)
 
   def __init__(self):
     self.cols = {k: array.array("q") if k in self.NUMBERS else [] for k in INDEX_COLUMNS}
+    self.cols["hash"] = bytearray()
 
   def add(self, **row):
     for k in INDEX_COLUMNS:
       v = row[k]
-      self.cols[k].append(sys.intern(v) if k not in self.NUMBERS + self.UNIQUE else v)
+      if k == "hash":  # Hex (images.pixel_hash) or the 16 bytes.
+        self.cols[k] += bytes.fromhex(v) if isinstance(v, str) else v
+      else:
+        self.cols[k].append(sys.intern(v) if k not in self.NUMBERS + self.UNIQUE else v)
+
+  def digest(self, row):
+    return bytes(self.cols["hash"][16 * row:16 * row + 16])
 
   def __len__(self):
     return len(self.cols["label"])
 
 
+def _column_dtype(ix, k):
+  if k in _Index.NUMBERS:
+    return np.dtype(np.int64)
+  if k == "hash":
+    return np.dtype("<U32")  # Hex, as images.pixel_hash gives it.
+  return np.dtype(f"<U{max(map(len, ix.cols[k]), default=1) or 1}")
+
+
+def _column_chunks(ix, k, chunk=1 << 16):
+  """Column k of an _Index as numpy arrays of at most `chunk` rows."""
+  col, n = ix.cols[k], len(ix)
+  for i in range(0, n, chunk):
+    if k == "hash":
+      yield np.asarray([col[j:j + 16].hex() for j in range(16 * i, 16 * min(n, i + chunk), 16)])
+    else:
+      yield np.asarray(col[i:i + chunk])
+
+
 def _save_index(path, index):
-  """Writes {split: _Index} as an .npz (keys 'split/column'), one column in memory at a time."""
+  """Writes {split: _Index} as an .npz (keys 'split/column'), a chunk of rows at a time: no
+  column is ever one array in memory (720k long paths as numpy unicode would take ~300 MB)."""
   with zipfile.ZipFile(path, "w", allowZip64=True) as z:
     for split, ix in index.items():
       for k in INDEX_COLUMNS:
+        dtype = _column_dtype(ix, k)
         with z.open(f"{split}/{k}.npy", "w", force_zip64=True) as f:
-          np.lib.format.write_array(f, np.asarray(ix.cols[k]), allow_pickle=False)
+          np.lib.format.write_array_header_1_0(f, {
+              "descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (len(ix),)})
+          for c in _column_chunks(ix, k):
+            f.write(c.astype(dtype).tobytes())
 
 
 def _write(out, examples, class_names, storage, meta, index):
@@ -295,14 +327,16 @@ def prepare_folder(root, out, layout="auto", fractions=(0.56, 0.24, 0.20), seed=
   workers = default_workers(len(items)) if workers is None else workers
   skipped, removed = [], []
   index = {s: _Index() for s in by_split}
-  first_seen = {}  # Content hash -> its first record, row * 4 + split index (leakage, --dedup).
+  # A content hash's first record, row * 4 + split index (leakage, --dedup), keyed by the hash's
+  # first 8 bytes (an int: a third of the memory of the hash itself; the whole hash is checked).
+  first_seen = {}
   leaked, leaks = set(), {}  # Hashes in several splits; their paths (the first 20, without --dedup).
   t0 = time.perf_counter()
   bar = tqdm.tqdm(total=len(items), desc="prepare", unit="img", dynamic_ncols=True)
 
   def examples(split, pool):
     def gen():
-      tasks = [(os.path.join(root, it.path), storage, max_pixels, min_size) for it in by_split[split]]
+      tasks = ((os.path.join(root, it.path), storage, max_pixels, min_size) for it in by_split[split])
       ix = index[split]
       for it, res in zip(by_split[split], _in_order(_decode_file, tasks, pool, 64 * max(workers, 1))):
         bar.update()
@@ -310,8 +344,8 @@ def prepare_folder(root, out, layout="auto", fractions=(0.56, 0.24, 0.20), seed=
           skipped.append({"path": it.path, "reason": res[1]})
           continue
         _, data, shape, digest, fmt = res
-        seen = first_seen.get(digest)
-        seen = None if seen is None else (SPLITS[seen % 4], seen // 4)
+        digest = bytes.fromhex(digest)
+        seen = _first_seen(first_seen, index, digest)
         if seen is not None and seen[0] != split:  # The same pixels in an earlier split.
           leaked.add(digest)
           if dedup:
@@ -320,7 +354,7 @@ def prepare_folder(root, out, layout="auto", fractions=(0.56, 0.24, 0.20), seed=
           if digest in leaks or len(leaks) < 20:
             leaks.setdefault(digest, [index[seen[0]].cols["path"][seen[1]]]).append(it.path)
         elif seen is None:
-          first_seen[digest] = len(ix) * 4 + SPLITS.index(split)
+          _add_first_seen(first_seen, digest, len(ix) * 4 + SPLITS.index(split))
         label, class_label = int(it.class_name != REAL), class_names.index(it.class_name)
         ix.add(label=label, class_label=class_label, source=it.source, category=it.category,
                group=it.group, path=it.path, hash=digest, height=shape[0], width=shape[1], format=fmt)
@@ -364,6 +398,28 @@ def prepare_folder(root, out, layout="auto", fractions=(0.56, 0.24, 0.20), seed=
   with open(os.path.join(out, "build_summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
   return reader.Dataset(out, meta), summary
+
+
+def _prefix(digest):
+  return int.from_bytes(digest[:8], "little")
+
+
+def _first_seen(first_seen, index, digest):
+  """(split, row) of the first record with these pixels (first_seen, see prepare_folder), or None."""
+  codes = first_seen.get(_prefix(digest))
+  for code in [] if codes is None else codes if isinstance(codes, list) else [codes]:
+    split, row = SPLITS[code % 4], code // 4
+    if index[split].digest(row) == digest:
+      return split, row
+  return None
+
+
+def _add_first_seen(first_seen, digest, code):
+  """One int per hash; a list only where two hashes share their first 8 bytes."""
+  key = _prefix(digest)
+  old = first_seen.setdefault(key, code)
+  if old is not code:
+    first_seen[key] = (old if isinstance(old, list) else [old]) + [code]
 
 
 def _class_columns(index, splits, class_label):
@@ -444,13 +500,87 @@ def synthetic_dataset(root, size=64, counts=(("train", 200), ("val", 50), ("test
   try:
     with _workers(workers) as pool:
       _write(tmp, {s: examples(s, pool) for s in tasks}, class_names, storage, meta, index)
-    os.makedirs(root, exist_ok=True)
-    try:
-      os.rename(tmp, out)
-    except OSError:  # Another process finished the same cache first.
-      if not os.path.exists(os.path.join(out, "fakejax.json")):
-        raise
+    _publish(root, tmp, out)
   finally:
     bar.close()
+    shutil.rmtree(tmp, ignore_errors=True)
+  return reader.Dataset(out)
+
+
+def _publish(root, tmp, out):
+  """Renames a complete benchmark build into place (a crash never leaves a half cache)."""
+  os.makedirs(root, exist_ok=True)
+  try:
+    os.rename(tmp, out)
+  except OSError:  # Another process finished the same cache first.
+    if not os.path.exists(os.path.join(out, "fakejax.json")):
+      raise
+
+
+def photo_dataset(root, size=64, counts=(("train", 2000), ("val", 400), ("test", 400)), seed=0,
+                  families=photo.FAMILIES, postprocess="", gen_steps=photo.GEN_STEPS, storage="png",
+                  photos=None):
+  """The photo benchmark (fakejax.photo) under `root`, generated on first use.
+
+  Args:
+    root: cache folder; each parameter set (and set of photographs found) gets its own sub-folder.
+    size: crop side (a multiple of 8).
+    counts: (split, number of reals) pairs: train/val get as many fakes of the first family,
+      test as many reals and fakes per family.
+    seed: generation seed (generators' initialisation and training, crops, post-processing).
+    families: generator families (photo.FAMILIES); the first is the training family.
+    postprocess: '' or e.g. 'jpeg:65-100,resize:1-1.25', the same for reals and fakes.
+    gen_steps: training steps of each generator.
+    storage: 'png' or 'raw'.
+    photos: the photographs (default: photo.find_photos()).
+
+  Returns:
+    the reader.Dataset.
+  """
+  photos = photo.find_photos() if photos is None else photos
+  params = {"size": size, "counts": [list(c) for c in counts], "seed": seed, "families": list(families),
+            "postprocess": postprocess, "gen_steps": gen_steps, "version": FORMAT_VERSION,
+            "photos": [[p.name, os.path.getsize(p.path)] for p in photos]}
+  if storage != "png":
+    params["storage"] = storage
+  key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
+  out = os.path.join(root, f"photo_{size}px_{key}")
+  if os.path.exists(os.path.join(out, "fakejax.json")):
+    return reader.Dataset(out)
+  logging.warning("Generating the photo benchmark in %s (%d photographs)", out, len(photos))
+  tmp = f"{out}.tmp{os.getpid()}"
+  shutil.rmtree(tmp, ignore_errors=True)
+  class_names = (REAL,) + tuple(families)
+  splits = [s for s, n in counts if n > 0]
+  index = {s: _Index() for s in splits}
+  t0 = time.perf_counter()
+  rows = photo.generate(dict((s, n) for s, n in counts if n > 0), size, seed, tuple(families),
+                        postprocess, gen_steps, photos, log=logging.warning)
+  pending = {"row": next(rows, None)}
+
+  def examples(split):
+    def gen():
+      while pending["row"] is not None and pending["row"][0] == split:
+        ex = pending["row"][1]
+        label, class_label = int(ex["source"] != REAL), class_names.index(ex["source"])
+        index[split].add(label=label, class_label=class_label, source=ex["source"],
+                         category=ex["category"], group=ex["group"], path=ex["name"],
+                         hash=images.pixel_hash(ex["image"]), height=size, width=size, format="PNG")
+        yield {"image": images.encode(ex["image"], storage), "shape": np.asarray((size, size, 3), np.int32),
+               "label": label, "class_label": class_label}
+        pending["row"] = next(rows, None)
+    return gen
+
+  meta = {"kind": "photo", "layout": "photo", "classes": list(class_names), "pairs": {}, **params}
+  try:
+    order = sorted(splits)  # photo.generate yields the splits in sorted order.
+    _write(tmp, {s: examples(s) for s in order}, class_names, storage, meta, index)
+    stats = {c: checks.class_stats(*_class_columns(index, order, class_names.index(c)))
+             for c in class_names}
+    with open(os.path.join(tmp, "build_summary.json"), "w") as f:
+      json.dump({"class_stats": stats, "warnings": checks.format_bias_warnings(stats),
+                 "seconds": time.perf_counter() - t0, "photos": [p.name for p in photos]}, f, indent=2)
+    _publish(root, tmp, out)
+  finally:
     shutil.rmtree(tmp, ignore_errors=True)
   return reader.Dataset(out)
