@@ -4,14 +4,16 @@ and resizing, for training augmentation, test-time augmentation and the robustne
 Random ops take a numpy Generator, so one seed gives one augmented batch. The training
 defaults touch no pixel values: random crop and flip only. Resampling (resize, rotation,
 shift, zoom) is opt-in because it erases the up-sampling fingerprints a detector must see;
-blur + JPEG follow Wang et al. 2020 (blur_prob / blur_sig / jpg_prob / jpg_qual).
+blur + JPEG follow Wang et al. 2020 (blur_prob / blur_sig / jpg_prob / jpg_qual). After the
+crop and flip, SAFE's (Li et al. 2025) rotation, colour jitter and patch masking
+(spin / color_jitter / mask_*), each as torchvision does it on a PIL image.
 """
 
 import dataclasses
 import io
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image, ImageEnhance, ImageFilter
 from scipy import ndimage
 
 from fakejax import cli
@@ -21,17 +23,22 @@ class TooSmall(cli.UserError):
   """An image smaller than the crop or patch the pipeline needs."""
 
 
+TOO_SMALL = ("error", "pad", "zero")
+
+
 def fit(img, size, policy, name=""):
-  """Checks that img is at least size x size; pads it (reflect) if policy == 'pad'."""
+  """Checks that img is at least size x size; else pads it, the shortfall split as torchvision's
+  CenterCrop does (half before, the rest after): reflected if policy == 'pad', black if 'zero'
+  (torchvision's fill)."""
   h, w = img.shape[:2]
   if h >= size and w >= size:
     return img
-  if policy != "pad":
+  if policy not in ("pad", "zero"):
     raise TooSmall(f"{name or 'image'} is {w}x{h}, smaller than the {size}x{size} crop/patch; "
-                   "use larger images, a smaller data.image_size, or data.too_small='pad'")
+                   "use larger images, a smaller data.image_size, or data.too_small='pad' or 'zero'")
   ph, pw = max(size - h, 0), max(size - w, 0)
-  return np.pad(img, ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)), mode="reflect"
-                if min(h, w) > 1 else "edge")
+  mode = "constant" if policy == "zero" else "reflect" if min(h, w) > 1 else "edge"
+  return np.pad(img, ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)), mode=mode)
 
 
 def random_crop(img, size, rng):
@@ -41,8 +48,9 @@ def random_crop(img, size, rng):
 
 
 def center_crop(img, size):
+  """torchvision's CenterCrop offsets: round((side - size) / 2), halves to even (Python's round)."""
   h, w = img.shape[:2]
-  y, x = (h - size) // 2, (w - size) // 2
+  y, x = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
   return img[y:y + size, x:x + size]
 
 
@@ -103,6 +111,42 @@ def rotate(img, angle):
   out = ndimage.rotate(img.astype(np.float32), angle, axes=(1, 0), reshape=False, order=1,
                        mode="nearest")
   return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def spin(img, rng, degrees):
+  """torchvision RandomRotation(degrees) on a PIL image: an angle from U(-degrees, degrees),
+  nearest neighbour, same size, the corners filled with black."""
+  angle = float(rng.uniform(-degrees, degrees))
+  return np.asarray(Image.fromarray(img).rotate(angle, Image.NEAREST, expand=False, fillcolor=0))
+
+
+def color_jitter(img, rng, brightness, contrast, saturation):
+  """torchvision ColorJitter(brightness, contrast, saturation) on a PIL image: each factor from
+  U(1 - v, 1 + v), the three adjustments (PIL's ImageEnhance, as torchvision calls them) in a
+  random order."""
+  ops = [(ImageEnhance.Brightness, brightness), (ImageEnhance.Contrast, contrast),
+         (ImageEnhance.Color, saturation)]
+  factors = [rng.uniform(1 - v, 1 + v) if v else None for _, v in ops]
+  im = Image.fromarray(img)
+  for i in rng.permutation(len(ops)):
+    if factors[i] is not None:
+      im = ops[i][0](im).enhance(float(factors[i]))
+  return np.asarray(im)
+
+
+def random_mask(img, rng, ratio, patch):
+  """SAFE's RandomMask (once drawn to apply): a ratio from U(ratio), then that share of the
+  image's patch x patch grid cells, distinct and drawn uniformly, set to 0 in every channel."""
+  h, w = img.shape[:2]
+  rows, cols = h // patch, w // patch
+  n = min(int(h * w * rng.uniform(*ratio) / patch**2), rows * cols)
+  if not n:
+    return img
+  out = img.copy()
+  for cell in rng.choice(rows * cols, n, replace=False):
+    y, x = (cell // cols) * patch, (cell % cols) * patch
+    out[y:y + patch, x:x + patch] = 0
+  return out
 
 
 def gamma(img, g):
@@ -217,7 +261,8 @@ def tta_copies(specs, seed=0):
 
 
 def train_augment(img, rng, aug, size, too_small="error", name=""):
-  """The training recipe: [resize] -> [affine] -> blur -> JPEG -> crop -> flip.
+  """The training recipe: [resize] -> [affine] -> blur -> JPEG -> crop -> flip, then SAFE's
+  [spin] -> [colour jitter] -> [patch mask].
 
   Blur and JPEG come before the crop as in Wang et al.: the JPEG block grid stays
   aligned with the full image, as it is for a real re-compressed upload.
@@ -227,7 +272,7 @@ def train_augment(img, rng, aug, size, too_small="error", name=""):
     rng: numpy Generator.
     aug: the config's `aug` block.
     size: crop size (0: no crop, keep the full image).
-    too_small: 'error' or 'pad' for images smaller than `size`.
+    too_small: 'error', 'pad' or 'zero' for images smaller than `size` (fit).
     name: file name for error messages.
 
   Returns:
@@ -246,4 +291,10 @@ def train_augment(img, rng, aug, size, too_small="error", name=""):
     img = random_crop(img, size, rng) if aug.crop == "random" else center_crop(img, size)
   if aug.flip and rng.uniform() < aug.flip:
     img = img[:, ::-1]
+  if aug.get("spin"):
+    img = spin(np.ascontiguousarray(img), rng, aug.spin)
+  if any(aug.get("color_jitter", ())):
+    img = color_jitter(np.ascontiguousarray(img), rng, *aug.color_jitter)
+  if aug.get("mask_prob") and rng.uniform() < aug.mask_prob:
+    img = random_mask(img, rng, aug.mask_ratio, aug.mask_patch)
   return img  # A view: batching copies it once, into the batch.

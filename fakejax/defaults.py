@@ -32,6 +32,9 @@ def get_config():
                                       #   (nnx.remat): less memory, about one more forward pass.
   c.model.preprocess = "auto"         # 'minus_one_one' (Keras), 'imagenet' (torchvision), 'unit';
                                       #   'auto': that of init_from's weights, else the architecture's.
+  c.model.front = "none"              # Input front-end after the normalisation (models.fronts):
+                                      #   'npr' (NPR's residual), 'safe_dwt' (SAFE's bior1.3 HH band).
+  c.model.single_logit = False        # Binary head of one logit z (BCE; NPR), scored as [0, z].
   c.model.init_from = ""              # Start from: a folder written by `fakejax.convert`,
                                       #   'keras:FILE.h5', 'torchvision:FILE', or a run's workdir.
   c.model.transfer = "finetune"       # 'finetune' (all trains), 'linear_probe' (only the head trains;
@@ -80,6 +83,8 @@ def get_config():
   c.data.photo.postprocess = ""       # e.g. 'jpeg:65-100,resize:1-1.25': the same for both classes.
   c.data.photo.gen_steps = photo.GEN_STEPS   # Training steps of each generator.
   c.data.photo.storage = "png"
+  c.data.photo.train_all = False      # train/val hold every family (each with its own reals), so that
+                                      #   data.train_sources can pick any (the cross-GAN matrix).
 
   c.aug = ml_collections.ConfigDict()
   c.aug.crop = "random"               # 'random' or 'center'.
@@ -93,7 +98,14 @@ def get_config():
   c.aug.jpg_prob = 0.0                #   JPEG re-compression probability,
   c.aug.jpg_qual = (30, 100)          #   quality range,
   c.aug.jpg_method = "pil"            #   encoder: 'pil' or 'cv2'.
+  c.aug.spin = 0.0                    # SAFE, after crop and flip: rotation from U(-spin, spin) degrees,
+                                      #   nearest, black corners (torchvision RandomRotation),
+  c.aug.color_jitter = (0.0, 0.0, 0.0)  # brightness, contrast, saturation (torchvision ColorJitter),
+  c.aug.mask_prob = 0.0               #   RandomMask: probability,
+  c.aug.mask_ratio = (0.0, 0.75)      #   share of the image masked, drawn from this range,
+  c.aug.mask_patch = 16               #   in patch x patch grid cells set to 0.
 
+  c.label_smoothing = 0.0             # Cross-entropy against (1 - a) one-hot + a / classes (SAFE: 0.1).
   c.batch_size = 64                   # Global batch (images); must divide by the device count.
   c.num_epochs = 50
   c.total_steps = 0                   # > 0 overrides num_epochs.
@@ -105,8 +117,12 @@ def get_config():
   c.optim.schedule = "constant"       # 'constant', 'cosine', 'exponential' or 'step'.
   c.optim.decay_every = 0             # 'step' schedule: steps per decay (0: 10 decays in all).
   c.optim.warmup_steps = 0
+  c.optim.warmup_epochs = 0.0         # > 0: warm-up in epochs (overrides warmup_steps).
+  c.optim.decay_every_epochs = 0.0    # > 0: 'step' decay interval in epochs (overrides decay_every).
+  c.optim.decay_begin_epochs = 0.0    # 'step'/'exponential': decays start after this many epochs.
+  c.optim.decay_rate = 0.0            # 'step'/'exponential': factor per decay (0: reach end_lr at the end).
   c.optim.momentum = 0.9              # SGD.
-  c.optim.weight_decay = 0.0          # AdamW.
+  c.optim.weight_decay = 0.0          # AdamW (on kernels, ndim >= 2; biases and BatchNorm undecayed).
   c.optim.accumulate_steps = 1        # > 1: each step's batch runs as this many micro-batches whose
                                       #   gradients are averaged (less memory, same batch).
 

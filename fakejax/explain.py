@@ -107,7 +107,7 @@ def resolve_layer(model, layer=None):
     cli.UserError: naming the known layers.
   """
   names = models.layer_names(model)
-  layer = layer or type(model).CAM_LAYER
+  layer = layer or model.CAM_LAYER
   if layer not in names:
     raise cli.UserError(f"Unknown layer {layer!r} for {type(model).__name__}; known: {', '.join(names)}")
   return layer

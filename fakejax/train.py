@@ -49,31 +49,42 @@ OPERATIONAL_KEYS = ("data.workers", "data.cache_dir", "log_every_steps", "keep_c
 # ---------------------------------------------------------------------------
 # Model and optimizer.
 # ---------------------------------------------------------------------------
-def create_learning_rate_fn(optim, total_steps):
-  """constant / cosine / exponential / step decay from lr to end_lr, after a linear warmup."""
-  steps = max(total_steps - optim.warmup_steps, 1)
+def create_learning_rate_fn(optim, total_steps, steps_per_epoch=1):
+  """constant / cosine / exponential / step decay from lr to end_lr, after a linear warmup.
+
+  Keys in epochs (warmup_epochs, decay_every_epochs, decay_begin_epochs), when set, count
+  `steps_per_epoch` steps each. 'step' with decay_rate multiplies the lr by it every decay_every
+  steps from decay_begin on (NPR: x0.9 at the start of epochs 11, 21, 31 and 41), never below
+  end_lr; without decay_rate, it reaches end_lr at the end.
+  """
+  in_steps = lambda epochs, steps: round(epochs * steps_per_epoch) if epochs else steps
+  warmup = in_steps(optim.get("warmup_epochs", 0), optim.warmup_steps)
+  steps = max(total_steps - warmup, 1)
   if optim.schedule == "constant":
     main = optax.constant_schedule(optim.lr)
   elif optim.schedule == "cosine":
     main = optax.cosine_decay_schedule(optim.lr, steps, alpha=optim.end_lr / optim.lr)
   elif optim.schedule in ("exponential", "step"):
-    every = (optim.decay_every or max(steps // 10, 1)) if optim.schedule == "step" else 1
-    n_decays = max(steps // every, 1)
-    main = optax.exponential_decay(optim.lr, every, (optim.end_lr / optim.lr) ** (1 / n_decays),
+    every = in_steps(optim.get("decay_every_epochs", 0), optim.decay_every)
+    every = (every or max(steps // 10, 1)) if optim.schedule == "step" else 1
+    begin = in_steps(optim.get("decay_begin_epochs", 0), 0)
+    rate = optim.get("decay_rate", 0) or (optim.end_lr / optim.lr) ** (1 / max((steps - begin) // every, 1))
+    main = optax.exponential_decay(optim.lr, every, rate, transition_begin=begin,
                                    staircase=optim.schedule == "step", end_value=optim.end_lr)
   else:
     raise cli.UserError(f"Unknown schedule {optim.schedule!r}; known: constant, cosine, exponential, step")
-  if not optim.warmup_steps:
+  if not warmup:
     return main
-  warm = optax.linear_schedule(0.0, optim.lr, optim.warmup_steps)
-  return optax.join_schedules([warm, main], [optim.warmup_steps])
+  warm = optax.linear_schedule(0.0, optim.lr, warmup)
+  return optax.join_schedules([warm, main], [warmup])
 
 
 def create_optimizer(optim, lr_fn):
   if optim.name == "adam":
     return optax.adam(lr_fn)
-  if optim.name == "adamw":
-    return optax.adamw(lr_fn, weight_decay=optim.weight_decay)
+  if optim.name == "adamw":  # Decay on kernels only (ndim >= 2), not biases or BatchNorm: SAFE's and timm's groups.
+    return optax.adamw(lr_fn, weight_decay=optim.weight_decay,
+                       mask=lambda params: jax.tree.map(lambda p: p.ndim >= 2, params))
   if optim.name == "sgd":
     return optax.sgd(lr_fn, momentum=optim.momentum or None)
   raise cli.UserError(f"Unknown optimizer {optim.name!r}; known: adam, adamw, sgd")
@@ -102,6 +113,15 @@ def freeze_batch_norm(model):
   for _, m in nnx.iter_modules(model):
     if isinstance(m, nnx.BatchNorm):
       m.eval()
+
+
+def classification_loss(logits, labels, label_smoothing=0.0):
+  """Mean cross-entropy; with `label_smoothing` a, against (1 - a) one-hot + a / classes
+  (PyTorch's CrossEntropyLoss(label_smoothing=a), timm's LabelSmoothingCrossEntropy)."""
+  if not label_smoothing:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+  target = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+  return optax.softmax_cross_entropy(logits, target).mean()
 
 
 def contrastive_loss(embeddings, labels, margin):
@@ -136,10 +156,11 @@ class TrainState:
   cross-entropy (stage 2), each with its own optimizer.
   """
 
-  def __init__(self, config, num_classes, total_steps, mesh):
+  def __init__(self, config, num_classes, total_steps, mesh, steps_per_epoch=1):
     self.config = config
     self.replicated = sharding.replicated(mesh)
-    self.preprocess = models.resolve_preprocess(config.model.name, config.model.preprocess)
+    self.preprocess = models.resolve_preprocess(config.model.name, config.model.preprocess,
+                                                 front=config.model.front)
     staged = models.get(config.model.name) is models.deepfd.DeepFD
     fd, transfer = config.deepfd, config.model.transfer
     if transfer not in TRANSFER_MODES:
@@ -156,7 +177,7 @@ class TrainState:
       self.stage_steps = {0: total_steps}
       self.wrt = {0: nnx.All(nnx.Param, nnx.PathContains("head")) if transfer == "linear_probe"
                   else nnx.Param}
-    self.lr_fns = {k: create_learning_rate_fn(config.optim, n) for k, n in self.stage_steps.items()}
+    self.lr_fns = {k: create_learning_rate_fn(config.optim, n, steps_per_epoch) for k, n in self.stage_steps.items()}
 
     def init(seed):
       model = models.from_config(config.model, num_classes, seed=jax.random.key(seed))
@@ -237,7 +258,7 @@ def make_train_step(ts, stage=0):
         loss, d_same, d_other = contrastive_loss(model.embed(x), labels, cfg.deepfd.margin)
         return loss, {"dist_same": d_same, "dist_other": d_other}
       logits = model(x, rngs=key)
-      loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+      loss = classification_loss(logits, labels, cfg.label_smoothing)
       return loss, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
 
     grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, ts.wrt[stage]), has_aux=True)
@@ -562,7 +583,7 @@ def train_and_evaluate(config, workdir, devices=None, *, evaluate_fn=None, preem
 
   # --- State, restored or new -----------------------------------------------------------
   ts = TrainState(config, data.num_classes,
-                  config.total_steps or config.num_epochs * data.steps_per_epoch, mesh)
+                  config.total_steps or config.num_epochs * data.steps_per_epoch, mesh, data.steps_per_epoch)
   ckpt = checkpoint.Checkpointer(workdir, config.keep_checkpoints)
   state, meta = restore_or_init(config, ts, ckpt, data.train_iter)
   step = meta["step"]

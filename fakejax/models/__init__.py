@@ -12,6 +12,7 @@ from fakejax import cli
 from fakejax.models import bit
 from fakejax.models import deepfd
 from fakejax.models import fold
+from fakejax.models import fronts
 from fakejax.models import mobilenet
 from fakejax.models import resnet
 from fakejax.models import xception
@@ -23,6 +24,8 @@ MODELS = {
     "resnet50": functools.partial(resnet.ResNet, 50),
     "resnet101": functools.partial(resnet.ResNet, 101),
     "bit_resnet50": functools.partial(bit.BiT, 50),
+    # NPR's and SAFE's truncated ResNet-50 (stem 3x3/2, layer1-2): resnet.py's docstring.
+    "resnet_trunc": functools.partial(resnet.ResNet, 50, stages=2, stem_kernel=3),
 }
 
 # The model inference runs (eval mode, BatchNorm folded, forward-only kernels): fold.py.
@@ -35,7 +38,7 @@ PREPROCESS = ("minus_one_one", "imagenet", "unit")
 # 'auto' without pretrained weights: the convention of the architecture's usual weights.
 NATIVE_PREPROCESS = {"xception": "minus_one_one", "mobilenet_v2": "minus_one_one",
                      "resnet50": "imagenet", "resnet101": "imagenet", "deepfd": "unit",
-                     "bit_resnet50": "minus_one_one"}
+                     "bit_resnet50": "minus_one_one", "resnet_trunc": "imagenet"}
 
 
 def create(name, num_classes, *, seed=0, dtype="float32", **kwargs):
@@ -65,17 +68,25 @@ def get(name):
   return MODELS[name]
 
 
-def resolve_preprocess(name, mode, weights_mode=None):
-  """The concrete preprocessing: `mode`, or for 'auto' the weights' own, else the architecture's."""
+def resolve_preprocess(name, mode, weights_mode=None, front="none"):
+  """The concrete input: `mode`, or for 'auto' the weights' own, else the architecture's; then
+  '+front' when the model has an input front-end (fronts.FRONTS), e.g. 'imagenet+npr'."""
   if mode == "auto":
-    return weights_mode or NATIVE_PREPROCESS.get(name, "minus_one_one")
+    mode = weights_mode or NATIVE_PREPROCESS.get(name, "minus_one_one")
   if mode not in PREPROCESS:
     raise ValueError(f"Unknown preprocess {mode!r}; known: auto, {', '.join(PREPROCESS)}")
-  return mode
+  front = fronts.check(front)
+  return mode if front == "none" else f"{mode}+{front}"
 
 
 def preprocess(images, mode, dtype=jnp.float32):
-  """uint8 NHWC pixels -> normalised float input ('minus_one_one', 'imagenet' or 'unit')."""
+  """uint8 NHWC pixels -> model input: normalised ('minus_one_one', 'imagenet' or 'unit'), then
+  through the front-end named after a '+' (fronts.apply), e.g. 'imagenet+npr'."""
+  mode, _, front = mode.partition("+")
+  return fronts.apply(front or "none", _normalise(images, mode, dtype))
+
+
+def _normalise(images, mode, dtype):
   x = images.astype(jnp.float32)
   if mode == "minus_one_one":
     x = x / 127.5 - 1.0
@@ -127,6 +138,8 @@ def layer_shapes(model, image_size, batch=1):
 def from_config(model_cfg, num_classes, seed=0):
   """The model a config's `model` block describes (architecture options by name)."""
   kw = dict(dropout=model_cfg.dropout, width=model_cfg.width, remat=model_cfg.remat)
+  if model_cfg.get("single_logit"):
+    kw["single_logit"] = True
   if model_cfg.name == "xception":
     kw["middle_blocks"] = model_cfg.middle_blocks
   if model_cfg.name != "deepfd":  # DeepFD has no reference framework to copy initialisers from.

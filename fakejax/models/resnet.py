@@ -1,7 +1,14 @@
-"""ResNet-50/101, torchvision's v1.5 layout (stride on the 3x3 conv of a bottleneck).
+"""ResNet-50/101, torchvision's v1.5 layout (stride on the 3x3 conv of a bottleneck), and the
+truncated ResNet-50 of NPR and SAFE.
 
 Backbone parameter counts (torchvision `parameters()`, BatchNorm statistics are
 buffers there and not counted): 23,508,032 (50) and 42,500,160 (101).
+
+`resnet_trunc` is NPR's and SAFE's network (chuangchuangtan/NPR-DeepfakeDetection and
+Ouxiang-Li/SAFE, networks/resnet.py and models/resnet.py): a 3x3 stride-2 stem (no bias), BN,
+ReLU, max-pool 3/2, then ResNet-50's layer1 and layer2 only (512 features), global average pool
+and the classifier: 1,437,248 backbone parameters (1,437,761 with NPR's 1-logit head, 1,438,274
+with SAFE's 2 logits).
 BatchNorm epsilon 1e-5, momentum 0.1 in torch terms (0.9 here).
 """
 
@@ -42,25 +49,35 @@ class ResNet(nnx.Module):
   CAM_LAYER = "layer4"
 
   def __init__(self, depth=50, num_classes=2, dropout=0.0, width=1.0, dtype=jnp.float32,
-               bn_momentum=TORCH_MOMENTUM, init="reference", remat=False, *, rngs):
+               bn_momentum=TORCH_MOMENTUM, init="reference", remat=False, stages=4, stem_kernel=7,
+               single_logit=False, *, rngs):
+    """`stages` < 4 keeps the first stages only; `stem_kernel` 3 is NPR/SAFE's 3x3 stem;
+    `single_logit`: a 1-output head z (NPR's BCE head) returned as the logits [0, z], whose
+    softmax is exactly [1 - sigmoid(z), sigmoid(z)] and whose cross-entropy is BCE on z."""
     if depth not in DEPTHS:
       raise ValueError(f"Unknown ResNet depth {depth}; known: {sorted(DEPTHS)}")
+    if single_logit and num_classes != 2:
+      raise ValueError(f"single_logit is a binary head, got {num_classes} classes")
     c = lambda n: max(4, int(round(n * width)))
     bn = dict(momentum=bn_momentum, epsilon=TORCH_EPSILON)
     kw = dict(bn=bn, dtype=dtype, rngs=rngs, kernel_init=inits.conv(init, "torchvision"))
-    self.stem = layers.ConvBN(3, c(64), 7, 2, ((3, 3), (3, 3)), **kw)
-    stages, cin = [], c(64)
-    for i, n in enumerate(DEPTHS[depth]):
+    pad = stem_kernel // 2
+    self.stem = layers.ConvBN(3, c(64), stem_kernel, 2, ((pad, pad), (pad, pad)), **kw)
+    stages_, cin = [], c(64)
+    for i, n in enumerate(DEPTHS[depth][:stages]):
       blocks = []
       for b in range(n):
         blocks.append(Bottleneck(cin, c(64 * 2**i), 2 if (b == 0 and i > 0) else 1, **kw))
         cin = c(64 * 2**i) * Bottleneck.expansion
-      stages.append(nnx.List(blocks))
-    self.stages = nnx.List(stages)
+      stages_.append(nnx.List(blocks))
+    self.stages = nnx.List(stages_)
     self.dropout = nnx.Dropout(dropout)
-    self.head = nnx.Linear(cin, num_classes, dtype=dtype, rngs=rngs, **inits.dense(init, "torchvision", cin))
+    self.single_logit = single_logit
+    self.head = nnx.Linear(cin, 1 if single_logit else num_classes, dtype=dtype, rngs=rngs,
+                           **inits.dense(init, "torchvision", cin))
     self.num_features = cin
     self.remat = remat
+    self.CAM_LAYER = f"layer{len(self.stages)}"
 
   def layer_names(self):
     """The names `taps` sees, in forward order (torchvision's module names).
@@ -89,4 +106,5 @@ class ResNet(nnx.Module):
         x = tap(f"layer{i + 1}.{j}", layers.call_block(blk, x, self.remat))
       x = tap(f"layer{i + 1}", x)
     x = layers.global_avg_pool(x)
-    return self.head(self.dropout(x, rngs=rngs)).astype(jnp.float32)
+    logits = self.head(self.dropout(x, rngs=rngs)).astype(jnp.float32)
+    return jnp.concatenate([jnp.zeros_like(logits), logits], -1) if self.single_logit else logits
