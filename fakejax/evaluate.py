@@ -5,6 +5,7 @@ print.
   python -m fakejax.evaluate --workdir runs/quick
   python -m fakejax.evaluate --workdir RUN --dataset /data/fj/cnndetection --mode whole
   python -m fakejax.evaluate --workdir RUN --mode grid --patch_size 16
+  python -m fakejax.evaluate --workdir RUN --preset npr_forensynths   # a repository's test transform
   python -m fakejax.evaluate --workdir RUN --tta flip --tta rand=15:4
   python -m fakejax.evaluate --workdir RUN --perturb jpeg:95,75,50,30 --perturb blur:1,2,3
   python -m fakejax.evaluate --workdir RUN --dataset PREPARED_A --dataset PREPARED_B \
@@ -27,6 +28,7 @@ from fakejax import augment
 from fakejax import cli
 from fakejax import datasets
 from fakejax import evaluator
+from fakejax import metrics as metrics_lib
 from fakejax import report
 from fakejax import sharding
 
@@ -41,6 +43,9 @@ if __name__ == "__main__":
                                 "One test set per generator, per content category, or the whole split.")
   _SOURCES = flags.DEFINE_list("sources", [], "Keep only these generators (with their reals).")
   _MODE = flags.DEFINE_enum("mode", "full", evaluator.MODES, "View and image-level decision rule.")
+  _PRESET = flags.DEFINE_enum("preset", "", [""] + list(evaluator.PRESETS),
+                              "A repository's official test transform (its mode, crop, resize and "
+                              "padding; over --mode and --eval_resize): " + ", ".join(evaluator.PRESETS) + ".")
   _EVAL_RESIZE = flags.DEFINE_integer("eval_resize", None, "Resize before the view (full: then crop; "
                                       "whole: to N x N). Default: the run's data.eval_resize.")
   _PATCH = flags.DEFINE_integer("patch_size", 32, "Patch side for the patch modes (16/32/64/128).")
@@ -60,9 +65,15 @@ if __name__ == "__main__":
   # to 22 % of their scale (p_fake by up to 0.19; docs/evaluation.md).
   _EXACT = flags.DEFINE_bool("exact_sizes", True, "Whole images: one compiled program per image size, "
                              "no padding (--noexact_sizes: padded to size buckets, see fakejax.evaluator).")
+  _CALIBRATE = flags.DEFINE_string("calibrate", "", "Also report metrics at a threshold chosen from real "
+                                   "images only: 'val' (the run's held-out reals: its dataset's val split) "
+                                   "or a folder of your own real images. Never from test labels.")
+  _TARGET_REAL = flags.DEFINE_float("target_real_acc", 0.95, "--calibrate: the share of those reals "
+                                    "called real at the calibrated threshold.")
   cli.define_distributed_flags()
 
-MEAN_KEYS = ("accuracy", "real_acc", "fake_acc", "ap", "auc", "eer", "top1", "plain_accuracy", "plain_ap")
+MEAN_KEYS = ("accuracy", "real_acc", "fake_acc", "ap", "auc", "eer", "top1", "plain_accuracy", "plain_ap",
+             "cal_accuracy", "cal_real_acc", "cal_fake_acc")
 
 
 def mean_row(rows, name="mean"):
@@ -120,18 +131,58 @@ def evaluate(run, sets, view, split, copies=(augment.Copy(),), perturbations=(),
   return rows, curves, examples
 
 
+def calibrate(run, view, source, target_real_acc, copies=(augment.Copy(),)):
+  """(threshold, info) chosen from real images only (metrics.threshold_from_reals).
+
+  Args:
+    run: an evaluator.Run (binary, with a real class).
+    view: the View the test sets are scored with (the reals are scored the same way).
+    source: 'val' (the reals of the run's dataset's val split) or a folder of real images.
+    target_real_acc: the share of those reals called real.
+    copies: test-time copies, as for the test sets.
+  """
+  if run.class_names[0] != "real" or len(run.class_names) != 2:
+    raise cli.UserError("--calibrate needs a binary real/fake run")
+  if source == "val":
+    ds = datasets.open_named(run.info["dataset"])
+    if "val" not in ds.splits:
+      raise cli.UserError(f"--calibrate val: {run.info['dataset']} has no val split; give a folder of reals")
+    idx = np.flatnonzero(ds.index("val")["label"] == 0)
+    sizes, load = evaluator.dataset_reader(ds, "val", idx)
+  elif os.path.isdir(source):
+    from fakejax import predict  # pylint: disable=g-import-not-at-top
+    sizes, load = evaluator.file_reader(predict.list_images([source]))
+  else:
+    raise cli.UserError(f"--calibrate {source!r}: expected 'val' or a folder of real images")
+  scores = np.array([r.score for r in run.evaluator.run(sizes, load, view, copies)], np.float64)
+  scores = scores[np.isfinite(scores)]  # Unreadable files have no score.
+  if not len(scores):
+    raise cli.UserError(f"--calibrate {source!r}: no real image could be scored")
+  t = metrics_lib.threshold_from_reals(scores, target_real_acc)
+  return t, {"source": source, "n_reals": int(len(scores)), "target_real_acc": target_real_acc,
+             "threshold": t}
+
+
+def add_calibrated(rows, curves, threshold):
+  """cal_accuracy / cal_real_acc / cal_fake_acc of each row at `threshold`, from its scores."""
+  for r in rows:
+    labels, scores = curves[r["test_set"]]
+    m = metrics_lib.binary(labels, scores, threshold)
+    r.update(cal_accuracy=m["accuracy"], cal_real_acc=m["real_acc"], cal_fake_acc=m["fake_acc"])
+
+
 def main(argv):
   del argv
   sharding.initialize(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes, flags.FLAGS.process_id)
   workdir = _WORKDIR.value
   run = evaluator.Run(workdir, _CHECKPOINT.value, batch_size=_BATCH.value, threads=_THREADS.value)
   extra = {} if _EVAL_RESIZE.value is None else {"resize": _EVAL_RESIZE.value}
-  view = run.view(_MODE.value, patch_size=_PATCH.value, k=_K.value, seed=_SEED.value,
+  view = run.view(_MODE.value, _PRESET.value, patch_size=_PATCH.value, k=_K.value, seed=_SEED.value,
                   theta=_THETA.value, exact_sizes=_EXACT.value, **extra)
   copies = augment.tta_copies(_TTA.value, _SEED.value)
   perturbations = augment.parse_perturbations(_PERTURB.value)
   threshold = run.config.threshold if _THRESHOLD.value is None else _THRESHOLD.value
-  out = _OUT.value or os.path.join(workdir, f"eval_{view.mode}")
+  out = _OUT.value or os.path.join(workdir, f"eval_{_PRESET.value or view.mode}")
   dataset_paths = _DATASETS.value or [run.info["dataset"]]
   sets = []
   for path in dataset_paths:
@@ -145,12 +196,17 @@ def main(argv):
   if not main_process:
     return
   plain = [r for r in rows if "perturbation" not in r]
+  calibration = None
+  if _CALIBRATE.value:
+    cal_t, calibration = calibrate(run, view, _CALIBRATE.value, _TARGET_REAL.value, copies)
+    add_calibrated(plain, curves, cal_t)
   table = plain + ([mean_row(plain)] if len(plain) > 1 else [])
   info = {"workdir": os.path.abspath(workdir), "checkpoint_step": run.meta.get("step"),
-          "mode": view.mode, "view": view.__dict__, "tta": [c.name for c in copies],
+          "mode": view.mode, "preset": _PRESET.value or None, "view": view.__dict__, "tta": [c.name for c in copies],
           "threshold": threshold, "split": _SPLIT.value, "group_by": _GROUP_BY.value,
           "class_names": list(run.class_names), "datasets": [os.path.abspath(p) for p in dataset_paths],
-          "training_indicators": report.training_indicators(os.path.join(workdir, "metrics.jsonl"))}
+          "training_indicators": report.training_indicators(os.path.join(workdir, "metrics.jsonl")),
+          "calibration": calibration}
   os.makedirs(out, exist_ok=True)
   report.write_tables(out, table, info, robustness=[r for r in rows if "perturbation" in r])
   report.plot_matrix(table, os.path.join(out, "matrix.png"),

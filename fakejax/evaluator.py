@@ -92,6 +92,24 @@ def _tile_starts(length, tile):
   return np.round(np.linspace(0, length - tile, n)).astype(int) if n > 1 else np.zeros(1, int)
 
 
+# Each repository's own test transform (`evaluate --preset`), as View settings: published numbers
+# depend on them. Resizes are PIL bilinear to N x N (torchvision's Resize((N, N)) on PIL images),
+# crops torchvision's CenterCrop (augment.center_crop; images smaller than the crop zero-padded).
+PRESETS = {
+    # NPR test.py: ForenSynths (and DiffusionForensics, UniversalFakeDetect) Resize((256, 256)),
+    # no crop; GANGen-Detection at native size.
+    "npr_forensynths": dict(mode="whole", resize=256),
+    "npr_gangen": dict(mode="whole", resize=0, exact_sizes=True),
+    # SAFE data/datasets.py: CenterCrop(256), no resize.
+    "safe": dict(mode="full", crop=256, resize=0, too_small="zero"),
+    # UniversalFakeDetect validate.py: CenterCrop(224), no resize.
+    "univfd": dict(mode="full", crop=224, resize=0, too_small="zero"),
+    # CNNDetection: CenterCrop(224), or the whole image (no_crop).
+    "cnndetection": dict(mode="full", crop=224, resize=0, too_small="zero"),
+    "cnndetection_nocrop": dict(mode="whole", resize=0, exact_sizes=True),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class View:
   """How an image becomes model inputs (see the module docstring)."""
@@ -146,7 +164,7 @@ class View:
     kind = self.kind(h, w)
     if kind == "full":
       rh, rw = (self.resize, self.resize) if self.resize else (h, w)
-      if min(rh, rw) < self.crop and self.too_small != "pad":
+      if min(rh, rw) < self.crop and self.too_small not in ("pad", "zero"):
         raise augment.TooSmall(f"image is {rw}x{rh}, smaller than the {self.crop}x{self.crop} crop "
                                "(use --mode whole, or a run with data.too_small='pad')")
       return (self.crop, self.crop), 1
@@ -536,7 +554,7 @@ class Run:
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
                                                            sharding=sharding.replicated(self.mesh)),
                             abstract)
-    self.preprocess = models.resolve_preprocess(c.model.name, c.model.preprocess)
+    self.preprocess = models.resolve_preprocess(c.model.name, c.model.preprocess, front=c.model.front)
     self._abstract = abstract
     self._folder = Folder(self.model_def, self.preprocess, c.model.dtype)
     self.load(which)
@@ -554,11 +572,17 @@ class Run:
     # model_def / state stay the plain model (explain differentiates through it).
     _, self.inference_state = self._folder(self.state)
 
-  def view(self, mode="full", **kw):
-    """A View with this run's crop, eval resize and too-small policy."""
+  def view(self, mode="full", preset="", **kw):
+    """A View with this run's crop, eval resize and too-small policy; a `preset` (PRESETS) sets
+    its own mode, crop, resize and padding over those and over `kw`."""
     d = self.config.data
-    kw.setdefault("resize", d.eval_resize)
-    return View(mode, crop=d.image_size, too_small=d.too_small, **kw)
+    settings = dict(crop=d.image_size, too_small=d.too_small, resize=d.eval_resize, **kw)
+    if preset:
+      if preset not in PRESETS:
+        raise cli.UserError(f"Unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+      settings.update(PRESETS[preset])
+      mode = settings.pop("mode")
+    return View(mode, **settings)
 
   def label_name(self, pred):
     return self.class_names[pred] if len(self.class_names) > 2 else ("fake" if pred else "real")

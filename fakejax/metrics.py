@@ -46,6 +46,26 @@ def binary(labels, p_fake, threshold=0.5):
   }
 
 
+def threshold_from_reals(p_real, target_real_acc=0.95):
+  """The lowest p_fake threshold at which at least `target_real_acc` of these real images are
+  called real (p < threshold): chosen from reals only, never from test labels.
+
+  Args:
+    p_real: p_fake of real images (held-out reals of the training data, or the user's own).
+    target_real_acc: the share of reals to call real, in (0, 1].
+
+  Returns:
+    the threshold (float): just above the ceil(target * n)-th smallest score.
+  """
+  p = np.sort(np.asarray(p_real, np.float64))
+  if not len(p):
+    raise ValueError("calibration needs at least one real image")
+  if not 0 < target_real_acc <= 1:
+    raise ValueError(f"target real accuracy must be in (0, 1], got {target_real_acc}")
+  k = int(np.ceil(target_real_acc * len(p) - 1e-9))
+  return float(np.nextafter(p[k - 1], np.inf))
+
+
 def attribution(labels, scores, class_names):
   """Top-1 accuracy and confusion matrix (rows: true class, columns: predicted) from per-class
   scores (logits or probabilities)."""

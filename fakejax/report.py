@@ -109,7 +109,8 @@ def plot_curves(metrics_path, out_png):
 # Evaluation reports.
 # ---------------------------------------------------------------------------
 TABLE_COLUMNS = ("test_set", "n_real", "n_fake", "accuracy", "plain_accuracy", "real_acc", "fake_acc",
-                 "ap", "plain_ap", "auc", "eer", "top1", "patch_acc", "n_patches")
+                 "cal_accuracy", "cal_real_acc", "cal_fake_acc", "ap", "plain_ap", "auc", "eer", "top1",
+                 "patch_acc", "n_patches")
 ROBUSTNESS_COLUMNS = ("perturbation", "strength", "test_set", "accuracy", "ap", "auc", "top1")
 
 
@@ -174,6 +175,10 @@ def write_tables(out, rows, info, robustness=()):
       "grid", "random", "confident", "mean_logit", "mean_prob") else "")
   if len(info.get("tta", ())) > 1:
     desc += f", TTA over {len(info['tta'])} copies ({', '.join(info['tta'])}; plain_* = identity copy)"
+  cal = info.get("calibration")
+  if cal:
+    desc += (f"; cal_* at threshold {cal['threshold']:.4g}, chosen so that {cal['target_real_acc']:.0%} of "
+             f"{cal['n_reals']} reals ({cal['source']}) are called real")
   ind = info.get("training_indicators") or {}
   if ind:
     lines += ["", "Validation accuracy during training: best {best_val_accuracy:.4f}, mean of the 5 "

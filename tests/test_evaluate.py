@@ -384,3 +384,31 @@ def test_without_a_real_class_there_is_no_p_fake():
     r = ev.run([img.shape[:2]], lambda _: img, evaluator.View("full", crop=32))[0]
     assert r.pred == int(np.argmax(r.probs))
     assert (r.score == pytest.approx(1 - r.probs[0])) if has_real else np.isnan(r.score)
+
+
+def test_threshold_from_reals_by_hand():
+  p = [0.1, 0.9, 0.3, 0.2, 0.5]
+  # Sorted 0.1 0.2 0.3 0.5 0.9: 4 of 5 reals below a threshold just above 0.5, all just above 0.9,
+  # and for 0.5 the lowest threshold with 3 of 5 (2 of 5 would be < 0.5).
+  for target, above in ((0.8, 0.5), (1.0, 0.9), (0.5, 0.3)):
+    t = metrics.threshold_from_reals(p, target)
+    assert above < t <= above + 1e-12
+    assert np.mean(np.array(p) < t) >= target
+  with pytest.raises(ValueError):
+    metrics.threshold_from_reals([], 0.9)
+
+
+def test_evaluate_cli_preset_and_calibration_from_reals(tiny_run, tiny_synthetic, tmp_path):
+  out = tmp_path / "rep"
+  r = subprocess.run([sys.executable, "-m", "fakejax.evaluate", "--workdir", tiny_run, "--preset",
+                      "cnndetection_nocrop", "--calibrate", "val", "--target_real_acc", "0.9",
+                      "--out", str(out)], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  rep = json.load(open(out / "report.json"))
+  assert rep["info"]["preset"] == "cnndetection_nocrop" and rep["info"]["mode"] == "whole"
+  cal = rep["info"]["calibration"]
+  n_val_reals = int((tiny_synthetic.index("val")["label"] == 0).sum())
+  assert cal["source"] == "val" and cal["n_reals"] == n_val_reals and cal["target_real_acc"] == 0.9
+  for row in rep["rows"]:
+    assert {"accuracy", "cal_accuracy", "cal_real_acc", "cal_fake_acc"} <= set(row)
+  assert "cal_accuracy" in open(out / "report.md").read()
