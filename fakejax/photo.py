@@ -188,7 +188,7 @@ def to_uint8(x):
 # The benchmark.
 # ---------------------------------------------------------------------------
 def generate(counts, size=64, seed=0, families=FAMILIES, pp="", gen_steps=GEN_STEPS, photos=None,
-             log=print):
+             log=print, train_all=False):
   """Yields (split, dict(image=uint8, source, category, group, name)) of the photo benchmark.
 
   Args:
@@ -201,6 +201,8 @@ def generate(counts, size=64, seed=0, families=FAMILIES, pp="", gen_steps=GEN_ST
     gen_steps: training steps of each generator.
     photos: the photographs (default: find_photos()).
     log: progress messages.
+    train_all: train/val hold every family too, each against its own reals (group = family),
+      as test does: what training on each family in turn needs (scripts/cross_gan_matrix.py).
   """
   from fakejax import photo_generators  # pylint: disable=g-import-not-at-top  (JAX only here)
   if size % 8:
@@ -218,13 +220,14 @@ def generate(counts, size=64, seed=0, families=FAMILIES, pp="", gen_steps=GEN_ST
     log(f"photo benchmark: training generator {fam} ({gen_steps} steps)")
     gens[fam] = photo_generators.train(fam, crops, np.random.default_rng([seed, 1, k]), gen_steps, seed + k)
   for s_idx, (split, n) in enumerate(sorted(counts.items())):
-    fams = families if split == "test" else families[:1]
+    per_family = split == "test" or train_all
+    fams = families if per_family else families[:1]
     for f_idx, fam in enumerate(fams):
       rng = np.random.default_rng([seed, 2, s_idx, f_idx])
       reals, which = crops.draw(rng, split, n)
       sources, which_src = crops.draw(rng, split, n)
       fakes = np.concatenate([gens[fam](sources[i:i + 64]) for i in range(0, n, 64)]) if n else sources
-      group = fam if split == "test" else ""
+      group = fam if per_family else ""
       for kind, batch, ids in (("real", reals, which), (fam, fakes, which_src)):
         for i in range(n):
           img = postprocess(to_uint8(batch[i]), pp, rng)

@@ -50,6 +50,9 @@ TINY = {"model.width": 0.125, "model.middle_blocks": 1, "model.dropout": 0.0, "d
         "data.synthetic.size": 32, "data.synthetic.train": 8, "data.synthetic.val": 4,
         "data.synthetic.test": 3, "batch_size": 16, "total_steps": 2, "eval_every_steps": 2,
         "log_every_steps": 1}
+# The photo benchmark's --quick size: 32 px crops, generators of 8 steps.
+TINY_PHOTO = {"data.photo.size": 32, "data.photo.train": 24, "data.photo.val": 8, "data.photo.test": 12,
+              "data.photo.gen_steps": 8}
 # The CPU size of the default runs: configs/quick.py's narrow Xception at 64 px.
 MIN_DIFF = 0.01  # Smallest difference reported: one test image in a hundred.
 CPU = {"model.width": 0.25, "model.middle_blocks": 2, "model.bn_momentum": 0.9, "data.image_size": 64,
@@ -68,7 +71,9 @@ def parser(doc, name):
   p.add_argument("--seeds", type=int, default=None, help="Seeds per point (default 3; --quick: 1).")
   p.add_argument("--data", default="", help="A dataset made by `fakejax.prepare` (default: the "
                  "synthetic benchmark at CPU size; with --data the study's GPU-size settings).")
-  p.add_argument("--data_cache", default="data", help="Where the synthetic benchmark is cached.")
+  p.add_argument("--benchmark", default="synthetic", choices=("synthetic", "photo"),
+                 help="The embedded benchmark without --data: 'synthetic' or 'photo' (fakejax.photo).")
+  p.add_argument("--data_cache", default="data", help="Where the embedded benchmarks are cached.")
   p.add_argument("--steps", type=int, default=0, help="Training steps of every run (0: the study's).")
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                  help="Config override applied to every run last, e.g. --set model.dtype=bfloat16.")
@@ -139,6 +144,11 @@ def base_config(args, gpu=None):
     set_keys(c, gpu or {})
   else:
     set_keys(c, TINY if args.quick else CPU)
+    if getattr(args, "benchmark", "synthetic") == "photo":
+      c.data.dir = "photo"
+      c.data.train_sources = ()  # Its train split holds the training family only.
+      if args.quick:
+        set_keys(c, TINY_PHOTO)
   return c
 
 
@@ -175,8 +185,9 @@ class Study:
     title: the heading of results.md.
   """
 
-  def __init__(self, args, name, title):
+  def __init__(self, args, name, title, script=""):
     self.args, self.name, self.title = args, name, title
+    self.script = script or f"study_{name}.py"
     self.out = args.out
     self.records = []
     self.runs = {}  # workdir -> {'label', 'seed', 'seconds', 'reused'}
@@ -246,8 +257,9 @@ class Study:
       extra: more JSON-able facts for results.json.
     """
     wall = time.time() - self.t0
-    command = "python " + shlex.join([f"scripts/study_{self.name}.py"] + self.args.argv)
-    data = self.args.data or "the synthetic benchmark (fakejax.synthetic)"
+    command = "python " + shlex.join([f"scripts/{self.script}"] + self.args.argv)
+    data = self.args.data or ("the photo benchmark (fakejax.photo)" if getattr(self.args, "benchmark", "")
+                              == "photo" else "the synthetic benchmark (fakejax.synthetic)")
     head = [f"# {self.title}", "",
             f"- Command: `{command}`",
             f"- Date: {self.started:%Y-%m-%d %H:%M %Z}; wall time {wall / 60:.1f} min "

@@ -28,14 +28,18 @@ METRICS = ("accuracy", "ap", "auc", "real_acc", "fake_acc", "top1", "patch_acc",
            "plain_ap", "val_patch_accuracy")
 
 
-def run_study(name, tmp_path, data_root, *extra):
-  """Runs scripts/study_<name>.py --quick in this process; returns (out folder, results.json)."""
-  module = importlib.import_module(f"study_{name}")
-  out = str(tmp_path / name)
+def run_script(module_name, tmp_path, data_root, *extra):
+  """Runs scripts/<module_name>.py --quick in this process; returns (out folder, results.json)."""
+  module = importlib.import_module(module_name)
+  out = str(tmp_path / module_name)
   module.main(["--quick", "--out", out, "--data_cache", data_root, *extra])
   with open(os.path.join(out, "results.json")) as f:
-    results = json.load(f)
-  return out, results
+    return out, json.load(f)
+
+
+def run_study(name, tmp_path, data_root, *extra):
+  """Runs scripts/study_<name>.py --quick in this process; returns (out folder, results.json)."""
+  return run_script(f"study_{name}", tmp_path, data_root, *extra)
 
 
 def check_outputs(out, results, figures, sections):
@@ -44,7 +48,7 @@ def check_outputs(out, results, figures, sections):
     md = f.read()
   for s in sections:
     assert f"## {s}" in md, s
-  assert "Seeds per point: 1" in md and "Machine:" in md and "Command: `python scripts/study_" in md
+  assert "Seeds per point: 1" in md and "Machine:" in md and "Command: `python scripts/" in md
   for fig in figures:
     path = os.path.join(out, fig)
     with open(path, "rb") as f:
@@ -247,3 +251,19 @@ def test_statistics_rules():
   assert sc.parse_sets(["model.width=0.5", "data.train_sources=('a',)", "model.name=resnet50"]) == {
       "model.width": 0.5, "data.train_sources": ("a",), "model.name": "resnet50"}
   assert augment.tta_copies(["rand=15:2"])[0] == augment.Copy()
+
+
+@pytest.mark.study
+def test_leaderboard_on_the_photo_benchmark(tmp_path, data_root):
+  out, res = run_script("leaderboard", tmp_path, data_root, "--benchmark", "photo")
+  md = check_outputs(out, res, ["leaderboard_tconv.png"], ["Trained on tconv"])
+  rows = table_rows(md, "Trained on tconv")
+  import leaderboard  # pylint: disable=g-import-not-at-top
+  assert [r[0] for r in rows] == list(leaderboard.RECIPES)
+  for r in rows:
+    assert len(r) == 1 + 5 + 4  # Recipe, the five families' acc / AP, four mean-unseen columns.
+    for c in r[-4:]:
+      assert_pm(c)
+  unseen = {r["recipe"] for r in res["records"] if r["set"] == "mean unseen"}
+  assert unseen == set(leaderboard.RECIPES)
+  assert "Best mean accuracy on the unseen generators" in md

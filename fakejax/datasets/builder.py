@@ -519,7 +519,7 @@ def _publish(root, tmp, out):
 
 def photo_dataset(root, size=64, counts=(("train", 2000), ("val", 400), ("test", 400)), seed=0,
                   families=photo.FAMILIES, postprocess="", gen_steps=photo.GEN_STEPS, storage="png",
-                  photos=None):
+                  photos=None, train_all=False):
   """The photo benchmark (fakejax.photo) under `root`, generated on first use.
 
   Args:
@@ -533,6 +533,7 @@ def photo_dataset(root, size=64, counts=(("train", 2000), ("val", 400), ("test",
     gen_steps: training steps of each generator.
     storage: 'png' or 'raw'.
     photos: the photographs (default: photo.find_photos()).
+    train_all: train/val hold every family, each with its own reals (photo.generate).
 
   Returns:
     the reader.Dataset.
@@ -543,6 +544,8 @@ def photo_dataset(root, size=64, counts=(("train", 2000), ("val", 400), ("test",
             "photos": [[p.name, os.path.getsize(p.path)] for p in photos]}
   if storage != "png":
     params["storage"] = storage
+  if train_all:  # Only when set: the default's folder (its key) stays what it was.
+    params["train_all"] = True
   key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
   out = os.path.join(root, f"photo_{size}px_{key}")
   if os.path.exists(os.path.join(out, "fakejax.json")):
@@ -555,7 +558,7 @@ def photo_dataset(root, size=64, counts=(("train", 2000), ("val", 400), ("test",
   index = {s: _Index() for s in splits}
   t0 = time.perf_counter()
   rows = photo.generate(dict((s, n) for s, n in counts if n > 0), size, seed, tuple(families),
-                        postprocess, gen_steps, photos, log=logging.warning)
+                        postprocess, gen_steps, photos, log=logging.warning, train_all=train_all)
   pending = {"row": next(rows, None)}
 
   def examples(split):

@@ -1,0 +1,187 @@
+r"""The leaderboard: recipes x training family -> the field's per-generator table.
+
+  python scripts/leaderboard.py --benchmark photo                    # photo benchmark, CPU size
+  python scripts/leaderboard.py --benchmark photo --set data.photo.postprocess="'jpeg:65-100'"
+  python scripts/leaderboard.py                                      # synthetic benchmark
+  python scripts/leaderboard.py --data /data/fj/cnndetection --train_family progan   # real data
+  python scripts/leaderboard.py --quick                              # smoke run (tests)
+
+Each recipe is trained on one family (per seed) and scored on every generator of the test split,
+each against its own reals: accuracy at 0.5, AP, real_acc, fake_acc, and the unweighted mean over
+the generators not trained on (the field's "mean" row, here without the training family),
+mean +- std over seeds. Writes OUT/results.md (the table, a verdict, the figure), results.json
+and leaderboard.png.
+
+The recipes (their configs, at the benchmark's size):
+  xception         the seeds' Xception (configs/quick.py's narrow one at CPU size)
+  cnndet_p0.5      CNNDetection (Wang et al. 2020): ResNet-50, blur + JPEG each with p 0.5
+  cnndet_p0.1      the same with p 0.1
+  patch_xception   Xception on 32 px patches, majority vote over the grid (Chai et al. 2020)
+  deepfd           DeepFD: contrastive D1, then D2 (configs/deepfd.py)
+  npr              NPR (configs/npr.py): its truncated ResNet on the up-sampling residual
+  safe             SAFE (configs/safe.py): its truncated ResNet on the bior1.3 HH band
+  spectral         logistic regression on the log-spectrum of the high-pass residual
+                   (explain.log_spectrum), scikit-learn
+
+At CPU size (no --data) every neural recipe trains --steps steps (default 500) of batch 32 at
+64 px with its own model, input, augmentation, loss and optimiser; the from-scratch ResNet-50 and
+Xception are narrowed (model.width 0.25) like the studies' runs, NPR's and SAFE's networks are
+used whole (1.44M parameters); CNNDetection starts from scratch here (theirs from ImageNet) with
+Adam 1e-3 instead of their 1e-4. Everything is scored with the 'full' view (the 64 px image).
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np  # pylint: disable=g-import-not-at-top
+from sklearn.linear_model import LogisticRegression  # pylint: disable=g-import-not-at-top
+
+import study_common as sc  # pylint: disable=g-import-not-at-top
+from fakejax import cli  # pylint: disable=g-import-not-at-top
+from fakejax import defaults  # pylint: disable=g-import-not-at-top
+from fakejax import explain  # pylint: disable=g-import-not-at-top
+from fakejax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+RECIPES = ("xception", "cnndet_p0.5", "cnndet_p0.1", "patch_xception", "deepfd", "npr", "safe", "spectral")
+COLUMNS = ("accuracy", "ap", "real_acc", "fake_acc")
+
+
+def flags():
+  p = sc.parser(__doc__, "leaderboard")
+  p.add_argument("--recipes", default=",".join(RECIPES), help="Comma-separated subset of: " + ", ".join(RECIPES))
+  p.add_argument("--train_family", default="", help="Comma-separated families trained on, one table each "
+                 "(default: tconv; with --data the first generator of the train split). On the photo "
+                 "benchmark a family other than tconv sets data.photo.train_all.")
+  return p
+
+
+def _from_file(name, arg=None):
+  return defaults.from_file(os.path.join(CONFIGS, name), arg)
+
+
+def recipe_config(name, base, args):
+  """The config of recipe `name` with the benchmark's data and size from `base`."""
+  if name == "xception":
+    c = base.copy_and_resolve_references()
+  elif name.startswith("cnndet_p"):
+    c = _from_file("resnet50.py")
+    p = float(name[len("cnndet_p"):])
+    c.aug.blur_prob, c.aug.jpg_prob = p, p
+    c.aug.blur_sig, c.aug.jpg_qual = (0.0, 3.0), (30, 100)
+    c.optim.name, c.optim.lr, c.optim.schedule = "adam", 1e-3, "constant"
+  elif name == "patch_xception":
+    c = _from_file("patch_xception.py")
+  elif name == "deepfd":
+    c = _from_file("deepfd.py")
+  elif name in ("npr", "safe"):
+    c = _from_file(f"{name}.py", "photo")
+  else:
+    raise cli.UserError(f"Unknown recipe {name!r}; known: {', '.join(RECIPES)}")
+  c.data = base.data.copy_and_resolve_references()
+  if name == "patch_xception":
+    c.data.patches_per_image, c.data.patch_size = 8, base.data.image_size // 2
+    c.data.image_size = c.data.patch_size
+    c.batch_size = base.batch_size * 8
+  if name in ("npr", "safe"):
+    c.batch_size = base.batch_size
+  elif not args.data:  # The studies' CPU width for the large from-scratch networks.
+    c.model.width = base.model.width
+    if name != "deepfd":
+      c.model.middle_blocks = base.model.middle_blocks
+  if not args.data:
+    steps = args.steps or (2 if args.quick else 500)
+    if name == "deepfd":
+      c.deepfd.stage1_steps = c.deepfd.stage2_steps = max(steps // 2, 1)
+    c.total_steps = steps
+    c.eval_every_steps = max(steps // 4, 1)
+    c.log_every_steps = max(steps // 10, 1)
+  c.data.workers = 0
+  return c
+
+
+def spectral_scores(dataset, train_idx, sets, size):
+  """Logistic regression on the log-spectrum of the high-pass residual: {set: (labels, p_fake)}."""
+  feats = lambda split, idx: np.stack([explain.log_spectrum(dataset.decode(dataset.source(split)[int(i)]), size)
+                                       .ravel() for i in idx])
+  x = feats("train", train_idx)
+  y = dataset.index("train")["label"][train_idx]
+  mu, sd = x.mean(0), x.std(0) + 1e-6
+  clf = LogisticRegression(max_iter=2000, C=0.1).fit((x - mu) / sd, y)
+  out = {}
+  for name, idx in sets:
+    out[name] = (dataset.index("test")["label"][idx], clf.predict_proba((feats("test", idx) - mu) / sd)[:, 1])
+  return out
+
+
+def main(argv=None):
+  args = sc.parse(flags(), argv)
+  sc.setup(args)
+  study = sc.Study(args, "leaderboard", "Leaderboard: recipes trained on one family, tested on every generator",
+                   script="leaderboard.py")
+  base = sc.base_config(args)
+  recipes = [r for r in args.recipes.split(",") if r]
+  unknown = set(recipes) - set(RECIPES)
+  if unknown:
+    raise cli.UserError(f"Unknown recipes {sorted(unknown)}; known: {', '.join(RECIPES)}")
+  photo = base.data.dir == "photo"
+  families = [f for f in args.train_family.split(",") if f] or [None]
+  for fam in families:
+    if photo and fam not in (None, "tconv"):
+      base.data.photo.train_all = True
+  tables = []
+  for fam in families:
+    dataset = study.dataset(base)
+    source = fam or ("tconv" if not args.data else sc.sources_of(dataset, "train")[0])
+    base.data.train_sources = (source,)
+    gens = sc.sources_of(dataset)
+    sets = [sc.test_set(dataset, "test", g, (g,)) for g in gens]
+    unseen = [g for g in gens if g != source]
+    for recipe in recipes:
+      for seed in study.seeds:
+        if recipe == "spectral":
+          from fakejax import input_pipeline  # pylint: disable=g-import-not-at-top
+          tr = input_pipeline.train_indices(dataset, base.data)
+          tr = np.random.default_rng(seed).permutation(tr)[:sc.sizes(args, 2000, 16)]
+          scored = spectral_scores(dataset, tr, sets, base.data.image_size)
+          rows = {g: metrics_lib.binary(lab, p, 0.5) for g, (lab, p) in scored.items()}
+        else:
+          config = recipe_config(recipe, base, args)
+          workdir = study.train(config, f"{recipe}_{source}", seed)
+          run = sc.evaluator.Run(workdir)
+          view = run.view("grid", patch_size=config.data.patch_size) if recipe == "patch_xception" \
+              else run.view("full")
+          rows = sc.score(run, dataset, sets, view)
+        study.add_rows(rows, {"mean unseen": unseen} if unseen else None, recipe=recipe, family=source,
+                       seed=seed)
+    header = ["recipe"] + [f"{g}{' (trained)' if g == source else ''} acc / AP" for g in gens] + [
+        f"mean unseen {m}" for m in COLUMNS]
+    body = []
+    for recipe in recipes:
+      v = lambda s, m: study.values(m, recipe=recipe, family=source, set=s)
+      body.append([recipe] + [f"{sc.pm(v(g, 'accuracy'))} / {sc.pm(v(g, 'ap'))}" for g in gens]
+                  + [sc.pm(v("mean unseen", m)) for m in COLUMNS])
+    best = max(recipes, key=lambda r: sc.mean_std(study.values("accuracy", recipe=r, family=source,
+                                                               set="mean unseen"))[0])
+    acc = study.values("accuracy", recipe=best, family=source, set="mean unseen")
+    ap = study.values("ap", recipe=best, family=source, set="mean unseen")
+    others = [r for r in recipes if r != best and
+              sc.differs(acc, study.values("accuracy", recipe=r, family=source, set="mean unseen")) == 0]
+    verdict = (f"Best mean accuracy on the unseen generators: **{best}** ({sc.pm(acc)}, AP {sc.pm(ap)})"
+               + (f"; not different beyond the spread from {', '.join(others)}." if others else
+                  "; ahead of every other recipe beyond the spread."))
+    fig = os.path.join(study.out, f"leaderboard_{source}.png")
+    sc.plot_bars(fig, unseen + ["mean unseen"], recipes,
+                 {(g, r): study.values("accuracy", recipe=r, family=source, set=g)
+                  for g in unseen + ["mean unseen"] for r in recipes},
+                 "accuracy at 0.5 (mean ± std over seeds)", f"trained on {source}", hline=(0.5, "chance"))
+    tables.append((f"Trained on {source}", f"{sc.md_table(header, body)}\n\n{verdict}\n\n"
+                   f"![leaderboard]({os.path.basename(fig)})"))
+  study.finish(tables, {"recipes": recipes})
+  return study
+
+
+if __name__ == "__main__":
+  sc.entry(main)
