@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 # On CPU, simulate 8 devices for the tests so data parallelism is exercised; LLVM -O0 because
 # the tests' tiny models spend their time compiling (tests/conftest.py).
-TEST_ENV := XLA_FLAGS="--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
+TEST_ENV := JAX_PLATFORMS=cpu XLA_FLAGS="--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
 
 .PHONY: train test test-slow test-studies venv clean
 

@@ -47,6 +47,7 @@ def initialize(coordinator_address=None, num_processes=None, process_id=None, he
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   heartbeat_s = heartbeat_s or int(env.get("FAKEJAX_HEARTBEAT_S", "100"))
   jax.distributed.initialize(coordinator_address, num_processes, process_id,
+                             local_device_ids=slurm_local_device_ids(env),
                              heartbeat_timeout_seconds=heartbeat_s)
   barrier("initialize")
   # CPU (gloo) collectives build their cross-process context on the first collective over a
@@ -57,6 +58,50 @@ def initialize(coordinator_address=None, num_processes=None, process_id=None, he
   ones = jax.make_array_from_process_local_data(data_sharded(mesh), np.ones(jax.local_device_count()))
   jax.jit(jax.numpy.sum, out_shardings=replicated(mesh))(ones).block_until_ready()
   return True
+
+
+def _tasks_on_this_node(env):
+  """SLURM's task count on this node, from SLURM_TASKS_PER_NODE ('8', '2(x3),1') and SLURM_NODEID."""
+  spec = env.get("SLURM_TASKS_PER_NODE") or env.get("SLURM_NTASKS_PER_NODE")
+  if not spec:
+    return None
+  per_node = []
+  for part in spec.split(","):
+    count, _, rep = part.partition("(x")
+    per_node += [int(count)] * (int(rep.rstrip(")")) if rep else 1)
+  node = int(env.get("SLURM_NODEID", "0"))
+  return per_node[min(node, len(per_node) - 1)]
+
+
+def slurm_local_device_ids(env):
+  """The GPUs of this node that this SLURM task drives, or None (not SLURM, or no GPU count).
+
+  jax, left to itself under SLURM, gives each task the one GPU [SLURM_LOCALID]: with one task
+  per node (`--ntasks-per-node=1 --gpus-per-node=8`) a task would drive one GPU of eight. Here
+  the node's GPUs are shared out among its tasks: all of them to a single task, one each with
+  one task per GPU, and [0] when SLURM already bound one GPU to the task (CUDA_VISIBLE_DEVICES
+  of one device).
+
+  Args:
+    env: the environment (os.environ).
+
+  Raises:
+    cli.UserError: when the node's GPUs do not divide among its tasks.
+  """
+  if "SLURM_JOB_ID" not in env or int(env.get("SLURM_NTASKS", "1")) <= 1:
+    return None
+  visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+  gpus = len(visible) or int(env.get("SLURM_GPUS_ON_NODE", "0") or 0)
+  tasks = _tasks_on_this_node(env)
+  if not gpus or not tasks:
+    return None
+  if gpus == 1:
+    return [0]
+  if gpus % tasks:
+    raise cli.UserError(f"SLURM gives this node {gpus} GPUs and {tasks} tasks: use one task per node "
+                        "or one per GPU (or a divisor)")
+  per_task, local = gpus // tasks, int(env.get("SLURM_LOCALID", "0"))
+  return list(range(local * per_task, (local + 1) * per_task))
 
 
 def is_main():
