@@ -166,3 +166,22 @@ def test_cpu_only_xla_flag_is_set_only_when_no_other_xla_can_start(tmp_path):
   (tmp_path / "jax_plugins" / "xla_cuda99" / "__init__.py").write_text("")
   path = os.pathsep.join(p for p in (str(tmp_path), env.get("PYTHONPATH")) if p)
   assert _xla_flags_after_import({**env, "PYTHONPATH": path, "JAX_PLATFORMS": "cpu"}) == ""
+
+
+def test_auto_follows_the_platform_lowered_for_not_the_host():
+  """Exported for CUDA from this CPU host, 'auto' gives XLA's ops (a grouped convolution, a 1x1
+  convolution, the max pool's select_and_scatter gradient); lowered for the CPU, the CPU
+  formulations."""
+  def f(x, dw, pw):
+    y = cpu_kernels.conv(x, dw, (1, 1), "SAME", dimension_numbers=_NHWC, feature_group_count=3)
+    y = cpu_kernels.conv(y, pw, (1, 1), "SAME", dimension_numbers=_NHWC)
+    return cpu_kernels.max_pool(y, 3, 2, "SAME").sum()
+
+  args = (jnp.ones((1, 8, 8, 3)), jnp.ones((3, 3, 1, 3)), jnp.ones((1, 1, 3, 4)))
+  with cpu_kernels.use("auto"):
+    texts = {p: jax.export.export(jax.jit(jax.grad(f, argnums=(0, 1, 2))), platforms=[p])(*args).mlir_module()
+             for p in ("cuda", "cpu")}
+  gpu, cpu = texts["cuda"], texts["cpu"]
+  assert "feature_group_count = 3 :" in gpu and "select_and_scatter" in gpu
+  assert "feature_group_count = 3 :" not in cpu and "select_and_scatter" not in cpu
+  assert "custom_call" not in gpu  # No host callbacks in the GPU graph.

@@ -7,7 +7,9 @@ nnx.Conv) and every max pool:
 
   'xla'   XLA's grouped convolutions and reduce_window pooling: what a GPU or TPU runs.
   'cpu'   XLA:CPU's slow cases rewritten (below), the rest XLA's.
-  'auto'  (default) 'cpu' when jax.default_backend() is 'cpu', else 'xla'.
+  'auto'  (default) chosen by the platform the function is lowered for (lax.platform_dependent):
+          'cpu' on CPU, 'xla' elsewhere. So exporting for CUDA from a CPU host
+          (jax.export(..., platforms=['cuda'])) gives the GPU graph, not the CPU kernels.
 
 Set it for a block with `with cpu_kernels.use("xla"): ...`, for a process with the environment
 variable FAKEJAX_KERNELS, and read it with `kernels()`. The setting is part of jit's cache key,
@@ -45,11 +47,21 @@ _SETTING = jax_config.enum_state(
 
 
 def kernels():
-  """The formulation functions traced now get: 'cpu' or 'xla' ('auto' resolved by backend)."""
+  """The formulation functions traced now get: 'cpu', 'xla' or, for 'auto', that of the default
+  backend (what a function lowered for it gets; lowered for another platform, that one's)."""
   setting = _SETTING.value
   if setting == "auto":
     return "cpu" if jax.default_backend() == "cpu" else "xla"
   return setting
+
+
+def _by_platform(cpu_fn, xla_fn, *args):
+  """cpu_fn(*args) or xla_fn(*args) as the setting says; for 'auto', the one of the platform
+  the computation is lowered for (decided at lowering, nothing at run time)."""
+  setting = _SETTING.value
+  if setting == "auto":
+    return lax.platform_dependent(*args, cpu=cpu_fn, default=xla_fn)
+  return (cpu_fn if setting == "cpu" else xla_fn)(*args)
 
 
 @contextlib.contextmanager
@@ -78,13 +90,14 @@ def conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None
          dimension_numbers=None, feature_group_count=1, precision=None, preferred_element_type=None,
          **kwargs):
   """lax.conv_general_dilated, with the CPU formulations of depthwise and 1x1 convolutions under 'cpu'."""
-  fast = _cpu_formulation(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
-                          feature_group_count) if kernels() == "cpu" else None
+  xla = lambda lhs, rhs: lax.conv_general_dilated(
+      lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+      feature_group_count, precision=precision, preferred_element_type=preferred_element_type, **kwargs)
+  fast = _cpu_formulation(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count)
   if fast is None:
-    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                                    dimension_numbers, feature_group_count, precision=precision,
-                                    preferred_element_type=preferred_element_type, **kwargs)
-  return fast(lhs, rhs, window_strides, padding, precision, preferred_element_type)
+    return xla(lhs, rhs)
+  cpu = lambda lhs, rhs: fast(lhs, rhs, window_strides, padding, precision, preferred_element_type)
+  return _by_platform(cpu, xla, lhs, rhs)
 
 
 def _cpu_formulation(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, groups):
@@ -219,9 +232,8 @@ def max_pool(x, window, stride, padding):
   if isinstance(padding, str):
     padding = lax.padtype_to_pads(x.shape[1:3], (window, window), (stride, stride), padding)
   padding = tuple(tuple(p) for p in padding)
-  if kernels() == "cpu":
-    return _tap_max_pool(x, window, stride, padding)
-  return nnx.max_pool(x, (window, window), (stride, stride), padding=padding)
+  return _by_platform(lambda x: _tap_max_pool(x, window, stride, padding),
+                      lambda x: nnx.max_pool(x, (window, window), (stride, stride), padding=padding), x)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
