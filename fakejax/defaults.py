@@ -62,6 +62,8 @@ def get_config():
   c.data.val_fraction = 0.0           # Datasets without a 'val' split: validate on this seeded
                                       #   fraction of train (held out of training); 0: error.
   c.data.workers = 0                  # grain worker processes (0: in the main process).
+  c.data.read_threads = 0             # Threads per reader (0: the cores shared among the workers, <= 16).
+  c.data.prefetch = 4                 # Batches each reader reads ahead (grain's own default: 500).
   c.data.seed = 0                     # Shuffle/augmentation seed.
   c.data.synthetic = ml_collections.ConfigDict()
   c.data.synthetic.size = 64

@@ -14,6 +14,7 @@ fakejax.evaluator instead.
 """
 
 import dataclasses
+import os
 
 import grain
 import jax
@@ -207,7 +208,20 @@ def make_train_iter(dataset, data_cfg, aug_cfg, global_batch, seed, process_inde
   ds = ds.batch(local, drop_remainder=True)
   if data_cfg.patches_per_image:
     ds = ds.map(_flatten_patches)
-  it = ds.to_iter_dataset()
+  it = ds.to_iter_dataset(read_options(data_cfg))
   if data_cfg.workers:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_cfg.workers))
   return iter(it)
+
+
+def read_options(data_cfg):
+  """grain's reading threads and read-ahead, bounded: the elements here are whole batches, and
+  grain's defaults (16 threads, 500 elements) would buffer up to 500 batches per worker (~6 GB
+  for configs/xception.py) while training pauses for an evaluation.
+
+  Threads: data.read_threads, or the cores shared among the worker processes (at most 16);
+  read-ahead: data.prefetch batches.
+  """
+  workers = max(data_cfg.workers, 1)
+  threads = data_cfg.get("read_threads", 0) or min(max((os.cpu_count() or 1) // workers, 1), 16)
+  return grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(data_cfg.get("prefetch", 4), 1))

@@ -44,7 +44,7 @@ TrainingError = loop.TrainingError
 # Config keys that may change between a run and its resumption (they do not change results).
 OPERATIONAL_KEYS = ("data.workers", "data.cache_dir", "log_every_steps", "keep_checkpoints",
                     "checkpoint_every_steps", "checkpoint_every_minutes", "eval_batch_size",
-                    "eval_threads")
+                    "eval_threads", "data.read_threads", "data.prefetch")
 
 # ---------------------------------------------------------------------------
 # Model and optimizer.
