@@ -146,6 +146,8 @@ def get_config():
   c.eval_batch_size = 0               # 0: same as batch_size.
   c.eval_threads = 0                  # Image-decoding threads of evaluation per process (0: one per core).
   c.threshold = 0.5                   # p_fake decision threshold.
+  c.profile_steps = ""                # 'A:B': a jax.profiler trace of steps A+1..B into WORKDIR/profile
+                                      #   (TensorBoard's profile plugin or Perfetto opens it).
   return c
 
 

@@ -29,6 +29,19 @@ def itstime(step, every, total, last=True):
   return (every > 0 and step % every == 0) or (last and step == total)
 
 
+def parse_steps(spec):
+  """'A:B' -> (A, B), the steps profiled (after step A runs through step B); '' -> None."""
+  if not spec:
+    return None
+  try:
+    first, last = (int(v) for v in spec.split(":"))
+  except ValueError:
+    raise cli.UserError(f"profile_steps {spec!r}: expected FIRST:LAST, e.g. 10:15") from None
+  if not 0 <= first < last:
+    raise cli.UserError(f"profile_steps {spec!r}: expected 0 <= FIRST < LAST")
+  return first, last
+
+
 class Schedule:
   """When the loop logs, evaluates and checkpoints: functions of the step alone.
 

@@ -44,7 +44,7 @@ TrainingError = loop.TrainingError
 # Config keys that may change between a run and its resumption (they do not change results).
 OPERATIONAL_KEYS = ("data.workers", "data.cache_dir", "log_every_steps", "keep_checkpoints",
                     "checkpoint_every_steps", "checkpoint_every_minutes", "eval_batch_size",
-                    "eval_threads", "data.read_threads", "data.prefetch")
+                    "eval_threads", "data.read_threads", "data.prefetch", "profile_steps")
 
 # ---------------------------------------------------------------------------
 # Model and optimizer.
@@ -471,8 +471,11 @@ def train_loop(config, ts, data, state, meta, ckpt, log, schedule, best, evaluat
       ckpt.save_best(step, state["model"], {"step": step, "val": best.best_val})
     saved_step = step
 
+  profile = loop.parse_steps(config.get("profile_steps", ""))
   with jax.set_mesh(mesh):
     while step < ts.total_steps and not stop_reason:
+      if profile and step == profile[0]:  # A decision on the step: every process traces the same steps.
+        jax.profiler.start_trace(os.path.join(ckpt.workdir, "profile"))
       t0 = time.perf_counter()
       host = next(data.train_iter)
       batch = sharding.to_global(mesh, {"image": host["image"], "label": host["label"]})
@@ -480,6 +483,9 @@ def train_loop(config, ts, data, state, meta, ckpt, log, schedule, best, evaluat
       stage = ts.stage_at(step)
       state, m = train_steps[stage](state, batch, config.seed)
       step += 1
+      if profile and step == profile[1]:
+        jax.block_until_ready(state)
+        jax.profiler.stop_trace()
       train_log.add(step, m, data_s)
       bar.update()
       schedule.calibrate(step, time.perf_counter())
@@ -576,6 +582,7 @@ def train_and_evaluate(config, workdir, devices=None, *, evaluate_fn=None, preem
   data = open_data(config)
   task_metrics = loop.task_metrics(data.class_names)
   loop.BestTracker(config.best_metric, task_metrics)
+  loop.parse_steps(config.profile_steps)
   if sharding.is_main():  # Only now: a run refused above leaves no folder behind.
     os.makedirs(workdir, exist_ok=True)
     _atomic_write(os.path.join(workdir, "config.json"), config_json)

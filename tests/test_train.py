@@ -331,3 +331,13 @@ def test_sigterm_checkpoints_exits_75_and_resumes_exactly(tiny_synthetic, data_r
   assert sorted(got) == sorted(expected)
   np.testing.assert_allclose([got[s] for s in sorted(got)], [expected[s] for s in sorted(got)],
                              rtol=0, atol=1e-6)
+
+
+def test_profile_steps_write_a_trace_of_those_steps(make_config, tmp_path):
+  workdir = str(tmp_path / "prof")
+  train.train_and_evaluate(make_config(total_steps=3, profile_steps="1:2"), workdir)
+  traces = glob.glob(os.path.join(workdir, "profile", "**", "*.xplane.pb"), recursive=True)
+  assert len(traces) == 1 and os.path.getsize(traces[0]) > 0
+  with pytest.raises(ValueError, match="profile_steps"):
+    train.train_and_evaluate(make_config(total_steps=3, profile_steps="2:1"), str(tmp_path / "bad"))
+  assert not os.path.exists(tmp_path / "bad")  # Refused before the run's folder exists.
