@@ -147,6 +147,7 @@ def main(argv=None):
       ac.data.dir = args.attribution_data
     ac.data.task = "attribution"
     ac.data.train_sources = ()
+    ac.data.photo.train_all = ac.data.dir == "photo"  # Every family in train, not only tconv.
     ac.data.balance = True
     ac.best_metric = "top1"
     ac.model.dropout = 0.0

@@ -267,3 +267,13 @@ def test_leaderboard_on_the_photo_benchmark(tmp_path, data_root):
   unseen = {r["recipe"] for r in res["records"] if r["set"] == "mean unseen"}
   assert unseen == set(leaderboard.RECIPES)
   assert "Best mean accuracy on the unseen generators" in md
+
+
+@pytest.mark.study
+def test_generalisation_on_the_photo_benchmark(tmp_path, data_root):
+  """--benchmark photo: its five content categories (N up to 4 seen), the tiny photo benchmark."""
+  out, res = run_study("generalisation", tmp_path, data_root, "--benchmark", "photo")
+  md = check_outputs(out, res, ["fig_1a_accuracy.png"], ["1a: content diversity (total training images fixed)"])
+  assert "Data: the photo benchmark (fakejax.photo)" in md
+  held = {r["held_out"] for r in res["records"]}
+  assert held <= {"nature", "people", "objects", "science", "texture"} and len(held) == 1
