@@ -4,12 +4,22 @@ r"""ImageNet weights from the files users already have: Keras H5, torchvision st
   python -m fakejax.convert --from keras --model mobilenet_v2 mobilenet_v2_weights_...no_top.h5 OUT
   python -m fakejax.convert --from torchvision --model resnet50 resnet50-0676ba61.pth|.safetensors OUT
   python -m fakejax.convert --from bit --model bit_resnet50 BiT-M-R50x1.npz OUT
+  python -m fakejax.convert --from npr NPR.pth RUN            # a released detector -> a run folder
+  python -m fakejax.convert --from safe checkpoint-best.pth RUN
+  python -m fakejax.convert --from cnndetection blur_jpg_prob0.5.pth RUN
 
 OUT is a weights folder that `--config.model.init_from=OUT` loads into a fresh
 model (`keras:FILE` / `torchvision:FILE` / `bit:FILE` load a file directly, and a training
 run's workdir works too). The classification head is never converted: it is
 built for the configured number of classes. Everything else must match
 exactly, or the error names every mismatched parameter.
+
+The released detectors (`--from npr|safe|cnndetection`, no --model) convert whole, head included,
+into a run folder that `evaluate`, `predict`, `explain` and `serve` load like a trained run: the
+architecture, input front-end, preprocessing, class order (real, fake) and threshold 0.5 are
+recorded in its config.json, the repository's test preset in its run.json (`evaluate` uses it
+unless --preset says otherwise). NPR's NPR.pth is a plain state dict; SAFE's checkpoint wraps
+it as {'model': ..., 'args': Namespace, ...}; CNNDetection's as {'model': ..., ...}.
 
 Keras files are read in the legacy H5 layout of the Keras applications weight
 files (also what `model.save('file.h5')` writes): layers by name, weights in
@@ -148,20 +158,28 @@ def read_torch_state_dict(path):
   except ImportError:
     raise ConversionError(f"Reading {os.path.basename(path)} needs PyTorch (pip install torch); or "
                           "save the state dict as .safetensors, which needs no PyTorch") from None
+  import argparse  # pylint: disable=g-import-not-at-top
+  torch.serialization.add_safe_globals([argparse.Namespace])  # SAFE saves its args beside the weights.
   sd = torch.load(path, map_location="cpu", weights_only=True)  # Never unpickles arbitrary objects.
-  sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+  if isinstance(sd, dict):
+    sd = sd.get("model", sd.get("state_dict", sd))  # SAFE and CNNDetection wrap the state dict.
   return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()}
 
 
 _BN_NAMES = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
 
 
-def from_torchvision_resnet(sd):
-  """{our parameter path: array} of a torchvision ResNet state dict (fc dropped)."""
+def from_torchvision_resnet(sd, head=None):
+  """{our parameter path: array} of a torchvision-layout ResNet state dict: the classifier
+  dropped, or with `head` (its module name: 'fc', NPR's and SAFE's 'fc1') converted too."""
   out, unknown = {}, []
   for key, value in sd.items():
     key = key.removeprefix("module.")  # Saved from DataParallel.
-    if key.startswith("fc.") or key.endswith("num_batches_tracked"):
+    if head and key in (f"{head}.weight", f"{head}.bias"):
+      out["head/kernel" if key.endswith("weight") else "head/bias"] = (
+          np.asarray(value).T if key.endswith("weight") else np.asarray(value))
+      continue
+    if (not head and key.startswith("fc.")) or key.endswith("num_batches_tracked"):
       continue
     m = re.fullmatch(r"(conv1|bn1)\.(\w+)", key) or re.fullmatch(
         r"layer(\d)\.(\d+)\.(conv\d|bn\d|downsample\.[01])\.(\w+)", key)
@@ -295,11 +313,79 @@ def init_model_state(model_state, weights, what):
   return model_state
 
 
+# ---------------------------------------------------------------------------
+# Released detectors -> run folders.
+# ---------------------------------------------------------------------------
+# Each: the model keys of its config, the classifier's module name, its crop and its test preset.
+PUBLISHED = {
+    "npr": dict(model=dict(name="resnet_trunc", front="npr", single_logit=True, preprocess="imagenet"),
+                head="fc1", image_size=224, preset="npr_forensynths"),
+    "safe": dict(model=dict(name="resnet_trunc", front="safe_dwt", single_logit=False, preprocess="unit"),
+                 head="fc1", image_size=256, preset="safe"),
+    "cnndetection": dict(model=dict(name="resnet50", front="none", single_logit=True, preprocess="imagenet"),
+                         head="fc", image_size=224, preset="cnndetection"),
+}
+
+
+def published_config(name):
+  """The config of a converted released detector (fakejax.defaults plus its model keys)."""
+  from fakejax import defaults  # pylint: disable=g-import-not-at-top
+  spec = PUBLISHED[name]
+  c = defaults.get_config()
+  for k, v in spec["model"].items():
+    c.model[k] = v
+  c.model.dropout = 0.0
+  c.data.image_size = spec["image_size"]
+  c.data.too_small = "zero"
+  c.data.train_sources = ()
+  return c
+
+
+def convert_published(name, path, out):
+  """Writes the released detector `name` (a key of PUBLISHED) from its file `path` as a run at `out`.
+
+  Raises:
+    ConversionError: naming every key of the file that does not fit the architecture.
+    FileExistsError: when `out` exists (nothing is overwritten).
+  """
+  out = os.path.abspath(out)
+  if os.path.exists(out):
+    raise FileExistsError(f"{out} already exists; remove it or choose another output folder")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"No weight file {path}")
+  spec = PUBLISHED[name]
+  weights = from_torchvision_resnet(read_torch_state_dict(path), head=spec["head"])
+  if "head/kernel" not in weights:
+    raise ConversionError(f"{os.path.basename(path)} has no classifier '{spec['head']}.weight': not a "
+                          f"{name} detector checkpoint")
+  config = published_config(name)
+  model = models.from_config(config.model, 2)
+  state = nnx.state(model)
+  init_model_state(state, weights, path)  # Every parameter and statistic, or the mismatches named.
+  nnx.update(model, state)
+  checkpoint.Checkpointer(out).save_best(0, nnx.state(model), {"step": 0, "converted_from": name})
+  with open(os.path.join(out, "config.json"), "w") as f:
+    f.write(config.to_json(indent=2))
+  with open(os.path.join(out, "run.json"), "w") as f:
+    json.dump({"num_classes": 2, "class_names": ["real", "fake"], "dataset": "", "task": "binary",
+               "preset": spec["preset"], "converted": {"from": name, "source": os.path.abspath(path)}}, f,
+              indent=2)
+  return out
+
+
 def main(argv):
   if len(argv) != 3:
-    raise cli.UserError("usage: python -m fakejax.convert --from keras|torchvision|bit --model NAME FILE OUT")
+    raise cli.UserError("usage: python -m fakejax.convert --from keras|torchvision|bit --model NAME FILE OUT, "
+                        "or --from npr|safe|cnndetection FILE OUT")
   src, out = argv[1], argv[2]
+  if flags.FLAGS["from"].value in PUBLISHED:
+    run = convert_published(flags.FLAGS["from"].value, src, out)
+    print(f"{flags.FLAGS['from'].value} -> {run}\nscore it with: python -m fakejax.evaluate --workdir {run} "
+          f"--dataset PREPARED_DATASET (preset {PUBLISHED[flags.FLAGS['from'].value]['preset']})")
+    return
   model = flags.FLAGS.model
+  if not model:
+    raise cli.UserError(f"--from {flags.FLAGS['from'].value} needs --model")
   weights, info = convert(flags.FLAGS["from"].value, model, src)
   # Check against the architecture before writing anything.
   abstract = nnx.state(nnx.eval_shape(lambda: models.create(model, 2)))
@@ -311,7 +397,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.DEFINE_enum("from", None, list(SUPPORTED), "Origin of the weight file.")
-  flags.DEFINE_enum("model", None, sorted({m for v in SUPPORTED.values() for m in v}), "Model name.")
-  flags.mark_flags_as_required(["from", "model"])
+  flags.DEFINE_enum("from", None, list(SUPPORTED) + list(PUBLISHED), "Origin of the weight file.")
+  flags.DEFINE_enum("model", None, sorted({m for v in SUPPORTED.values() for m in v}),
+                    "Model name (not for the released detectors).")
+  flags.mark_flags_as_required(["from"])
   cli.run(main)

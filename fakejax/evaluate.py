@@ -177,12 +177,15 @@ def main(argv):
   workdir = _WORKDIR.value
   run = evaluator.Run(workdir, _CHECKPOINT.value, batch_size=_BATCH.value, threads=_THREADS.value)
   extra = {} if _EVAL_RESIZE.value is None else {"resize": _EVAL_RESIZE.value}
-  view = run.view(_MODE.value, _PRESET.value, patch_size=_PATCH.value, k=_K.value, seed=_SEED.value,
+  preset = _PRESET.value or run.info.get("preset", "")  # A converted released detector's own.
+  view = run.view(_MODE.value, preset, patch_size=_PATCH.value, k=_K.value, seed=_SEED.value,
                   theta=_THETA.value, exact_sizes=_EXACT.value, **extra)
   copies = augment.tta_copies(_TTA.value, _SEED.value)
   perturbations = augment.parse_perturbations(_PERTURB.value)
   threshold = run.config.threshold if _THRESHOLD.value is None else _THRESHOLD.value
-  out = _OUT.value or os.path.join(workdir, f"eval_{_PRESET.value or view.mode}")
+  out = _OUT.value or os.path.join(workdir, f"eval_{preset or view.mode}")
+  if not (_DATASETS.value or run.info["dataset"]):
+    raise cli.UserError(f"{workdir} was converted, not trained on a dataset: name one with --dataset")
   dataset_paths = _DATASETS.value or [run.info["dataset"]]
   sets = []
   for path in dataset_paths:
@@ -202,7 +205,7 @@ def main(argv):
     add_calibrated(plain, curves, cal_t)
   table = plain + ([mean_row(plain)] if len(plain) > 1 else [])
   info = {"workdir": os.path.abspath(workdir), "checkpoint_step": run.meta.get("step"),
-          "mode": view.mode, "preset": _PRESET.value or None, "view": view.__dict__, "tta": [c.name for c in copies],
+          "mode": view.mode, "preset": preset or None, "view": view.__dict__, "tta": [c.name for c in copies],
           "threshold": threshold, "split": _SPLIT.value, "group_by": _GROUP_BY.value,
           "class_names": list(run.class_names), "datasets": [os.path.abspath(p) for p in dataset_paths],
           "training_indicators": report.training_indicators(os.path.join(workdir, "metrics.jsonl")),
