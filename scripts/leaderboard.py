@@ -27,7 +27,8 @@ At CPU size (no --data) every neural recipe trains --steps steps (default 500) o
 64 px with its own model, input, augmentation, loss and optimiser; the from-scratch ResNet-50 and
 Xception are narrowed (model.width 0.25) like the studies' runs, NPR's and SAFE's networks are
 used whole (1.44M parameters); CNNDetection starts from scratch here (theirs from ImageNet) with
-Adam 1e-3 instead of their 1e-4. Everything is scored with the 'full' view (the 64 px image).
+Adam 1e-3 instead of their 1e-4; SAFE's lr follows its rule, 1e-2 x batch / 256. Everything is
+scored with the 'full' view (the 64 px image).
 """
 
 import os
@@ -87,6 +88,8 @@ def recipe_config(name, base, args):
     c.batch_size = base.batch_size * 8
   if name in ("npr", "safe"):
     c.batch_size = base.batch_size
+    if name == "safe":  # SAFE's rule: lr = blr (1e-2) x batch / 256.
+      c.optim.lr = 1e-2 * c.batch_size / 256
   elif not args.data:  # The studies' CPU width for the large from-scratch networks.
     c.model.width = base.model.width
     if name != "deepfd":
