@@ -128,7 +128,7 @@ def test_taps_see_every_layer_and_steer_the_forward(name):
 
 
 def test_unknown_model_lists_the_known_ones():
-  with pytest.raises(ValueError, match=r"known: .*deepfd, mobilenet_v2, resnet101, resnet50, xception"):
+  with pytest.raises(ValueError, match=r"known: .*deepfd, mobilenet_v2, resnet101, resnet50, resnet_trunc, xception"):
     models.create("vgg", 2)
 
 
