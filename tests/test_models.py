@@ -87,7 +87,7 @@ def test_layer_names_follow_the_depth():
 
 
 # Tiny models of each kind, shared by the model, kernel and folding tests.
-TINY = {"xception": dict(width=0.0625, middle_blocks=1), "resnet50": dict(width=0.0625),
+TINY = {"xception": dict(width=0.0625, middle_blocks=1), "resnet50": dict(width=0.0625), "resnet_trunc": dict(width=0.0625),
         "mobilenet_v2": dict(width=0.25), "deepfd": dict(width=0.0625)}
 
 
