@@ -23,9 +23,6 @@ class TooSmall(cli.UserError):
   """An image smaller than the crop or patch the pipeline needs."""
 
 
-TOO_SMALL = ("error", "pad", "zero")
-
-
 def fit(img, size, policy, name=""):
   """Checks that img is at least size x size; else pads it, the shortfall split as torchvision's
   CenterCrop does (half before, the rest after): reflected if policy == 'pad', black if 'zero'

@@ -144,6 +144,8 @@ def calibrate(run, view, source, target_real_acc, copies=(augment.Copy(),)):
   if run.class_names[0] != "real" or len(run.class_names) != 2:
     raise cli.UserError("--calibrate needs a binary real/fake run")
   if source == "val":
+    if not run.info["dataset"]:
+      raise cli.UserError("--calibrate val: this run has no dataset of its own; give a folder of reals")
     ds = datasets.open_named(run.info["dataset"])
     if "val" not in ds.splits:
       raise cli.UserError(f"--calibrate val: {run.info['dataset']} has no val split; give a folder of reals")
