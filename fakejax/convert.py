@@ -363,13 +363,15 @@ def convert_published(name, path, out):
   state = nnx.state(model)
   init_model_state(state, weights, path)  # Every parameter and statistic, or the mismatches named.
   nnx.update(model, state)
-  checkpoint.Checkpointer(out).save_best(0, nnx.state(model), {"step": 0, "converted_from": name})
-  with open(os.path.join(out, "config.json"), "w") as f:
+  tmp = f"{out}.tmp{os.getpid()}"  # Written aside, renamed when whole: a crash leaves no half run.
+  checkpoint.Checkpointer(tmp).save_best(0, nnx.state(model), {"step": 0, "converted_from": name})
+  with open(os.path.join(tmp, "config.json"), "w") as f:
     f.write(config.to_json(indent=2))
-  with open(os.path.join(out, "run.json"), "w") as f:
+  with open(os.path.join(tmp, "run.json"), "w") as f:
     json.dump({"num_classes": 2, "class_names": ["real", "fake"], "dataset": "", "task": "binary",
                "preset": spec["preset"], "converted": {"from": name, "source": os.path.abspath(path)}}, f,
               indent=2)
+  os.rename(tmp, out)
   return out
 
 
