@@ -288,10 +288,10 @@ def train_augment(img, rng, aug, size, too_small="error", name=""):
     img = random_crop(img, size, rng) if aug.crop == "random" else center_crop(img, size)
   if aug.flip and rng.uniform() < aug.flip:
     img = img[:, ::-1]
-  if aug.get("spin"):
+  if aug.spin:
     img = spin(np.ascontiguousarray(img), rng, aug.spin)
-  if any(aug.get("color_jitter", ())):
+  if any(aug.color_jitter):
     img = color_jitter(np.ascontiguousarray(img), rng, *aug.color_jitter)
-  if aug.get("mask_prob") and rng.uniform() < aug.mask_prob:
+  if aug.mask_prob and rng.uniform() < aug.mask_prob:
     img = random_mask(img, rng, aug.mask_ratio, aug.mask_patch)
   return img  # A view: batching copies it once, into the batch.

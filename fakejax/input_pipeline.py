@@ -223,5 +223,5 @@ def read_options(data_cfg):
   read-ahead: data.prefetch batches.
   """
   workers = max(data_cfg.workers, 1)
-  threads = data_cfg.get("read_threads", 0) or min(max((os.cpu_count() or 1) // workers, 1), 16)
-  return grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(data_cfg.get("prefetch", 4), 1))
+  threads = data_cfg.read_threads or min(max((os.cpu_count() or 1) // workers, 1), 16)
+  return grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(data_cfg.prefetch, 1))

@@ -58,17 +58,17 @@ def create_learning_rate_fn(optim, total_steps, steps_per_epoch=1):
   end_lr; without decay_rate, it reaches end_lr at the end.
   """
   in_steps = lambda epochs, steps: round(epochs * steps_per_epoch) if epochs else steps
-  warmup = in_steps(optim.get("warmup_epochs", 0), optim.warmup_steps)
+  warmup = in_steps(optim.warmup_epochs, optim.warmup_steps)
   steps = max(total_steps - warmup, 1)
   if optim.schedule == "constant":
     main = optax.constant_schedule(optim.lr)
   elif optim.schedule == "cosine":
     main = optax.cosine_decay_schedule(optim.lr, steps, alpha=optim.end_lr / optim.lr)
   elif optim.schedule in ("exponential", "step"):
-    every = in_steps(optim.get("decay_every_epochs", 0), optim.decay_every)
+    every = in_steps(optim.decay_every_epochs, optim.decay_every)
     every = (every or max(steps // 10, 1)) if optim.schedule == "step" else 1
-    begin = in_steps(optim.get("decay_begin_epochs", 0), 0)
-    rate = optim.get("decay_rate", 0) or (optim.end_lr / optim.lr) ** (1 / max((steps - begin) // every, 1))
+    begin = in_steps(optim.decay_begin_epochs, 0)
+    rate = optim.decay_rate or (optim.end_lr / optim.lr) ** (1 / max((steps - begin) // every, 1))
     main = optax.exponential_decay(optim.lr, every, rate, transition_begin=begin,
                                    staircase=optim.schedule == "step", end_value=optim.end_lr)
   else:
@@ -471,7 +471,7 @@ def train_loop(config, ts, data, state, meta, ckpt, log, schedule, best, evaluat
       ckpt.save_best(step, state["model"], {"step": step, "val": best.best_val})
     saved_step = step
 
-  profile = loop.parse_steps(config.get("profile_steps", ""))
+  profile = loop.parse_steps(config.profile_steps)
   with jax.set_mesh(mesh):
     while step < ts.total_steps and not stop_reason:
       if profile and step == profile[0]:  # A decision on the step: every process traces the same steps.

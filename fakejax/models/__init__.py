@@ -138,7 +138,7 @@ def layer_shapes(model, image_size, batch=1):
 def from_config(model_cfg, num_classes, seed=0):
   """The model a config's `model` block describes (architecture options by name)."""
   kw = dict(dropout=model_cfg.dropout, width=model_cfg.width, remat=model_cfg.remat)
-  if model_cfg.get("single_logit"):
+  if model_cfg.single_logit:
     kw["single_logit"] = True
   if model_cfg.name == "xception":
     kw["middle_blocks"] = model_cfg.middle_blocks
