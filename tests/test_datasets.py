@@ -323,6 +323,32 @@ def test_leakage_report_and_dedup(tmp_path):
   assert "train/x/0_real/dup.png" in _read_all(ds, "train")
 
 
+def test_leakage_check_tells_apart_hashes_that_share_their_first_bytes(tmp_path, monkeypatch):
+  """The check keeps 8 bytes of each hash in a sorted array; here every hash starts with the same
+  8 bytes, so only the comparison of whole hashes finds the one image in two splits. A copy
+  within one split is not leakage; the example names the first copy."""
+  real_hash = datasets.images.pixel_hash
+  monkeypatch.setattr(datasets.images, "pixel_hash", lambda rgb: "00" * 8 + real_hash(rgb)[16:])
+  root = tmp_path / "leak"
+  for split in ("train", "val", "test"):
+    for lab in ("0_real", "1_fake"):
+      for i in range(4):
+        _png(str(root / split / "x" / lab / f"{i}.png"),
+             _rand(2000 + 100 * SPLIT_SEEDS[split] + 10 * (lab == "1_fake") + i))
+  dup = _rand(77)
+  for path in ("train/x/0_real/a.png", "train/x/0_real/b.png", "test/x/1_fake/c.png"):
+    _png(str(root / path), dup)
+  _, summary = datasets.prepare_folder(str(root), str(tmp_path / "out"), workers=0)
+  assert summary["leakage"]["n_hashes_in_several_splits"] == 1
+  assert summary["leakage"]["examples"] == [["train/x/0_real/a.png", "test/x/1_fake/c.png"]]
+  _, summary = datasets.prepare_folder(str(root), str(tmp_path / "out2"), workers=0, dedup=True)
+  assert summary["leakage"]["removed_by_dedup"] == ["test/x/1_fake/c.png"]
+  assert summary["counts"] == {"train": 10, "val": 8, "test": 8}
+
+
+SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
+
+
 def test_prepare_refuses_to_overwrite_and_clears_a_crashed_build(tmp_path):
   root = tmp_path / "r"
   for cls in ("real", "fake"):

@@ -23,7 +23,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import sys
 import time
 import zipfile
 
@@ -146,62 +145,74 @@ def builder_dir(path):
 
 
 class _Index:
-  """A split's side index (INDEX_COLUMNS), built row by row in compact form: numbers in arrays,
-  content hashes as 16 bytes in one buffer, repeated names (generator, category, folder,
-  format) shared, the path the scan's own string: about 100 bytes a row."""
+  """A split's side index (INDEX_COLUMNS), built row by row in compact form, about 60 bytes and
+  the path a row: numbers in int32 arrays, repeated names (generator, category, folder, format)
+  as codes into a table, content hashes as 16 bytes in one buffer, paths as UTF-8 in another."""
 
   NUMBERS = ("label", "class_label", "height", "width")
-  UNIQUE = ("path",)
+  NAMES = ("source", "category", "group", "format")
 
   def __init__(self):
-    self.cols = {k: array.array("q") if k in self.NUMBERS else [] for k in INDEX_COLUMNS}
-    self.cols["hash"] = bytearray()
+    self._numbers = {k: array.array("i") for k in self.NUMBERS}
+    self._codes = {k: array.array("i") for k in self.NAMES}
+    self._tables = {k: {} for k in self.NAMES}  # name -> code.
+    self.hashes, self._paths, self._ends = bytearray(), bytearray(), array.array("q")
+    self.longest_path = 1
 
   def add(self, **row):
-    for k in INDEX_COLUMNS:
-      v = row[k]
-      if k == "hash":  # Hex (images.pixel_hash) or the 16 bytes.
-        self.cols[k] += bytes.fromhex(v) if isinstance(v, str) else v
-      else:
-        self.cols[k].append(sys.intern(v) if k not in self.NUMBERS + self.UNIQUE else v)
+    for k in self.NUMBERS:
+      self._numbers[k].append(row[k])
+    for k in self.NAMES:
+      table = self._tables[k]
+      self._codes[k].append(table.setdefault(row[k], len(table)))
+    digest = row["hash"]  # Hex (images.pixel_hash) or the 16 bytes.
+    self.hashes += bytes.fromhex(digest) if isinstance(digest, str) else digest
+    self._paths += row["path"].encode()
+    self._ends.append(len(self._paths))
+    self.longest_path = max(self.longest_path, len(row["path"]))
 
   def digest(self, row):
-    return bytes(self.cols["hash"][16 * row:16 * row + 16])
+    return bytes(self.hashes[16 * row:16 * row + 16])
+
+  def path(self, row):
+    return self._paths[self._ends[row - 1] if row else 0:self._ends[row]].decode()
+
+  def column(self, k, start=0, stop=None):
+    """Rows [start, stop) of column k as a numpy array (hashes in hex, as images.pixel_hash)."""
+    stop = len(self) if stop is None else min(stop, len(self))
+    if k in self.NUMBERS:
+      return np.asarray(self._numbers[k][start:stop], np.int64)
+    if k in self.NAMES:
+      names = np.asarray(list(self._tables[k]) or [""])
+      return names[np.asarray(self._codes[k][start:stop], np.int64)]
+    if k == "hash":
+      return np.asarray([self.hashes[16 * i:16 * i + 16].hex() for i in range(start, stop)], "<U32")
+    return np.asarray([self.path(i) for i in range(start, stop)], f"<U{self.longest_path}")
+
+  def dtype(self, k):
+    """The numpy dtype column k is saved with."""
+    if k in self.NUMBERS:
+      return np.dtype(np.int64)
+    if k in self.NAMES:
+      return np.dtype(f"<U{max(map(len, self._tables[k]), default=1) or 1}")
+    return np.dtype("<U32" if k == "hash" else f"<U{self.longest_path}")
 
   def __len__(self):
-    return len(self.cols["label"])
+    return len(self._ends)
 
 
-def _column_dtype(ix, k):
-  if k in _Index.NUMBERS:
-    return np.dtype(np.int64)
-  if k == "hash":
-    return np.dtype("<U32")  # Hex, as images.pixel_hash gives it.
-  return np.dtype(f"<U{max(map(len, ix.cols[k]), default=1) or 1}")
-
-
-def _column_chunks(ix, k, chunk=1 << 16):
-  """Column k of an _Index as numpy arrays of at most `chunk` rows."""
-  col, n = ix.cols[k], len(ix)
-  for i in range(0, n, chunk):
-    if k == "hash":
-      yield np.asarray([col[j:j + 16].hex() for j in range(16 * i, 16 * min(n, i + chunk), 16)])
-    else:
-      yield np.asarray(col[i:i + chunk])
-
-
-def _save_index(path, index):
-  """Writes {split: _Index} as an .npz (keys 'split/column'), a chunk of rows at a time: no
-  column is ever one array in memory (720k long paths as numpy unicode would take ~300 MB)."""
+def _save_index(path, index, chunk=4096):
+  """Writes {split: _Index} as an .npz (keys 'split/column'), `chunk` rows at a time: no column
+  is ever one array in memory (720k long paths as numpy unicode would take ~300 MB)."""
   with zipfile.ZipFile(path, "w", allowZip64=True) as z:
     for split, ix in index.items():
       for k in INDEX_COLUMNS:
-        dtype = _column_dtype(ix, k)
+        dtype = ix.dtype(k)
         with z.open(f"{split}/{k}.npy", "w", force_zip64=True) as f:
           np.lib.format.write_array_header_1_0(f, {
               "descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (len(ix),)})
-          for c in _column_chunks(ix, k):
-            f.write(c.astype(dtype).tobytes())
+          for i in range(0, len(ix), chunk):
+            f.write(ix.column(k, i, i + chunk).astype(dtype).tobytes())
 
 
 def _write(out, examples, class_names, storage, meta, index):
@@ -315,57 +326,50 @@ def prepare_folder(root, out, layout="auto", fractions=(0.56, 0.24, 0.20), seed=
     raise layouts.LayoutError(f"Unknown storage {storage!r}; known: {', '.join(images.STORAGES)}")
   layout, class_names, items, ignored = layouts.scan(root, layout, fractions, seed, names)
   pairs = dict(pairs or {})
-  groups = {i.group for i in items if i.class_name == REAL}
-  unknown = sorted({g for gs in pairs.values() for g in gs} - groups)
+  unknown = sorted({g for gs in pairs.values() for g in gs} - items.groups(REAL))
   if unknown:
     raise layouts.LayoutError(f"--pair names real folder(s) {unknown} that hold no real images; "
-                              f"real folders found: {sorted(g for g in groups if g) or 'none'}")
+                              f"real folders found: {sorted(g for g in items.groups(REAL) if g) or 'none'}")
   _prepare_out(out)
-  by_split = collections.defaultdict(list)
-  for it in items:
-    by_split[it.split].append(it)
   workers = default_workers(len(items)) if workers is None else workers
   skipped, removed = [], []
-  index = {s: _Index() for s in by_split}
-  # A content hash's first record, row * 4 + split index (leakage, --dedup), keyed by the hash's
-  # first 8 bytes (an int: a third of the memory of the hash itself; the whole hash is checked).
-  first_seen = {}
+  index = {s: _Index() for s in items.counts}
+  seen = _Seen(index)  # The hashes of the splits already written (leakage, --dedup).
   leaked, leaks = set(), {}  # Hashes in several splits; their paths (the first 20, without --dedup).
   t0 = time.perf_counter()
   bar = tqdm.tqdm(total=len(items), desc="prepare", unit="img", dynamic_ncols=True)
 
   def examples(split, pool):
     def gen():
-      tasks = ((os.path.join(root, it.path), storage, max_pixels, min_size) for it in by_split[split])
+      tasks = ((os.path.join(root, it.path), storage, max_pixels, min_size) for it in items.in_split(split))
       ix = index[split]
-      for it, res in zip(by_split[split], _in_order(_decode_file, tasks, pool, 64 * max(workers, 1))):
+      for it, res in zip(items.in_split(split), _in_order(_decode_file, tasks, pool, 64 * max(workers, 1))):
         bar.update()
         if res[0] == "bad":
           skipped.append({"path": it.path, "reason": res[1]})
           continue
         _, data, shape, digest, fmt = res
         digest = bytes.fromhex(digest)
-        seen = _first_seen(first_seen, index, digest)
-        if seen is not None and seen[0] != split:  # The same pixels in an earlier split.
+        first = seen.find(digest)
+        if first is not None:  # The same pixels in an earlier split.
           leaked.add(digest)
           if dedup:
             removed.append(it.path)
             continue
           if digest in leaks or len(leaks) < 20:
-            leaks.setdefault(digest, [index[seen[0]].cols["path"][seen[1]]]).append(it.path)
-        elif seen is None:
-          _add_first_seen(first_seen, digest, len(ix) * 4 + SPLITS.index(split))
+            leaks.setdefault(digest, [index[first[0]].path(first[1])]).append(it.path)
         label, class_label = int(it.class_name != REAL), class_names.index(it.class_name)
         ix.add(label=label, class_label=class_label, source=it.source, category=it.category,
                group=it.group, path=it.path, hash=digest, height=shape[0], width=shape[1], format=fmt)
         yield {"image": data, "shape": np.asarray(shape, np.int32), "label": label,
                "class_label": class_label}
+      seen.add(split)
     return gen
 
   meta = {"kind": "folder", "layout": layout, "classes": list(class_names),
           "root": os.path.abspath(root), "fractions": list(fractions), "seed": seed, "dedup": dedup,
           "pairs": pairs}
-  splits = [s for s in SPLITS if s in by_split]
+  splits = [s for s in SPLITS if s in items.counts]
   try:
     with _workers(workers) as pool:
       meta = _write(out, {s: examples(s, pool) for s in splits}, class_names, storage, meta,
@@ -400,36 +404,42 @@ def prepare_folder(root, out, layout="auto", fractions=(0.56, 0.24, 0.20), seed=
   return reader.Dataset(out, meta), summary
 
 
-def _prefix(digest):
-  return int.from_bytes(digest[:8], "little")
+class _Seen:
+  """The content hashes of the splits written so far, as sorted arrays of their first 8 bytes
+  and of (row * 4 + split index): 16 bytes an image, where a dict of hashes took ~100."""
 
+  def __init__(self, index):
+    self._index = index
+    self._prefix, self._code = np.zeros(0, np.uint64), np.zeros(0, np.int64)
 
-def _first_seen(first_seen, index, digest):
-  """(split, row) of the first record with these pixels (first_seen, see prepare_folder), or None."""
-  codes = first_seen.get(_prefix(digest))
-  for code in [] if codes is None else codes if isinstance(codes, list) else [codes]:
-    split, row = SPLITS[code % 4], code // 4
-    if index[split].digest(row) == digest:
-      return split, row
-  return None
+  def add(self, split):
+    """Adds the hashes of a finished split (its index's rows)."""
+    ix = self._index[split]
+    prefix = np.frombuffer(bytes(ix.hashes), np.uint8).reshape(-1, 16)[:, :8].copy().view("<u8")
+    prefix = np.concatenate([self._prefix, prefix.ravel()])
+    code = np.concatenate([self._code, np.arange(len(ix), dtype=np.int64) * 4 + SPLITS.index(split)])
+    order = np.argsort(prefix, kind="stable")  # Earlier splits, then earlier rows, first.
+    self._prefix, self._code = prefix[order], code[order]
 
-
-def _add_first_seen(first_seen, digest, code):
-  """One int per hash; a list only where two hashes share their first 8 bytes."""
-  key = _prefix(digest)
-  old = first_seen.setdefault(key, code)
-  if old is not code:
-    first_seen[key] = (old if isinstance(old, list) else [old]) + [code]
+  def find(self, digest):
+    """(split, row) of the first record with these pixels in the splits added, or None."""
+    key = np.uint64(int.from_bytes(digest[:8], "little"))
+    i = int(np.searchsorted(self._prefix, key))
+    while i < len(self._prefix) and self._prefix[i] == key:
+      split, row = SPLITS[self._code[i] % 4], int(self._code[i] // 4)
+      if self._index[split].digest(row) == digest:
+        return split, row
+      i += 1
+    return None
 
 
 def _class_columns(index, splits, class_label):
   """(formats, heights, widths) of one class's records over the splits, for checks.class_stats."""
   cols = collections.defaultdict(list)
   for s in splits:
-    c = index[s].cols
-    keep = np.asarray(c["class_label"]) == class_label
+    keep = index[s].column("class_label") == class_label
     for k in ("format", "height", "width"):
-      cols[k].append(np.asarray(c[k])[keep])
+      cols[k].append(index[s].column(k)[keep])
   return tuple(np.concatenate(cols[k]) for k in ("format", "height", "width"))
 
 

@@ -106,19 +106,27 @@ class Names:
 
 
 def walk_images(root):
-  """Sorted relative paths of the image files below root, and the other (ignored) files.
+  """The image files below root, folder by folder, and the other (ignored) files.
 
-  Hidden files and folders (.DS_Store, .ipynb_checkpoints) are skipped.
+  Hidden files and folders (.DS_Store, .ipynb_checkpoints) are skipped. Folders come in
+  os.walk's order with sorted sub-folders, names sorted within a folder.
+
+  Returns:
+    ([(folder, names)], others): `folder` relative to root ('' for root itself), `names` the
+    folder's image file names joined by '\\0' (one string a folder: a tree of 720k files stays
+    a few tens of MB); `others` the relative paths of the other files.
   """
-  images, others = [], []
+  folders, others = [], []
   for dirpath, dirnames, filenames in os.walk(root):
     dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-    for f in sorted(filenames):
-      if f.startswith("."):
-        continue
-      rel = os.path.relpath(os.path.join(dirpath, f), root)
-      (images if f.lower().endswith(IMAGE_EXTS) else others).append(rel)
-  return images, others
+    folder = os.path.relpath(dirpath, root)
+    folder = "" if folder == "." else folder
+    names = [f for f in sorted(filenames) if not f.startswith(".")]
+    others += [os.path.join(folder, f) for f in names if not f.lower().endswith(IMAGE_EXTS)]
+    names = [f for f in names if f.lower().endswith(IMAGE_EXTS)]
+    if names:
+      folders.append((folder, "\0".join(names)))
+  return folders, others
 
 
 def hash_split(rel_path, fractions, seed):
@@ -180,41 +188,47 @@ def _general(parts, names):
   return out, ""
 
 
-def _classify(layout, images, names):
-  """{path: roles} if every image matches `layout`, else (None, [(path, why)] of the misfits)."""
-  out, misfits, by_folder = {}, [], {}
+def _first(folder, names):
+  """The relative path of a folder's first image (errors name an image, not a folder)."""
+  return os.path.join(folder, names.split("\0", 1)[0])
+
+
+def _classify(layout, folders, names):
+  """{folder: roles} if every image matches `layout` (roles depend on the folders only), else
+  (None, [(path, why)] of the misfits: the first image of each folder that fits no rule)."""
+  out, misfits = {}, []
   patterns = () if layout == GENERAL else [p if isinstance(p, tuple) else (p, {}) for p in layout.patterns]
-  for rel in images:
-    folder = os.path.dirname(rel)
-    if folder in by_folder:  # Roles depend on the folders only: one dict per folder, shared.
-      roles, why = by_folder[folder]
-    elif layout == GENERAL:
-      roles, why = by_folder[folder] = _general(folder.split(os.sep) if folder else [], names)
+  for folder, files in folders:
+    parts = folder.split(os.sep) if folder else []
+    if layout == GENERAL:
+      roles, why = _general(parts, names)
     else:
       roles, why = None, "matches none of " + ", ".join(p for p, _ in patterns)
       for pattern, fixed in patterns:
-        roles = _match(pattern, folder.split(os.sep) if folder else [], names)
+        roles = _match(pattern, parts, names)
         if roles is not None:
           roles.update({k: names.train_source if v is TRAIN_SOURCE else v for k, v in fixed.items()})
           break
-      by_folder[folder] = roles, why
     if roles is None:
-      misfits.append((rel, why))
+      misfits.append((_first(folder, files), why))
       if len(misfits) >= 5:
         break
     else:
-      out[rel] = roles
+      out[folder] = roles
   if layout == GENERAL and not misfits:
-    with_split = [rel for rel, r in out.items() if "split" in r]
-    if with_split and len(with_split) < len(out):
-      without = next(rel for rel, r in out.items() if "split" not in r)
-      misfits = [(with_split[0], "has a split folder"), (without, "has none: which split is it?")]
+    with_split = [(f, n) for f, n in folders if "split" in out[f]]
+    if with_split and len(with_split) < len(folders):
+      without = next((f, n) for f, n in folders if "split" not in out[f])
+      misfits = [(_first(*with_split[0]), "has a split folder"),
+                 (_first(*without), "has none: which split is it?")]
   return (out, []) if not misfits else (None, misfits)
 
 
-def _summary_of_tree(root, images):
+def _summary_of_tree(root, folders):
   """A few lines showing what the tree holds (for errors)."""
-  tops = collections.Counter("/".join(p.split(os.sep)[:-1][:3]) for p in images)
+  tops = collections.Counter()
+  for folder, files in folders:
+    tops["/".join(folder.split(os.sep)[:3]) if folder else ""] += files.count("\0") + 1
   lines = [f"  {d or '.'}/: {n} image(s)" for d, n in sorted(tops.items())[:12]]
   if len(tops) > 12:
     lines.append(f"  ... and {len(tops) - 12} more folder(s)")
@@ -236,7 +250,8 @@ def scan(root, layout="auto", fractions=(0.56, 0.24, 0.20), seed=0, names=Names(
     names: the folder names that mean real and fake (and the CNNDetection train generator).
 
   Returns:
-    (layout name, class names, list of Item, list of ignored non-image files).
+    (layout name, class names, Items (iterating gives `Item`s), list of ignored non-image
+    files).
 
   Raises:
     LayoutError: naming the folder, what was found and the layouts known.
@@ -264,20 +279,69 @@ def scan(root, layout="auto", fractions=(0.56, 0.24, 0.20), seed=0, names=Names(
         + "\n".join(f"  {p}: {why}" for p, why in misfits) + f"\nKnown layouts:\n{_known()}")
   name = GENERAL if rule == GENERAL else rule.name
   no_split = "hash" if rule == GENERAL else rule.no_split
-  items = []
-  for rel, r in roles.items():
-    split = r.get("split") or (hash_split(rel, fractions, seed) if no_split == "hash" else no_split)
+  items = Items()
+  for folder, files in images:
+    r = roles[folder]
     if "class" in r:  # Attribution: the folder is the class.
       cls = r["class"]
-      items.append(Item(rel, split, cls, cls, r.get("category", ""), "" if cls == REAL else cls))
+      fields = (cls, cls, r.get("category", ""), "" if cls == REAL else cls)
     elif r["label"] == REAL:
-      items.append(Item(rel, split, REAL, REAL, r.get("category", ""), r.get("source", "")))
+      fields = (REAL, REAL, r.get("category", ""), r.get("source", ""))
     else:
       src = r.get("source", FAKE)
-      items.append(Item(rel, split, src, src, r.get("category", ""), src))
-  has_real = name != "attribution" or any(i.class_name == REAL for i in items)
-  class_names = (REAL,) * has_real + tuple(sorted({i.class_name for i in items} - {REAL}))
+      fields = (src, src, r.get("category", ""), src)
+    if r.get("split") or no_split != "hash":
+      splits = r.get("split") or no_split
+    else:
+      splits = bytes(SPLITS.index(hash_split(os.path.join(folder, f), fractions, seed))
+                     for f in files.split("\0"))
+    items.add_folder(folder, files, splits, *fields)
+  has_real = name != "attribution" or REAL in items.class_names
+  class_names = (REAL,) * has_real + tuple(sorted(items.class_names - {REAL}))
   return name, class_names, items, others
+
+
+class Items:
+  """The images of a scan, compact: per folder its roles and its file names (one string), per
+  image one byte (its split) where a hash split decides it. Iterating makes the `Item`s as it
+  goes, in the order of the tree."""
+
+  def __init__(self):
+    self._folders = []  # (folder, names joined by '\0', split or bytes of split codes, fields).
+    self._len = 0
+    self.class_names, self.counts = set(), collections.Counter()
+
+  def add_folder(self, folder, files, splits, class_name, source, category, group):
+    """`splits`: the folder's split, or one split code (SPLITS.index) a file."""
+    n = files.count("\0") + 1
+    self._folders.append((folder, files, splits, (class_name, source, category, group)))
+    self._len += n
+    self.class_names.add(class_name)
+    if isinstance(splits, str):
+      self.counts[splits] += n
+    else:
+      self.counts.update({SPLITS[code]: k for code, k in collections.Counter(splits).items()})
+
+  def __len__(self):
+    return self._len
+
+  def __iter__(self):
+    return self.in_split(None)
+
+  def in_split(self, split):
+    """The Items of one split (None: all), in the order of the tree."""
+    for folder, files, splits, fields in self._folders:
+      if isinstance(splits, str):
+        if split in (None, splits):
+          yield from (Item(os.path.join(folder, f), splits, *fields) for f in files.split("\0"))
+        continue
+      for f, code in zip(files.split("\0"), splits):
+        if split is None or SPLITS[code] == split:
+          yield Item(os.path.join(folder, f), SPLITS[code], *fields)
+
+  def groups(self, class_name):
+    """The pairing groups of one class's folders."""
+    return {fields[3] for _, _, _, fields in self._folders if fields[0] == class_name}
 
 
 def parse_pairs(specs):
