@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 # the tests' tiny models spend their time compiling (tests/conftest.py).
 TEST_ENV := JAX_PLATFORMS=cpu XLA_FLAGS="--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
 
-.PHONY: train test test-slow test-studies venv clean
+.PHONY: train test test-slow test-studies test-torch venv clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,5 +33,18 @@ test-slow: venv
 test-studies: venv
 	$(TEST_ENV) $(PY) -m pytest -q -n 2 --dist worksteal -m study tests
 
+# Parity with the PyTorch references (torchvision, timm's BiT, open_clip's CLIP, NPR's resampling)
+# that `make test` skips, in a venv of their own (.venv-torch, ~6 GB: torch's CUDA build, run on
+# the CPU), and the whole UnivFD ViT-L/14 chain (convert, predict) against open_clip.
+TORCH_VENV := .venv-torch
+$(TORCH_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(TORCH_VENV)
+	$(TORCH_VENV)/bin/python -m pip install -q --upgrade pip
+	$(TORCH_VENV)/bin/python -m pip install -q -e '.[test,torch]'
+	touch $@
+
+test-torch: $(TORCH_VENV)/.installed
+	$(TEST_ENV) $(TORCH_VENV)/bin/python -m pytest -q -n 2 --dist worksteal --durations=10 -m torch tests
+
 clean:
-	rm -rf runs $(VENV)
+	rm -rf runs $(VENV) $(TORCH_VENV)

@@ -7,6 +7,8 @@ r"""ImageNet weights from the files users already have: Keras H5, torchvision st
   python -m fakejax.convert --from npr NPR.pth RUN            # a released detector -> a run folder
   python -m fakejax.convert --from safe checkpoint-best.pth RUN
   python -m fakejax.convert --from cnndetection blur_jpg_prob0.5.pth RUN
+  python -m fakejax.convert --from univfd fc_weights.pth RUN --clip open_clip_model.safetensors
+  python -m fakejax.convert --from clip --model clip_vit_l14 open_clip_model.safetensors OUT
 
 OUT is a weights folder that `--config.model.init_from=OUT` loads into a fresh
 model (`keras:FILE` / `torchvision:FILE` / `bit:FILE` load a file directly, and a training
@@ -14,12 +16,15 @@ run's workdir works too). The classification head is never converted: it is
 built for the configured number of classes. Everything else must match
 exactly, or the error names every mismatched parameter.
 
-The released detectors (`--from npr|safe|cnndetection`, no --model) convert whole, head included,
+The released detectors (`--from npr|safe|cnndetection|univfd`, no --model) convert whole, head included,
 into a run folder that `evaluate`, `predict`, `explain` and `serve` load like a trained run: the
 architecture, input front-end, preprocessing, class order (real, fake) and threshold 0.5 are
 recorded in its config.json, the repository's test preset in its run.json (`evaluate` uses it
 unless --preset says otherwise). NPR's NPR.pth is a plain state dict; SAFE's checkpoint wraps
-it as {'model': ..., 'args': Namespace, ...}; CNNDetection's as {'model': ..., ...}.
+it as {'model': ..., 'args': Namespace, ...}; CNNDetection's as {'model': ..., ...}. UnivFD's
+fc_weights.pth is the state dict of its linear head alone ('weight' 1x768, 'bias'); the CLIP
+encoder comes from --clip: open_clip's ViT-L-14 `open_clip_model.safetensors` (keys 'visual.*',
+no PyTorch needed) or OpenAI's TorchScript `ViT-L-14.pt` (PyTorch).
 
 Keras files are read in the legacy H5 layout of the Keras applications weight
 files (also what `model.save('file.h5')` writes): layers by name, weights in
@@ -42,9 +47,10 @@ from fakejax import checkpoint
 from fakejax import cli
 from fakejax import models
 
-ORIGINS = {"keras": "minus_one_one", "torchvision": "imagenet", "bit": "minus_one_one"}  # -> preprocessing
+ORIGINS = {"keras": "minus_one_one", "torchvision": "imagenet", "bit": "minus_one_one",
+           "clip": "clip"}  # -> preprocessing
 SUPPORTED = {"keras": ("xception", "mobilenet_v2"), "torchvision": ("resnet50", "resnet101"),
-             "bit": ("bit_resnet50",)}
+             "bit": ("bit_resnet50",), "clip": tuple(models.vit.ARCHS)}
 KERAS_TOPS = ("predictions", "Logits")  # ImageNet classifiers of Keras applications: dropped.
 
 
@@ -243,11 +249,66 @@ def from_bit(arrays):
 
 
 # ---------------------------------------------------------------------------
+# CLIP (open_clip's safetensors, OpenAI's TorchScript .pt).
+# ---------------------------------------------------------------------------
+def read_clip(path):
+  """{name: array} of a CLIP weight file: open_clip's `open_clip_model.safetensors` (no PyTorch
+  needed), a state dict (.pth/.bin), or OpenAI's TorchScript `ViT-L-14.pt` (PyTorch)."""
+  try:
+    return read_torch_state_dict(path)
+  except RuntimeError as e:  # torch.load(weights_only=True) refuses TorchScript archives.
+    if "TorchScript" not in str(e):
+      raise
+  import torch  # pylint: disable=g-import-not-at-top
+  sd = torch.jit.load(path, map_location="cpu").state_dict()  # OpenAI's release is TorchScript.
+  return {k: v.float().numpy() for k, v in sd.items()}
+
+
+_CLIP_BLOCK = {"ln_1.weight": "ln_1/scale", "ln_1.bias": "ln_1/bias", "ln_2.weight": "ln_2/scale",
+               "ln_2.bias": "ln_2/bias", "attn.in_proj_weight": "in_proj/kernel",
+               "attn.in_proj_bias": "in_proj/bias", "attn.out_proj.weight": "out_proj/kernel",
+               "attn.out_proj.bias": "out_proj/bias", "mlp.c_fc.weight": "c_fc/kernel",
+               "mlp.c_fc.bias": "c_fc/bias", "mlp.c_proj.weight": "c_proj/kernel",
+               "mlp.c_proj.bias": "c_proj/bias"}
+_CLIP_TOP = {"class_embedding": "class_embedding", "positional_embedding": "positional_embedding",
+             "ln_pre.weight": "ln_pre/scale", "ln_pre.bias": "ln_pre/bias", "proj": "proj",
+             "ln_post.weight": "ln_post/scale", "ln_post.bias": "ln_post/bias"}
+
+
+def from_clip(sd):
+  """{our parameter path: array} of CLIP's image encoder (models.vit) from a CLIP state dict:
+  the whole model's (keys 'visual.*'; the text tower is left out) or the visual tower's own."""
+  visual = "visual." if any(k.startswith("visual.") for k in sd) else ""
+  out, unknown = {}, []
+  for key, value in sd.items():
+    if not key.startswith(visual):
+      continue  # The text tower, logit_scale.
+    name = key[len(visual):]
+    m = re.fullmatch(r"transformer\.resblocks\.(\d+)\.(.+)", name)
+    if name == "conv1.weight":
+      out["patch_embed/kernel"] = np.asarray(value).transpose(2, 3, 1, 0)  # OIHW -> HWIO
+    elif name in _CLIP_TOP:
+      out[_CLIP_TOP[name]] = np.asarray(value)
+    elif m and m[2] in _CLIP_BLOCK:
+      dst = _CLIP_BLOCK[m[2]]
+      out[f"blocks/{m[1]}/{dst}"] = np.asarray(value).T if dst.endswith("kernel") else np.asarray(value)
+    else:
+      unknown.append(key)
+  if unknown:
+    raise ConversionError(f"Not a CLIP ViT image encoder (models.vit): {len(unknown)} unexpected "
+                          f"key(s): {', '.join(unknown[:20])}")
+  if not out:
+    raise ConversionError("No CLIP image encoder in this file (no 'visual.*' or 'conv1.weight' keys)")
+  return out
+
+
+# ---------------------------------------------------------------------------
 # Loading into a model.
 # ---------------------------------------------------------------------------
 _READERS = {"keras": lambda model, path: from_keras(model, read_keras_h5(path)),
             "torchvision": lambda model, path: from_torchvision_resnet(read_torch_state_dict(path)),
-            "bit": lambda model, path: from_bit(read_npz(path))}
+            "bit": lambda model, path: from_bit(read_npz(path)),
+            "clip": lambda model, path: from_clip(read_clip(path))}
 
 
 def convert(origin, model, path):
@@ -324,6 +385,9 @@ PUBLISHED = {
                  head="fc1", image_size=256, preset="safe"),
     "cnndetection": dict(model=dict(name="resnet50", front="none", single_logit=True, preprocess="imagenet"),
                          head="fc", image_size=224, preset="cnndetection"),
+    # fc_weights.pth (a linear 768 -> 1) on CLIP ViT-L/14's embedding; the CLIP file by --clip.
+    "univfd": dict(model=dict(name="clip_vit_l14", front="none", single_logit=True, preprocess="clip"),
+                   head="fc", image_size=224, preset="univfd"),
 }
 
 
@@ -341,8 +405,11 @@ def published_config(name):
   return c
 
 
-def convert_published(name, path, out):
+def convert_published(name, path, out, clip=None):
   """Writes the released detector `name` (a key of PUBLISHED) from its file `path` as a run at `out`.
+
+  `clip`: UnivFD's CLIP weight file (read_clip), unless `path` is a whole UnivFD checkpoint
+  (their trainer's, keys 'model.visual.*' beside 'fc.*').
 
   Raises:
     ConversionError: naming every key of the file that does not fit the architecture.
@@ -351,10 +418,14 @@ def convert_published(name, path, out):
   out = os.path.abspath(out)
   if os.path.exists(out):
     raise FileExistsError(f"{out} already exists; remove it or choose another output folder")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"No weight file {path}")
+  for f in (path, clip):
+    if f is not None and not os.path.isfile(f):
+      raise FileNotFoundError(f"No weight file {f}")
   spec = PUBLISHED[name]
-  weights = from_torchvision_resnet(read_torch_state_dict(path), head=spec["head"])
+  if name == "univfd":
+    weights = _univfd_weights(read_torch_state_dict(path), clip, path)
+  else:
+    weights = from_torchvision_resnet(read_torch_state_dict(path), head=spec["head"])
   if "head/kernel" not in weights:
     raise ConversionError(f"{os.path.basename(path)} has no classifier '{spec['head']}.weight': not a "
                           f"{name} detector checkpoint")
@@ -369,19 +440,36 @@ def convert_published(name, path, out):
     f.write(config.to_json(indent=2))
   with open(os.path.join(tmp, "run.json"), "w") as f:
     json.dump({"num_classes": 2, "class_names": ["real", "fake"], "dataset": "", "task": "binary",
-               "preset": spec["preset"], "converted": {"from": name, "source": os.path.abspath(path)}}, f,
-              indent=2)
+               "preset": spec["preset"], "converted": {
+                   "from": name, "source": os.path.abspath(path),
+                   **({"clip": os.path.abspath(clip)} if clip else {})}}, f, indent=2)
   os.rename(tmp, out)
   return out
 
 
+def _univfd_weights(sd, clip, path):
+  """UnivFD's head ('weight'/'bias' of fc_weights.pth, or 'fc.*') and CLIP encoder (from `clip`,
+  or the 'model.*' keys of a whole checkpoint) as our parameter paths."""
+  head = {k.removeprefix("fc."): v for k, v in sd.items() if k in ("weight", "bias", "fc.weight", "fc.bias")}
+  rest = {k.removeprefix("model."): v for k, v in sd.items() if k not in ("weight", "bias", "fc.weight", "fc.bias")}
+  if set(head) != {"weight", "bias"}:
+    raise ConversionError(f"{os.path.basename(path)} is not UnivFD's fc_weights.pth: expected the keys "
+                          f"'weight' and 'bias' (or 'fc.weight', 'fc.bias'), found {', '.join(sorted(sd)[:10])}")
+  if clip is None and not rest:
+    raise cli.UserError("--from univfd needs the CLIP ViT-L/14 weights: --clip open_clip_model.safetensors "
+                        "(open_clip's ViT-L-14 'openai') or --clip ViT-L-14.pt (OpenAI's, needs PyTorch)")
+  weights = from_clip(read_clip(clip) if clip else rest)
+  weights["head/kernel"], weights["head/bias"] = np.asarray(head["weight"]).T, np.asarray(head["bias"])
+  return weights
+
+
 def main(argv):
   if len(argv) != 3:
-    raise cli.UserError("usage: python -m fakejax.convert --from keras|torchvision|bit --model NAME FILE OUT, "
-                        "or --from npr|safe|cnndetection FILE OUT")
+    raise cli.UserError("usage: python -m fakejax.convert --from keras|torchvision|bit|clip --model NAME FILE OUT, "
+                        "or --from npr|safe|cnndetection FILE OUT, or --from univfd fc_weights.pth OUT --clip FILE")
   src, out = argv[1], argv[2]
   if flags.FLAGS["from"].value in PUBLISHED:
-    run = convert_published(flags.FLAGS["from"].value, src, out)
+    run = convert_published(flags.FLAGS["from"].value, src, out, clip=flags.FLAGS.clip)
     print(f"{flags.FLAGS['from'].value} -> {run}\nscore it with: python -m fakejax.evaluate --workdir {run} "
           f"--dataset PREPARED_DATASET (preset {PUBLISHED[flags.FLAGS['from'].value]['preset']})")
     return
@@ -402,5 +490,7 @@ if __name__ == "__main__":
   flags.DEFINE_enum("from", None, list(SUPPORTED) + list(PUBLISHED), "Origin of the weight file.")
   flags.DEFINE_enum("model", None, sorted({m for v in SUPPORTED.values() for m in v}),
                     "Model name (not for the released detectors).")
+  flags.DEFINE_string("clip", None, "--from univfd: the CLIP ViT-L/14 weights (open_clip's "
+                      "open_clip_model.safetensors, or OpenAI's ViT-L-14.pt with PyTorch).")
   flags.mark_flags_as_required(["from"])
   cli.run(main)

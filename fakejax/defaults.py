@@ -30,7 +30,8 @@ def get_config():
                                       #   BiT a zero head) or 'flax' (nnx defaults). Not DeepFD.
   c.model.remat = False               # Recompute each block's activations in the backward pass
                                       #   (nnx.remat): less memory, about one more forward pass.
-  c.model.preprocess = "auto"         # 'minus_one_one' (Keras), 'imagenet' (torchvision), 'unit';
+  c.model.preprocess = "auto"         # 'minus_one_one' (Keras), 'imagenet' (torchvision), 'unit', 'clip'
+                                      #   (OpenAI CLIP's mean and std);
                                       #   'auto': that of init_from's weights, else the architecture's.
   c.model.front = "none"              # Input front-end after the normalisation (models.fronts):
                                       #   'npr' (NPR's residual), 'safe_dwt' (SAFE's bior1.3 HH band).

@@ -572,9 +572,13 @@ class Run:
     # model_def / state stay the plain model (explain differentiates through it).
     _, self.inference_state = self._folder(self.state)
 
-  def view(self, mode="full", preset="", **kw):
+  def view(self, mode="full", preset=None, **kw):
     """A View with this run's crop, eval resize and too-small policy; a `preset` (PRESETS) sets
-    its own mode, crop, resize and padding over those and over `kw`."""
+    its own mode, crop, resize and padding over those and over `kw`. Without one, mode 'auto'
+    takes the run's own preset (a converted released detector's test transform: `predict` and
+    `serve` score UnivFD's ViT on its 224 center crop, not on whole images)."""
+    if preset is None:
+      preset = self.info.get("preset", "") if mode == "auto" else ""
     d = self.config.data
     settings = dict(crop=d.image_size, too_small=d.too_small, resize=d.eval_resize, **kw)
     if preset:

@@ -131,6 +131,7 @@ def _timm_to_released(sd):
   return out
 
 
+@pytest.mark.torch
 def test_timm_resnetv2_50x1_bit_parity(tmp_path):
   """timm's BiT with random weights, saved under the released names, gives our pooled features."""
   torch = pytest.importorskip("torch")

@@ -76,6 +76,7 @@ def test_keras_parity(keras, tmp_path, name, size, top):
   assert _rel_err(got, want) <= 1e-4, _rel_err(got, want)
 
 
+@pytest.mark.torch
 def test_torchvision_resnet50_parity(tmp_path):
   torch = pytest.importorskip("torch")
   torchvision = pytest.importorskip("torchvision")

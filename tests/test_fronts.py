@@ -54,6 +54,7 @@ def test_npr_is_each_2x2_block_minus_its_top_left_times_two_thirds():
     fronts.npr(np.zeros((1, 5, 4, 1), np.float32))
 
 
+@pytest.mark.torch
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch not installed")
 def test_npr_is_the_official_interpolate():
   import torch  # pylint: disable=g-import-not-at-top

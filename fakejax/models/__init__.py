@@ -15,6 +15,7 @@ from fakejax.models import fold
 from fakejax.models import fronts
 from fakejax.models import mobilenet
 from fakejax.models import resnet
+from fakejax.models import vit
 from fakejax.models import xception
 
 MODELS = {
@@ -26,7 +27,11 @@ MODELS = {
     "bit_resnet50": functools.partial(bit.BiT, 50),
     # NPR's and SAFE's truncated ResNet-50 (stem 3x3/2, layer1-2): resnet.py's docstring.
     "resnet_trunc": functools.partial(resnet.ResNet, 50, stages=2, stem_kernel=3),
+    # CLIP's image encoders (UnivFD: ViT-L/14 and a linear head): vit.py.
+    **{name: functools.partial(vit.ClipViT, name) for name in vit.ARCHS},
 }
+# Architectures without BatchNorm (no bn_momentum).
+NO_BATCH_NORM = ("bit_resnet50",) + tuple(vit.ARCHS)
 
 # The model inference runs (eval mode, BatchNorm folded, forward-only kernels): fold.py.
 for_inference = fold.for_inference
@@ -34,11 +39,14 @@ for_inference = fold.for_inference
 # How uint8 pixels become model inputs, by weight origin.
 _IMAGENET_MEAN = np.array([0.485, 0.456, 0.406]) * 255
 _IMAGENET_STD = np.array([0.229, 0.224, 0.225]) * 255
-PREPROCESS = ("minus_one_one", "imagenet", "unit")
+_CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073]) * 255  # OpenAI CLIP's, UnivFD's.
+_CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711]) * 255
+PREPROCESS = ("minus_one_one", "imagenet", "unit", "clip")
 # 'auto' without pretrained weights: the convention of the architecture's usual weights.
 NATIVE_PREPROCESS = {"xception": "minus_one_one", "mobilenet_v2": "minus_one_one",
                      "resnet50": "imagenet", "resnet101": "imagenet", "deepfd": "unit",
-                     "bit_resnet50": "minus_one_one", "resnet_trunc": "imagenet"}
+                     "bit_resnet50": "minus_one_one", "resnet_trunc": "imagenet",
+                     **{name: "clip" for name in vit.ARCHS}}
 
 
 def create(name, num_classes, *, seed=0, dtype="float32", **kwargs):
@@ -94,6 +102,8 @@ def _normalise(images, mode, dtype):
     x = (x - _IMAGENET_MEAN) / _IMAGENET_STD
   elif mode == "unit":
     x = x / 255.0
+  elif mode == "clip":
+    x = (x - _CLIP_MEAN) / _CLIP_STD
   else:
     raise ValueError(f"Unknown preprocess {mode!r}; known: {', '.join(PREPROCESS)}")
   return x.astype(dtype)
@@ -144,6 +154,6 @@ def from_config(model_cfg, num_classes, seed=0):
     kw["middle_blocks"] = model_cfg.middle_blocks
   if model_cfg.name != "deepfd":  # DeepFD has no reference framework to copy initialisers from.
     kw["init"] = model_cfg.init
-  if model_cfg.bn_momentum and model_cfg.name != "bit_resnet50":  # BiT has GroupNorm, no statistics.
+  if model_cfg.bn_momentum and model_cfg.name not in NO_BATCH_NORM:
     kw["bn_momentum"] = model_cfg.bn_momentum
   return create(model_cfg.name, num_classes, seed=seed, dtype=model_cfg.dtype, **kw)
