@@ -41,6 +41,8 @@ def get_config():
   c.model.transfer = "finetune"       # 'finetune' (all trains), 'linear_probe' (only the head trains;
                                       #   backbone and BatchNorm statistics frozen), 'freeze_bn'
                                       #   (all trains, BatchNorm uses and keeps its running statistics).
+  c.model.cached_features = False     # linear_probe: train the head on the frozen backbone's features,
+                                      #   computed once per dataset and cached (fakejax.probe; CLIP ViTs).
   c.model.backbone_lr = 1.0           # Learning-rate multiplier of everything but the head.
 
   c.data = ml_collections.ConfigDict()

@@ -36,6 +36,7 @@ from fakejax import evaluator
 from fakejax import input_pipeline
 from fakejax import loop
 from fakejax import models
+from fakejax import probe
 from fakejax import report
 from fakejax import sharding
 
@@ -519,6 +520,33 @@ def train_loop(config, ts, data, state, meta, ckpt, log, schedule, best, evaluat
   return state, step, stop_reason
 
 
+def probe_loop(config, ts, data, state, ckpt, log, best, mesh):
+  """The head trained on the frozen backbone's cached features (fakejax.probe); the whole model
+  saved as the best checkpoint. Returns (state, step, stop reason)."""
+  if config.model.transfer != "linear_probe":
+    raise cli.UserError("model.cached_features trains the head alone: set model.transfer='linear_probe'")
+  model = nnx.merge(ts.model_def, state["model"])
+  if not hasattr(model, "features"):
+    raise cli.UserError(f"model.cached_features needs a model with features(); {config.model.name} has "
+                        "none (the CLIP ViTs have)")
+  if not config.model.init_from and config.model.name != "clip_vit_tiny":  # Only the smoke model.
+    raise cli.UserError(f"model.cached_features probes a pretrained backbone: set model.init_from "
+                        f"(e.g. clip:open_clip_model.safetensors for {config.model.name})")
+  forward = probe.feature_forward(ts.model_def, ts.preprocess, config.model.dtype)
+  key, d = input_pipeline.label_key(config.data), config.data
+  train_idx = input_pipeline.train_indices(data.dataset, d)
+  feats = {s: probe.cached_features(config, forward, state["model"], mesh, data.dataset, s, idx, ts.preprocess)
+           for s, idx in (("train", train_idx), (data.val_split, data.val_idx))}
+  labels = {s: data.dataset.index(s)[key][idx] for s, idx in (("train", train_idx), (data.val_split, data.val_idx))}
+  step, reason = probe.train_head(
+      model.head, feats["train"], labels["train"], feats[data.val_split], labels[data.val_split], config,
+      data.class_names, lambda logits, y: classification_loss(logits, y, config.label_smoothing), best,
+      log=lambda s, row: log.log([{"step": s, **row}], "val"))
+  state["model"] = nnx.state(model)
+  ckpt.save_best(best.best_step, state["model"], {"step": best.best_step, "val": best.best_val, **best.meta()})
+  return state, step, reason
+
+
 def finalize(config, ts, data, workdir, mesh, log, step, stop_reason, best, fold):
   """The held-out test of the best model, finished.json; returns the run's result."""
   main = sharding.is_main()
@@ -595,7 +623,7 @@ def train_and_evaluate(config, workdir, devices=None, *, evaluate_fn=None, preem
   state, meta = restore_or_init(config, ts, ckpt, data.train_iter)
   step = meta["step"]
   finished_path = os.path.join(workdir, "finished.json")
-  if (meta.get("stopped") or step >= ts.total_steps) and os.path.exists(finished_path):
+  if (meta.get("stopped") or step >= ts.total_steps or config.model.cached_features) and os.path.exists(finished_path):
     with open(finished_path) as f:
       done = json.load(f)
     if sharding.is_main():
@@ -613,9 +641,12 @@ def train_and_evaluate(config, workdir, devices=None, *, evaluate_fn=None, preem
   fold = evaluator.Folder(ts.model_def, ts.preprocess, config.model.dtype)  # One forward: val and test.
   preempt = preemption or sharding.Preemption()
   try:
-    state, step, stop_reason = train_loop(
-        config, ts, data, state, meta, ckpt, log, schedule, best,
-        evaluate_fn or validation_fn(fold, mesh, data, config), preempt, mesh)
+    if config.model.cached_features:  # A linear probe on cached features (probe.py).
+      state, step, stop_reason = probe_loop(config, ts, data, state, ckpt, log, best, mesh)
+    else:
+      state, step, stop_reason = train_loop(
+          config, ts, data, state, meta, ckpt, log, schedule, best,
+          evaluate_fn or validation_fn(fold, mesh, data, config), preempt, mesh)
   finally:
     preempt.close()
   if stop_reason and sharding.is_main():

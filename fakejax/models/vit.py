@@ -26,7 +26,9 @@ import jax.numpy as jnp
 from fakejax.models import layers
 
 # name -> (width, depth, heads, patch, image size, embedding): CLIP's ViTs (open_clip's configs).
-ARCHS = {"clip_vit_l14": (1024, 24, 16, 14, 224, 768), "clip_vit_b16": (768, 12, 12, 16, 224, 512)}
+# clip_vit_tiny is no CLIP: a ViT of the same layout at 64 px for tests and CPU smoke runs.
+ARCHS = {"clip_vit_l14": (1024, 24, 16, 14, 224, 768), "clip_vit_b16": (768, 12, 12, 16, 224, 512),
+         "clip_vit_tiny": (64, 2, 4, 8, 64, 32)}
 LN_EPSILON = 1e-5
 
 
