@@ -131,7 +131,7 @@ def resolve_class(class_names, c):
 
 def layer_table(model, image_size):
   """Text of --list_layers: each layer name with its output shape (H x W x C), default marked."""
-  default = type(model).CAM_LAYER
+  default = model.CAM_LAYER  # An instance attribute where it depends on the architecture.
   lines = [f"{type(model).__name__} at {image_size} px:"]
   for name, shape in models.layer_shapes(model, image_size):
     lines.append(f"  {name:<12} {'x'.join(str(s) for s in shape[1:])}"
@@ -162,7 +162,8 @@ def gradcam(model, x, layer, target=None, threshold=0.5):
 
   One forward and one backward pass for the whole batch: the cotangent is one-hot in each row's
   class, and a row's logits depend on its own input only (eval mode), so the backward pass gives
-  each image's own gradient.
+  each image's own gradient. A single-logit head (logits [0, z]: NPR, CNNDetection, UnivFD) maps
+  z for 'fake' and -z for 'real'.
 
   Args:
     model: an nnx model with the `taps` API (fakejax.models).
@@ -191,7 +192,10 @@ def gradcam(model, x, layer, target=None, threshold=0.5):
   logits, backward, act = jax.vjp(logits_of, delta, has_aux=True)
   cls = (predicted_class(logits, threshold) if target is None
          else jnp.full(logits.shape[:1], target, jnp.int32))
-  (grad,) = backward(jax.nn.one_hot(cls, logits.shape[-1], dtype=logits.dtype))
+  cotangent = jax.nn.one_hot(cls, logits.shape[-1], dtype=logits.dtype)
+  if getattr(model, "single_logit", False):  # Logits [0, z]: 'real' is -z's map (0 has no gradient).
+    cotangent = cotangent - jax.nn.one_hot(1 - cls, 2, dtype=logits.dtype)
+  (grad,) = backward(cotangent)
   weights = grad.mean((1, 2))  # a_k: (B, K)
   maps = jax.nn.relu(jnp.einsum("bhwk,bk->bhw", act.astype(jnp.float32), weights))
   return logits, maps, cls

@@ -145,6 +145,34 @@ def test_gradcam_of_each_class_is_cam_of_that_class():
     assert (np.asarray(cls) == c).all()
 
 
+class SingleLogitCNN(TinyCNN):
+  """TinyCNN with a one-logit head z (NPR, CNNDetection, UnivFD), scored as the logits [0, z]."""
+
+  def __init__(self, rngs):
+    super().__init__(rngs)
+    self.head = nnx.Linear(32, 1, rngs=rngs)
+    self.single_logit = True
+
+  def __call__(self, x, *, rngs=None, taps=None):
+    z = super().__call__(x, taps=taps)
+    return jnp.concatenate([jnp.zeros_like(z), z], -1)
+
+
+def test_a_single_logit_head_maps_z_for_fake_and_minus_z_for_real():
+  """Logits [0, z]: the 'fake' map is the CAM of z's weights, the 'real' map the CAM of -z's
+  (the constant 0 has no gradient: a one-hot cotangent would leave 'real' empty)."""
+  model = SingleLogitCNN(nnx.Rngs(4))
+  graphdef, state = nnx.split(model)
+  x = models.preprocess(np.random.default_rng(2).integers(0, 256, (4, 24, 24, 3), dtype=np.uint8), "unit")
+  act, _ = _activation(graphdef, state, x, "conv3")
+  both = jax.jit(lambda state, x: [explain.gradcam(nnx.merge(graphdef, state), x, "conv3", c) for c in (0, 1)])
+  w = np.asarray(model.head.kernel[...])
+  for c, (_, maps, _) in enumerate(both(state, x)):
+    want = _cam(act, w if c == 1 else -w, [0] * 4) / 36
+    assert want.max() > 0
+    np.testing.assert_allclose(maps, want, rtol=1e-4, atol=1e-6 * want.max())
+
+
 def test_a_batch_gives_the_maps_of_one_image_at_a_time(xception_maps):
   """Maps do not depend on what shares the batch; one compiled function per batch shape."""
   run, fwd, imgs, res, cache_after_batches = xception_maps
@@ -222,6 +250,8 @@ def test_maps_of_a_detector_fall_on_the_fake_quadrant():
 # The published architectures' shapes (Keras' Xception and MobileNetV2 summaries, torchvision's
 # ResNets, BiT's ResNet-v2, DeepFD's Table I: stride 4, then two stride-2 stages).
 PUBLISHED = {
+    # CLIP's ViT-L/14: 16x16 patch tokens of width 1024 (patch 14 at 224).
+    ("clip_vit_l14", 224): {"patch_embed": (16, 16, 1024), "blocks.0": (16, 16, 1024), "blocks.23": (16, 16, 1024)},
     ("xception", 299): {"conv1": (149, 149, 32), "conv2": (147, 147, 64), "block1": (74, 74, 128),
                         "block2": (37, 37, 256), "block3": (19, 19, 728), "block11": (19, 19, 728),
                         "block12": (10, 10, 1024), "conv3": (10, 10, 1536), "conv4": (10, 10, 2048)},
@@ -235,7 +265,8 @@ PUBLISHED = {
     ("bit_resnet50", 224): {"root": (56, 56, 64), "block1": (56, 56, 256), "block4": (7, 7, 2048)},
 }
 DEFAULT_LAYER = {"xception": "block12", "resnet50": "layer4", "resnet101": "layer4",
-                 "mobilenet_v2": "last", "deepfd": "d1.block5", "bit_resnet50": "block4"}
+                 "mobilenet_v2": "last", "deepfd": "d1.block5", "bit_resnet50": "block4",
+                 "clip_vit_l14": "blocks.22"}  # The last block's input: its own tokens reach nothing.
 
 
 @pytest.mark.parametrize("name,size", sorted(PUBLISHED))
