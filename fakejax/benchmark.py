@@ -3,6 +3,7 @@ r"""Honest step time of the jitted train and eval steps, optionally beside PyTor
   python -m fakejax.benchmark --model resnet50 --image_size 224 --batch 16
   python -m fakejax.benchmark --model xception --image_size 256 --batch 16 --input both --peer torch
   python -m fakejax.benchmark --model xception --dtype bfloat16 --peak_tflops 990   # on an H100
+  python -m fakejax.benchmark --model clip_vit_l14 --batch 8 --notrain --peer torch   # CLIP features
   python -m fakejax.benchmark --input data --image_size 256 --batch 64 --workers 1 --storage raw \
       --peer torch --peer_python /path/to/torch/python     # the input pipeline alone, per core
 
@@ -56,6 +57,8 @@ if __name__ == "__main__":
   _WORKERS = flags.DEFINE_integer("workers", 2, "grain worker processes in pipeline mode.")
   _PATCH = flags.DEFINE_integer("patch_size", 0, "Also time patch evaluation with this patch size.")
   _PEER = flags.DEFINE_enum("peer", "", ["", "torch"], "Also run the PyTorch equivalent.")
+  _TRAIN = flags.DEFINE_bool("train", True, "Time the train step (--notrain: the eval step alone, "
+                             "e.g. a frozen CLIP's feature extraction).")
   _PEER_PYTHON = flags.DEFINE_string("peer_python", sys.executable, "Interpreter that has PyTorch.")
   _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Device peak TFLOP/s for MFU (0: known devices only).")
   _DATA = flags.DEFINE_string("data_cache", "data", "Synthetic data cache (pipeline mode).")
@@ -73,7 +76,7 @@ def bench_config(model, image_size, batch, dtype="float32", width=1.0):
   c.model.dtype = dtype
   c.model.width = width
   c.model.dropout = 0.0 if model != "xception" else 0.5
-  c.model.preprocess = "imagenet" if model.startswith("resnet") else "minus_one_one"
+  c.model.preprocess = models.resolve_preprocess(model, "auto")
   c.data.image_size = image_size
   c.batch_size = batch
   return c
@@ -227,8 +230,9 @@ def pipeline_throughput(config, workers, data_cache, batches=100, warmup=10):
 
 
 def benchmark(config, steps=10, warmup=2, input_mode="device", workers=2, patch_size=0, peak=0.0,
-              data_cache="data", pipeline_batches=100):
-  """Measures the train step, the eval step and optionally the input pipeline and patch voting.
+              data_cache="data", pipeline_batches=100, train_step=True):
+  """Measures the train step (unless `train_step` is False), the eval step and optionally the
+  input pipeline and patch voting.
 
   Returns:
     a list of result rows (dicts).
@@ -249,16 +253,17 @@ def benchmark(config, steps=10, warmup=2, input_mode="device", workers=2, patch_
   rows = []
 
   # --- Train step, batches on device ------------------------------------------------
-  t = time.perf_counter()
-  step = train.make_train_step(ts, ts.stage_at(0)).lower(state, batch).compile()
-  compile_s = time.perf_counter() - t
   holder = [state]
+  if train_step:
+    t = time.perf_counter()
+    step = train.make_train_step(ts, ts.stage_at(0)).lower(state, batch).compile()
+    compile_s = time.perf_counter() - t
 
-  def one_step(b=batch):
-    holder[0], m = step(holder[0], b)
-    jax.block_until_ready(m["loss"])
+    def one_step(b=batch):
+      holder[0], m = step(holder[0], b)
+      jax.block_until_ready(m["loss"])
 
-  rows.append(_row("train", config, _times(one_step, steps, warmup), compile_s, step, b, peak))
+    rows.append(_row("train", config, _times(one_step, steps, warmup), compile_s, step, b, peak))
 
   # --- Eval step: the model inference runs (models.for_inference) -------------------
   t = time.perf_counter()
@@ -270,7 +275,7 @@ def benchmark(config, steps=10, warmup=2, input_mode="device", workers=2, patch_
                                          steps, warmup), compile_s, fwd_c, b, peak))
 
   # --- Input pipeline alone, and end to end ----------------------------------------------
-  if input_mode in ("pipeline", "both"):
+  if input_mode in ("pipeline", "both") and train_step:
     rows.append(pipeline_throughput(config, workers, data_cache, pipeline_batches))
     it = _pipeline(config, workers, data_cache)
     try:
@@ -300,9 +305,9 @@ def benchmark(config, steps=10, warmup=2, input_mode="device", workers=2, patch_
   return rows
 
 
-def torch_peer(model, image_size, batch, steps, warmup, python):
+def torch_peer(model, image_size, batch, steps, warmup, python, kinds="train,eval"):
   """Runs scripts/torch_peer.py in a subprocess; returns its rows or a reason it could not."""
-  return _peer_script("torch_peer.py", [model, image_size, batch, steps, warmup], python)
+  return _peer_script("torch_peer.py", [model, image_size, batch, steps, warmup, kinds], python)
 
 
 def format_table(rows):
@@ -323,7 +328,7 @@ def main(argv):
   config.data.synthetic.storage = _STORAGE.value
   sharding.check_batch(config.batch_size, sharding.make_mesh())
   rows = benchmark(config, _STEPS.value, _WARMUP.value, _INPUT.value, _WORKERS.value, _PATCH.value,
-                   _PEAK.value, _DATA.value, _PIPE_BATCHES.value)
+                   _PEAK.value, _DATA.value, _PIPE_BATCHES.value, _TRAIN.value)
   if _PEER.value == "torch" and _INPUT.value == "data":
     folder = export_png(config, _DATA.value)
     peer, why = torch_pipeline_peer(folder, _SIZE.value, _BATCH.value, _WORKERS.value,
@@ -335,7 +340,7 @@ def main(argv):
       rows.append(p)
   elif _PEER.value == "torch":
     peer, why = torch_peer(_MODEL.value, _SIZE.value, _BATCH.value, _STEPS.value, _WARMUP.value,
-                           _PEER_PYTHON.value)
+                           _PEER_PYTHON.value, "train,eval" if _TRAIN.value else "eval")
     if why:
       print(f"PyTorch peer skipped: {why}")
     for p in peer:

@@ -1,9 +1,11 @@
 """The PyTorch side of `fakejax.benchmark --peer torch` (run in its own process).
 
-  python scripts/torch_peer.py MODEL IMAGE_SIZE BATCH STEPS WARMUP
+  python scripts/torch_peer.py MODEL IMAGE_SIZE BATCH STEPS WARMUP [KINDS]
 
-torchvision ResNet-50/101 / MobileNetV2 or timm's legacy_xception; the same batch, image size
-and optimizer (Adam), float32, channels_last. Prints one JSON line per step kind.
+torchvision ResNet-50/101 / MobileNetV2, timm's legacy_xception, or open_clip's CLIP image
+encoder (ViT-L-14 / ViT-B-16, QuickGELU) with a linear head; the same batch, image size and
+optimizer (Adam), float32, channels_last. KINDS: 'train,eval' (default) or 'eval'. Prints one
+JSON line per step kind.
 """
 
 import json
@@ -14,6 +16,7 @@ import time
 
 def main():
   model_name, size, batch, steps, warmup = sys.argv[1], *map(int, sys.argv[2:6])
+  kinds = (sys.argv[6] if len(sys.argv) > 6 else "train,eval").split(",")
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError:
@@ -30,6 +33,14 @@ def main():
     except ImportError:
       sys.exit("timm is not installed (needed for legacy_xception)")
     model = timm.create_model("legacy_xception", num_classes=2, pretrained=False)
+  elif model_name in ("clip_vit_l14", "clip_vit_b16"):
+    try:
+      import open_clip  # pylint: disable=g-import-not-at-top
+    except ImportError:
+      sys.exit("open_clip is not installed (pip install open_clip_torch)")
+    arch, dim = {"clip_vit_l14": ("ViT-L-14", 768), "clip_vit_b16": ("ViT-B-16", 512)}[model_name]
+    visual = open_clip.create_model(arch, pretrained=None, force_quick_gelu=True).visual
+    model = torch.nn.Sequential(visual, torch.nn.Linear(dim, 2))
   else:
     sys.exit(f"no PyTorch equivalent for {model_name}")
   model = model.to(memory_format=torch.channels_last)
@@ -47,7 +58,7 @@ def main():
     with torch.inference_mode():
       model(x)
 
-  for kind, fn in (("train", train_step), ("eval", eval_step)):
+  for kind, fn in [(k, f) for k, f in (("train", train_step), ("eval", eval_step)) if k in kinds]:
     model.train(kind == "train")
     for _ in range(warmup):
       fn()
