@@ -61,6 +61,13 @@ def define_distributed_flags():
   flags.DEFINE_integer("process_id", None, "This process's index (default: from the environment).")
 
 
+def define_dtype_flag():
+  """--dtype of the commands that load a run (evaluate, predict, explain, serve)."""
+  return flags.DEFINE_enum("dtype", "", ["", "auto", "float32", "bfloat16"],
+                           "Compute dtype: '' the run's own, 'auto' bfloat16 on GPU/TPU and float32 "
+                           "on CPU, or float32 / bfloat16.")
+
+
 def _compilation_cache(path):
   """JAX's persistent compilation cache in `path` ('' : off): a rerun, a resumed run or another
   command on the same model reuses the compiled programs instead of compiling again."""

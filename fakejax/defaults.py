@@ -24,7 +24,9 @@ def get_config():
   c.model.width = 1.0                 # Channel multiplier (1.0: the published architecture).
   c.model.middle_blocks = 8           # Xception only.
   c.model.bn_momentum = 0.0           # 0: the architecture's own (Keras 0.99, torchvision 0.9).
-  c.model.dtype = "float32"           # Compute dtype: 'bfloat16' on GPU/TPU; params stay float32.
+  c.model.dtype = "auto"              # Compute dtype: 'auto' = bfloat16 on GPU/TPU (params, optimizer
+                                      #   state, loss, BN statistics stay float32), float32 on CPU;
+                                      #   or 'float32' / 'bfloat16'. A run records the dtype it used.
   c.model.init = "reference"         # Initial parameters from scratch: 'reference' (as the architecture's
                                       #   framework: Keras glorot uniform, torchvision kaiming normal,
                                       #   BiT a zero head) or 'flax' (nnx defaults). Not DeepFD.

@@ -36,6 +36,7 @@ if __name__ == "__main__":
   # Defined only when this file is the program, so other modules can import its functions.
   _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder written by fakejax.train.")
   _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
+  _DTYPE = cli.define_dtype_flag()
   _DATASETS = flags.DEFINE_multi_string("dataset", [], "Prepared dataset folder(s), or 'synthetic' / 'photo' (the "
                                       "embedded benchmarks at their defaults); default: the run's.")
   _SPLIT = flags.DEFINE_string("split", "test", "Split to evaluate.")
@@ -177,7 +178,8 @@ def main(argv):
   del argv
   sharding.initialize(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes, flags.FLAGS.process_id)
   workdir = _WORKDIR.value
-  run = evaluator.Run(workdir, _CHECKPOINT.value, batch_size=_BATCH.value, threads=_THREADS.value)
+  run = evaluator.Run(workdir, _CHECKPOINT.value, batch_size=_BATCH.value, threads=_THREADS.value,
+                      dtype=_DTYPE.value)
   extra = {} if _EVAL_RESIZE.value is None else {"resize": _EVAL_RESIZE.value}
   preset = _PRESET.value or run.info.get("preset", "")  # A converted released detector's own.
   view = run.view(_MODE.value, preset, patch_size=_PATCH.value, k=_K.value, seed=_SEED.value,

@@ -479,7 +479,7 @@ def make_forward(model_def, preprocess, dtype, outputs=None):
   `outputs(state, x)` replaces the plain logits (e.g. Grad-CAM). With `valid` ((B, 2) sizes
   before padding), the global pools average each input's valid cells only (View's buckets).
   """
-  dtype = jnp.dtype(dtype)
+  dtype = jnp.dtype(models.resolve_dtype(dtype))
 
   def logits(state, x):
     model = nnx.merge(model_def, state)
@@ -536,13 +536,16 @@ def load_config(workdir):
 class Run:
   """A trained model loaded from a workdir (model weights only), ready to evaluate."""
 
-  def __init__(self, workdir, which="best", devices=None, batch_size=0, threads=0):
+  def __init__(self, workdir, which="best", devices=None, batch_size=0, threads=0, dtype=""):
+    """`dtype`: the compute dtype ('auto', 'float32', 'bfloat16'; '' = the one the run trained
+    with): a run trained in bf16 on a GPU scores in float32 on a CPU with dtype='auto'."""
     run_path = os.path.join(workdir, "run.json")
     if not os.path.exists(run_path):
       raise cli.UserError(f"{workdir} is not a fakejax run (no run.json); train one with "
                           "`python -m fakejax.train`")
     self.workdir = workdir
     self.config = load_config(workdir)
+    self.config.model.dtype = models.resolve_dtype(dtype or self.config.model.dtype)
     with open(run_path) as f:
       self.info = json.load(f)
     self.class_names = tuple(self.info["class_names"])

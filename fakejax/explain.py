@@ -78,6 +78,7 @@ if __name__ == "__main__":
   # Defined only when this file is the program, so other modules (serve) can import its functions.
   _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder written by fakejax.train.")
   _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
+  _DTYPE = cli.define_dtype_flag()
   _LAYER = flags.DEFINE_string("layer", None, "Layer of the maps (default: the model's CAM_LAYER).")
   _CLASS = flags.DEFINE_string("class", None, "Class of the maps, by name or index (default: predicted).")
   _MODE = flags.DEFINE_enum("mode", "full", ("full", "whole"), "The run's crop, or whole images.")
@@ -226,7 +227,7 @@ def gradcam_forward(model_def, preprocess, dtype, layer, target=None, threshold=
   """
   def fn(state, x):
     model = nnx.merge(model_def, state)
-    logits, maps, cls = gradcam(model, models.preprocess(x, preprocess, jnp.dtype(dtype)), layer,
+    logits, maps, cls = gradcam(model, models.preprocess(x, preprocess, jnp.dtype(models.resolve_dtype(dtype))), layer,
                                 target, threshold)
     return {"logits": logits, "target": cls, "cam": upsample(maps, x.shape[1:3]), "cam_layer": maps}
 
@@ -497,7 +498,7 @@ def main(argv):
   if inputs and (_DATASET.value or _SPECTRUM.value):
     raise cli.UserError("name image files or --dataset, not both (--spectrum needs a dataset)")
   main_process = sharding.is_main()
-  run = evaluator.Run(workdir, _CHECKPOINT.value, batch_size=_BATCH.value) if workdir else None
+  run = evaluator.Run(workdir, _CHECKPOINT.value, batch_size=_BATCH.value, dtype=_DTYPE.value) if workdir else None
   if _LIST.value:
     if main_process:
       print(layer_table(nnx.merge(run.model_def, run.state), run.config.data.image_size))

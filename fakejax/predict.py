@@ -30,6 +30,7 @@ if __name__ == "__main__":
   # Defined only when this file is the program, so other modules can import its functions.
   _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder written by fakejax.train.")
   _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
+  _DTYPE = cli.define_dtype_flag()
   _OUT = flags.DEFINE_string("out", "predictions.csv", "Output CSV.")
   _SORT_INTO = flags.DEFINE_string("sort_into", None, "Copy files into OUT/<predicted class>/.")
   _MODE = flags.DEFINE_enum("mode", "auto", evaluator.MODES, "View and image-level decision rule.")
@@ -97,7 +98,7 @@ def main(argv):
   if not inputs:
     raise cli.UserError("name at least one image or folder to score")
   sharding.initialize(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes, flags.FLAGS.process_id)
-  run = evaluator.Run(_WORKDIR.value, _CHECKPOINT.value, threads=_THREADS.value)
+  run = evaluator.Run(_WORKDIR.value, _CHECKPOINT.value, threads=_THREADS.value, dtype=_DTYPE.value)
   view = run.view(_MODE.value, patch_size=_PATCH.value, k=_K.value, theta=_THETA.value,
                   tile=_TILE.value, max_whole_pixels=_MAX_WHOLE.value, exact_sizes=_EXACT.value)
   threshold = run.config.threshold if _THRESHOLD.value is None else _THRESHOLD.value

@@ -33,6 +33,7 @@ import optax
 from fakejax import cli
 from fakejax import evaluator
 from fakejax import metrics as metrics_lib
+from fakejax import models
 from fakejax import sharding
 
 MIN_LR = 1e-6  # UnivFD's adjust_learning_rate(min_lr=1e-6).
@@ -41,10 +42,9 @@ MIN_LR = 1e-6  # UnivFD's adjust_learning_rate(min_lr=1e-6).
 def feature_forward(model_def, preprocess, dtype):
   """The jitted (model state, uint8 images) -> backbone features (the evaluator's forward with
   the model's `features` in place of its logits)."""
-  dtype = jnp.dtype(dtype)
+  dtype = jnp.dtype(models.resolve_dtype(dtype))
 
   def features(state, x):
-    from fakejax import models  # pylint: disable=g-import-not-at-top
     return nnx.merge(model_def, state).features(models.preprocess(x, preprocess, dtype)).astype(jnp.float32)
 
   return evaluator.make_forward(model_def, preprocess, dtype, outputs=features)

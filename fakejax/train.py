@@ -242,7 +242,7 @@ def make_train_step(ts, stage=0):
   at a time, for high-resolution inputs.
   """
   cfg = ts.config
-  dtype = jnp.dtype(cfg.model.dtype)
+  dtype = jnp.dtype(models.resolve_dtype(cfg.model.dtype))
   opt_name = ts.optimizer_name(stage)
   accumulate = max(cfg.optim.accumulate_steps, 1)
 
@@ -594,6 +594,7 @@ def train_and_evaluate(config, workdir, devices=None, *, evaluate_fn=None, preem
                     config.model.preprocess, weights_info["origin"], weights_info["preprocess"])
   config.model.preprocess = models.resolve_preprocess(
       config.model.name, config.model.preprocess, weights_info and weights_info["preprocess"])
+  config.model.dtype = models.resolve_dtype(config.model.dtype)  # Recorded: a resume keeps it.
   config_json = config.to_json_best_effort(indent=2)
   check_same_run(workdir, config_json)
 

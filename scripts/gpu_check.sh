@@ -36,6 +36,11 @@ for model in "resnet50 224" "xception 299"; do
     done
   done
 done
+# CLIP ViT-L/14 feature extraction (UnivFD's frozen backbone), bf16 and fp32.
+for dtype in bfloat16 float32; do
+  step 45 "bench_clip_vit_l14_${dtype}_128" $PY -m fakejax.benchmark --model clip_vit_l14 --image_size 224 \
+    --batch 128 --dtype "$dtype" --notrain --steps 20 --warmup 3
+done
 # The input pipeline on all cores, raw and PNG storage.
 for storage in raw png; do
   step 60 "pipeline_${storage}" $PY -m fakejax.benchmark --input data --storage "$storage" \

@@ -126,3 +126,75 @@ def test_cli_converts_and_evaluate_uses_the_preset(tmp_path, tiny_synthetic):
   r = subprocess.run([sys.executable, "-m", "fakejax.evaluate", "--workdir", str(tmp_path / "run")],
                      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert r.returncode != 0 and "--dataset" in r.stderr
+
+
+# ---------------------------------------------------------------------------
+# Against PyTorch references (make test-torch).
+# ---------------------------------------------------------------------------
+def _torch_reference(name):
+  """The released network in PyTorch, random weights with moved BatchNorm statistics:
+  CNNDetection's torchvision ResNet-50 with one output; NPR's truncated ResNet-50 built from
+  torchvision's Bottleneck with NPR-DeepfakeDetection's stem, layers and forward (networks/
+  resnet.py: x - interpolate(x, 0.5) times 2/3 into a 3x3/2 conv1, bn1, relu, maxpool, layer1,
+  layer2, avgpool, fc1)."""
+  torch = pytest.importorskip("torch")
+  torchvision = pytest.importorskip("torchvision")
+  from torch import nn  # pylint: disable=g-import-not-at-top
+  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  if name == "cnndetection":
+    model = torchvision.models.resnet50(num_classes=1)
+  else:
+    Bottleneck = torchvision.models.resnet.Bottleneck
+
+    def layer(cin, planes, blocks, stride):
+      down = nn.Sequential(nn.Conv2d(cin, planes * 4, 1, stride, bias=False), nn.BatchNorm2d(planes * 4))
+      return nn.Sequential(Bottleneck(cin, planes, stride, down),
+                           *[Bottleneck(planes * 4, planes) for _ in range(blocks - 1)])
+
+    class NPR(nn.Module):
+      def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 3, 2, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.layer1, self.layer2 = layer(64, 64, 3, 1), layer(256, 128, 4, 2)
+        self.fc1 = nn.Linear(512, 1)
+
+      def forward(self, x):
+        up = lambda img, f: F.interpolate(F.interpolate(img, scale_factor=f, mode="nearest",
+                                                        recompute_scale_factor=True),
+                                          scale_factor=1 / f, mode="nearest", recompute_scale_factor=True)
+        x = F.max_pool2d(F.relu(self.bn1(self.conv1((x - up(x, 0.5)) * 2.0 / 3.0))), 3, 2, 1)
+        x = self.layer2(self.layer1(x))
+        return self.fc1(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+    model = NPR()
+  with torch.no_grad():
+    for m in model.modules():
+      if isinstance(m, nn.BatchNorm2d):
+        m.weight.uniform_(0.5, 1.5)
+        m.bias.normal_(0, 0.1)
+        m.running_mean.normal_(0, 0.1)
+        m.running_var.uniform_(0.5, 1.5)
+  return torch, model.eval()
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("name", ["npr", "cnndetection"])
+def test_released_detector_scores_like_its_pytorch_network(name, tmp_path):
+  """A checkpoint saved by torch.save from the reference network (CNNDetection's wraps it as
+  {'model': ...}) converts into a run whose logit equals the reference's on the same ImageNet-
+  normalised images, within 1e-5 relative (BatchNorm folded on our side)."""
+  torch, ref = _torch_reference(name)
+  sd = ref.state_dict()
+  path = str(tmp_path / f"{name}.pth")
+  torch.save({"model": sd} if name == "cnndetection" else sd, path)
+  run = evaluator.Run(convert.convert_published(name, path, str(tmp_path / "run")))
+  img = np.random.default_rng(3).integers(0, 256, (3, 64, 64, 3), np.uint8)
+  mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+  x = torch.from_numpy(((img / 255.0 - mean) / std).astype(np.float32)).permute(0, 3, 1, 2)
+  with torch.no_grad():
+    want = ref(x).numpy()[:, 0]
+  got = np.asarray(run.forward(run.inference_state, img))
+  assert np.all(got[:, 0] == 0)  # One logit z, scored as [0, z].
+  assert np.abs(got[:, 1] - want).max() <= 1e-5 * max(np.abs(want).max(), 1.0), (got[:, 1], want)

@@ -278,7 +278,7 @@ def test_cli_errors_are_one_line_and_bugs_keep_their_traceback():
   assert "Traceback" not in r.stderr
   r = run("-m", "fakejax.train", "--config", "configs/quick.py", "--config.model.name=vgg",
           "--workdir", "/nonexistent/never/written")
-  assert r.returncode == 1 and "Unknown model 'vgg'; known: bit_resnet50, deepfd" in r.stderr
+  assert r.returncode == 1 and "Unknown model 'vgg'; known: bit_resnet50, clip_vit_b16, clip_vit_l14, clip_vit_tiny, deepfd" in r.stderr
   assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
   r = run("-c", "from fakejax import cli; cli.run(lambda argv: int('not a number'))")
   assert r.returncode != 0 and "Traceback" in r.stderr and "invalid literal" in r.stderr

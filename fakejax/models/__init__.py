@@ -49,6 +49,20 @@ NATIVE_PREPROCESS = {"xception": "minus_one_one", "mobilenet_v2": "minus_one_one
                      **{name: "clip" for name in vit.ARCHS}}
 
 
+DTYPES = ("auto", "float32", "bfloat16")
+
+
+def resolve_dtype(dtype, backend=None):
+  """The compute dtype: `dtype`, or for 'auto' bfloat16 on GPUs and TPUs (mixed precision:
+  parameters, optimizer state, loss and BatchNorm statistics stay float32) and float32 on CPUs
+  (no bf16 units there), by `backend` (default: jax's default backend)."""
+  if dtype not in DTYPES:
+    raise cli.UserError(f"Unknown model.dtype {dtype!r}; known: {', '.join(DTYPES)}")
+  if dtype != "auto":
+    return dtype
+  return "float32" if (backend or jax.default_backend()) == "cpu" else "bfloat16"
+
+
 def create(name, num_classes, *, seed=0, dtype="float32", **kwargs):
   """Builds a registered model.
 
@@ -56,13 +70,14 @@ def create(name, num_classes, *, seed=0, dtype="float32", **kwargs):
     name: a key of MODELS.
     num_classes: logits of the head (2 for binary real/fake).
     seed: parameter initialisation seed.
-    dtype: compute dtype ('float32' or 'bfloat16'); parameters stay float32.
+    dtype: compute dtype ('float32', 'bfloat16' or 'auto': resolve_dtype); parameters stay float32.
     **kwargs: architecture options (dropout, width, ...).
 
   Returns:
     the nnx.Module.
   """
-  return get(name)(num_classes=num_classes, dtype=jnp.dtype(dtype), rngs=nnx.Rngs(seed), **kwargs)
+  return get(name)(num_classes=num_classes, dtype=jnp.dtype(resolve_dtype(dtype)), rngs=nnx.Rngs(seed),
+                   **kwargs)
 
 
 def get(name):

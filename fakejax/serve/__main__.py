@@ -23,6 +23,7 @@ if __name__ == "__main__":
   # Defined only when this file is the program: LitServe's spawned worker imports it again.
   _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder written by fakejax.train.")
   _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
+  _DTYPE = cli.define_dtype_flag()
   _HOST = flags.DEFINE_enum("host", "127.0.0.1", ["127.0.0.1", "0.0.0.0", "::"],
                             "Interface to listen on (0.0.0.0 / :: : every interface).")
   _PORT = flags.DEFINE_integer("port", 8000, "TCP port (1024-65535).")
@@ -76,7 +77,7 @@ def main(argv):
   except ImportError as e:
     raise cli.UserError(f"serving needs the serve extra: pip install -e '.[serve]' ({e})") from None
   settings = app.Settings(
-      workdir=os.path.abspath(workdir), checkpoint=_CHECKPOINT.value, mode=_MODE.value,
+      workdir=os.path.abspath(workdir), checkpoint=_CHECKPOINT.value, dtype=_DTYPE.value, mode=_MODE.value,
       patch_size=_PATCH.value, threshold=_THRESHOLD.value, max_batch_size=_MAX_BATCH.value,
       batch_timeout=_BATCH_TIMEOUT.value, eval_batch=_EVAL_BATCH.value,
       max_body_bytes=_MAX_BODY.value, max_pixels=_MAX_PIXELS.value, max_images=_MAX_IMAGES.value,

@@ -56,6 +56,7 @@ class Settings:
   """What a server serves and its limits (the flags of `python -m fakejax.serve`)."""
   workdir: str
   checkpoint: str = "best"
+  dtype: str = ""  # '' the run's, 'auto', 'float32', 'bfloat16' (evaluator.Run).
   mode: str = "auto"
   patch_size: int = 32
   threshold: float = None        # None: the run's config.threshold.
@@ -138,7 +139,7 @@ class DetectAPI(ls.LitAPI):
     # The evaluator pads every forward pass to its batch: free on an accelerator, but on a CPU
     # padding costs as much as images, and a served batch is rarely full (docs/performance.md).
     batch = s.eval_batch or (jax.device_count() if jax.default_backend() == "cpu" else 0)
-    self.run = evaluator.Run(s.workdir, s.checkpoint, batch_size=batch)
+    self.run = evaluator.Run(s.workdir, s.checkpoint, batch_size=batch, dtype=s.dtype)
     self.view = self.run.view(s.mode, patch_size=s.patch_size)
     self.threshold = self.run.config.threshold if s.threshold is None else s.threshold
     self._shapes = set()
