@@ -144,6 +144,9 @@ def _torch_reference(name):
   torch.manual_seed(0)
   if name == "cnndetection":
     model = torchvision.models.resnet50(num_classes=1)
+  elif name == "safe":
+    pytest.importorskip("pytorch_wavelets")
+    model = _safe_reference(torch, torchvision)
   else:
     Bottleneck = torchvision.models.resnet.Bottleneck
 
@@ -179,22 +182,60 @@ def _torch_reference(name):
   return torch, model.eval()
 
 
+def _safe_reference(torch, torchvision):
+  """SAFE's network (Ouxiang-Li/SAFE models/resnet.py): the HH band of pytorch_wavelets'
+  DWTForward(J=1, mode='symmetric', wave='bior1.3'), torchvision's Resize back to the input size,
+  then NPR's truncated ResNet-50 with a 2-output fc1 (torchvision's Bottleneck)."""
+  from torch import nn  # pylint: disable=g-import-not-at-top
+  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
+  from pytorch_wavelets import DWTForward  # pylint: disable=g-import-not-at-top
+  Bottleneck = torchvision.models.resnet.Bottleneck
+
+  def layer(cin, planes, blocks, stride):
+    down = nn.Sequential(nn.Conv2d(cin, planes * 4, 1, stride, bias=False), nn.BatchNorm2d(planes * 4))
+    return nn.Sequential(Bottleneck(cin, planes, stride, down), *[Bottleneck(planes * 4, planes) for _ in range(blocks - 1)])
+
+  class SAFE(nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.conv1 = nn.Conv2d(3, 64, 3, 2, 1, bias=False)
+      self.bn1 = nn.BatchNorm2d(64)
+      self.layer1, self.layer2 = layer(64, 64, 3, 1), layer(256, 128, 4, 2)
+      self.fc1 = nn.Linear(512, 2)
+      self.dwt = DWTForward(J=1, mode="symmetric", wave="bior1.3")
+
+    def forward(self, x):
+      _, yh = self.dwt(x)
+      x = torchvision.transforms.Resize([x.shape[-2], x.shape[-1]])(yh[0][:, :, 2, :, :])
+      x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, 1)
+      x = self.layer2(self.layer1(x))
+      return self.fc1(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+  return SAFE()
+
+
 @pytest.mark.torch
-@pytest.mark.parametrize("name", ["npr", "cnndetection"])
+@pytest.mark.parametrize("name", ["npr", "cnndetection", "safe"])
 def test_released_detector_scores_like_its_pytorch_network(name, tmp_path):
-  """A checkpoint saved by torch.save from the reference network (CNNDetection's wraps it as
-  {'model': ...}) converts into a run whose logit equals the reference's on the same ImageNet-
-  normalised images, within 1e-5 relative (BatchNorm folded on our side)."""
+  """A checkpoint saved by torch.save from the reference network (CNNDetection's and SAFE's wrap
+  it as {'model': ...}) converts into a run whose logits equal the reference's on the same
+  images (ImageNet-normalised; SAFE's in [0, 1]), within 1e-5 relative (BatchNorm folded here)."""
   torch, ref = _torch_reference(name)
   sd = ref.state_dict()
   path = str(tmp_path / f"{name}.pth")
-  torch.save({"model": sd} if name == "cnndetection" else sd, path)
+  sd = {k: v for k, v in sd.items() if not k.startswith("dwt.")}  # The DWT's fixed filters.
+  torch.save({"model": sd} if name in ("cnndetection", "safe") else sd, path)
   run = evaluator.Run(convert.convert_published(name, path, str(tmp_path / "run")))
   img = np.random.default_rng(3).integers(0, 256, (3, 64, 64, 3), np.uint8)
-  mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
-  x = torch.from_numpy(((img / 255.0 - mean) / std).astype(np.float32)).permute(0, 3, 1, 2)
+  if name == "safe":  # ToTensor only: [0, 1].
+    x = img / 255.0
+  else:
+    x = (img / 255.0 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+  x = torch.from_numpy(x.astype(np.float32)).permute(0, 3, 1, 2)
   with torch.no_grad():
-    want = ref(x).numpy()[:, 0]
+    want = ref(x).numpy()
   got = np.asarray(run.forward(run.inference_state, img))
-  assert np.all(got[:, 0] == 0)  # One logit z, scored as [0, z].
-  assert np.abs(got[:, 1] - want).max() <= 1e-5 * max(np.abs(want).max(), 1.0), (got[:, 1], want)
+  if name != "safe":
+    assert np.all(got[:, 0] == 0)  # One logit z, scored as [0, z].
+    got, want = got[:, 1:], want
+  assert np.abs(got - want).max() <= 1e-5 * max(np.abs(want).max(), 1.0), (got, want)
