@@ -56,9 +56,11 @@ def resolve_dtype(dtype, backend=None):
   """The compute dtype: `dtype`, or for 'auto' bfloat16 on GPUs and TPUs (mixed precision:
   parameters, optimizer state, loss and BatchNorm statistics stay float32) and float32 on CPUs
   (no bf16 units there), by `backend` (default: jax's default backend)."""
-  if dtype not in DTYPES:
-    raise cli.UserError(f"Unknown model.dtype {dtype!r}; known: {', '.join(DTYPES)}")
   if dtype != "auto":
+    try:
+      jnp.dtype(dtype)  # Any numpy dtype (the tests use float64); 'auto', float32, bfloat16 in configs.
+    except TypeError:
+      raise cli.UserError(f"Unknown model.dtype {dtype!r}; known: {', '.join(DTYPES)}") from None
     return dtype
   return "float32" if (backend or jax.default_backend()) == "cpu" else "bfloat16"
 
