@@ -133,10 +133,13 @@ def test_cli_converts_and_evaluate_uses_the_preset(tmp_path, tiny_synthetic):
 # ---------------------------------------------------------------------------
 def _torch_reference(name):
   """The released network in PyTorch, random weights with moved BatchNorm statistics:
-  CNNDetection's torchvision ResNet-50 with one output; NPR's truncated ResNet-50 built from
-  torchvision's Bottleneck with NPR-DeepfakeDetection's stem, layers and forward (networks/
-  resnet.py: x - interpolate(x, 0.5) times 2/3 into a 3x3/2 conv1, bn1, relu, maxpool, layer1,
-  layer2, avgpool, fc1)."""
+  CNNDetection's torchvision ResNet-50 with one output, or NPR's / SAFE's truncated ResNet-50
+  rebuilt from torchvision's Bottleneck with the official stem, layers, front and forward
+  (NPR-DeepfakeDetection networks/resnet.py, SAFE models/resnet.py): front(x) into a 3x3/2
+  conv1, bn1, relu, maxpool, layer1, layer2, avgpool, fc1.
+  - NPR's front: x - interpolate(x, 0.5) (nearest down, nearest up), times 2/3; one output.
+  - SAFE's: the HH band of pytorch_wavelets' DWTForward(J=1, mode='symmetric', wave='bior1.3'),
+    torchvision's Resize back to the input size; two outputs."""
   torch = pytest.importorskip("torch")
   torchvision = pytest.importorskip("torchvision")
   from torch import nn  # pylint: disable=g-import-not-at-top
@@ -144,10 +147,14 @@ def _torch_reference(name):
   torch.manual_seed(0)
   if name == "cnndetection":
     model = torchvision.models.resnet50(num_classes=1)
-  elif name == "safe":
-    pytest.importorskip("pytorch_wavelets")
-    model = _safe_reference(torch, torchvision)
   else:
+    if name == "safe":
+      dwt = pytest.importorskip("pytorch_wavelets").DWTForward(J=1, mode="symmetric", wave="bior1.3")
+      front = lambda x: torchvision.transforms.Resize([x.shape[-2], x.shape[-1]])(dwt(x)[1][0][:, :, 2])
+    else:
+      up = lambda x, f: F.interpolate(F.interpolate(x, scale_factor=f, mode="nearest", recompute_scale_factor=True),
+                                      scale_factor=1 / f, mode="nearest", recompute_scale_factor=True)
+      front = lambda x: (x - up(x, 0.5)) * 2.0 / 3.0
     Bottleneck = torchvision.models.resnet.Bottleneck
 
     def layer(cin, planes, blocks, stride):
@@ -155,23 +162,20 @@ def _torch_reference(name):
       return nn.Sequential(Bottleneck(cin, planes, stride, down),
                            *[Bottleneck(planes * 4, planes) for _ in range(blocks - 1)])
 
-    class NPR(nn.Module):
+    class Truncated(nn.Module):
       def __init__(self):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 64, 3, 2, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.layer1, self.layer2 = layer(64, 64, 3, 1), layer(256, 128, 4, 2)
-        self.fc1 = nn.Linear(512, 1)
+        self.fc1 = nn.Linear(512, 2 if name == "safe" else 1)
 
       def forward(self, x):
-        up = lambda img, f: F.interpolate(F.interpolate(img, scale_factor=f, mode="nearest",
-                                                        recompute_scale_factor=True),
-                                          scale_factor=1 / f, mode="nearest", recompute_scale_factor=True)
-        x = F.max_pool2d(F.relu(self.bn1(self.conv1((x - up(x, 0.5)) * 2.0 / 3.0))), 3, 2, 1)
+        x = F.max_pool2d(F.relu(self.bn1(self.conv1(front(x)))), 3, 2, 1)
         x = self.layer2(self.layer1(x))
         return self.fc1(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
-    model = NPR()
+    model = Truncated()
   with torch.no_grad():
     for m in model.modules():
       if isinstance(m, nn.BatchNorm2d):
@@ -180,38 +184,6 @@ def _torch_reference(name):
         m.running_mean.normal_(0, 0.1)
         m.running_var.uniform_(0.5, 1.5)
   return torch, model.eval()
-
-
-def _safe_reference(torch, torchvision):
-  """SAFE's network (Ouxiang-Li/SAFE models/resnet.py): the HH band of pytorch_wavelets'
-  DWTForward(J=1, mode='symmetric', wave='bior1.3'), torchvision's Resize back to the input size,
-  then NPR's truncated ResNet-50 with a 2-output fc1 (torchvision's Bottleneck)."""
-  from torch import nn  # pylint: disable=g-import-not-at-top
-  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
-  from pytorch_wavelets import DWTForward  # pylint: disable=g-import-not-at-top
-  Bottleneck = torchvision.models.resnet.Bottleneck
-
-  def layer(cin, planes, blocks, stride):
-    down = nn.Sequential(nn.Conv2d(cin, planes * 4, 1, stride, bias=False), nn.BatchNorm2d(planes * 4))
-    return nn.Sequential(Bottleneck(cin, planes, stride, down), *[Bottleneck(planes * 4, planes) for _ in range(blocks - 1)])
-
-  class SAFE(nn.Module):
-    def __init__(self):
-      super().__init__()
-      self.conv1 = nn.Conv2d(3, 64, 3, 2, 1, bias=False)
-      self.bn1 = nn.BatchNorm2d(64)
-      self.layer1, self.layer2 = layer(64, 64, 3, 1), layer(256, 128, 4, 2)
-      self.fc1 = nn.Linear(512, 2)
-      self.dwt = DWTForward(J=1, mode="symmetric", wave="bior1.3")
-
-    def forward(self, x):
-      _, yh = self.dwt(x)
-      x = torchvision.transforms.Resize([x.shape[-2], x.shape[-1]])(yh[0][:, :, 2, :, :])
-      x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, 1)
-      x = self.layer2(self.layer1(x))
-      return self.fc1(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
-
-  return SAFE()
 
 
 @pytest.mark.torch
@@ -223,7 +195,6 @@ def test_released_detector_scores_like_its_pytorch_network(name, tmp_path):
   torch, ref = _torch_reference(name)
   sd = ref.state_dict()
   path = str(tmp_path / f"{name}.pth")
-  sd = {k: v for k, v in sd.items() if not k.startswith("dwt.")}  # The DWT's fixed filters.
   torch.save({"model": sd} if name in ("cnndetection", "safe") else sd, path)
   run = evaluator.Run(convert.convert_published(name, path, str(tmp_path / "run")))
   img = np.random.default_rng(3).integers(0, 256, (3, 64, 64, 3), np.uint8)
