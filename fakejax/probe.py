@@ -67,7 +67,8 @@ def _cache_key(config, dataset, split, indices, preprocess):
 
 def cached_features(config, forward, model_state, mesh, dataset, split, indices, preprocess):
   """(n, d) float32 features of records `indices` of a split: from the cache, else computed
-  (process 0 writes the cache; every process computes its part of each batch)."""
+  (every process decodes and computes its part of each batch, the last one padded with repeats;
+  process 0 writes the cache)."""
   key, what = _cache_key(config, dataset, split, indices, preprocess)
   path = os.path.join(config.data.cache_dir, "features", f"{split}_{key}.npz")
   if os.path.exists(path):
@@ -79,13 +80,11 @@ def cached_features(config, forward, model_state, mesh, dataset, split, indices,
   src = dataset.source(split)
   batch = config.eval_batch_size or config.batch_size
   sharding.check_batch(batch, mesh, "eval_batch_size")
-  out = []
+  out, per = [], batch // jax.process_count()
   for start in range(0, len(indices), batch):
     chunk = indices[start:start + batch]
-    x = np.stack([view.cut(dataset.decode(src[int(i)]), int(i))[0][0] for i in chunk])
-    x = np.concatenate([x, np.zeros((batch - len(x),) + x.shape[1:], x.dtype)])  # Whole batches.
-    per = batch // jax.process_count()
-    local = x[jax.process_index() * per:(jax.process_index() + 1) * per]
+    mine = np.resize(chunk, batch)[jax.process_index() * per:(jax.process_index() + 1) * per]  # Padded.
+    local = np.stack([view.cut(dataset.decode(src[int(i)]), int(i))[0][0] for i in mine])
     feats = sharding.to_host(forward(model_state, sharding.to_global(mesh, local)))
     out.append(np.asarray(feats)[:len(chunk)])
   feats = np.concatenate(out) if out else np.zeros((0, 0), np.float32)
