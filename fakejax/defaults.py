@@ -82,7 +82,7 @@ def get_config():
 
   c.data.photo = ml_collections.ConfigDict()  # data.dir='photo' (fakejax.photo): real photographs'
   c.data.photo.size = 64                      #   crops and five generators trained here.
-  c.data.photo.train = 2000           # Reals of train (and as many `tconv` fakes).
+  c.data.photo.train = 2000           # Reals of train (and as many fakes of families[0]).
   c.data.photo.val = 400
   c.data.photo.test = 400             # Reals and fakes per family in test.
   c.data.photo.seed = 0

@@ -313,6 +313,20 @@ def sources_of(dataset, split="test"):
   return sorted(str(s) for s in set(idx["source"][idx["label"] == 1]))
 
 
+def train_source(args, config, dataset):
+  """The generator a study trains on: --train_source, else the benchmark's training family
+  (synthetic: tconv; photo: data.photo.families[0]), else with --data the train split's first."""
+  if getattr(args, "train_source", ""):
+    return args.train_source
+  if args.data:
+    return sources_of(dataset, "train")[0]
+  return config.data.photo.families[0] if config.data.dir == "photo" else "tconv"
+
+
+TRAIN_SOURCE_HELP = ("Generator trained on (default: the benchmark's training family, tconv on synthetic "
+                     "and nn_conv on photo; with --data the first generator of the train split).")
+
+
 def categories_of(dataset, split="test"):
   """The content categories of a split, sorted ('' left out)."""
   return sorted(str(c) for c in set(dataset.index(split)["category"]) if c)

@@ -35,8 +35,7 @@ CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 
 def flags():
   p = sc.parser(__doc__, "deepfd")
-  p.add_argument("--train_source", default="", help="Generator trained on (default: tconv; with --data "
-                 "the first generator of the train split).")
+  p.add_argument("--train_source", default="", help=sc.TRAIN_SOURCE_HELP)
   p.add_argument("--stage1", type=int, default=0, help="Contrastive steps (default: configs/deepfd.py's; "
                  "--quick 2).")
   p.add_argument("--stage2", type=int, default=0, help="Classifier steps (default: configs/deepfd.py's; "
@@ -77,7 +76,7 @@ def main(argv=None):
   stage2 = args.stage2 or sc.sizes(args, fd.deepfd.stage2_steps, 2)
   conditions = (args.conditions or sc.sizes(args, ",".join(CONDITIONS), ",".join(CONDITIONS[:2]))).split(",")
   dataset = study.dataset(config)
-  source = args.train_source or ("tconv" if not args.data else sc.sources_of(dataset, "train")[0])
+  source = sc.train_source(args, config, dataset)
   others = [g for g in sc.sources_of(dataset) if g != source]
   config.data.train_sources = (source,)
   sets = [sc.test_set(dataset, "test", g, (g,)) for g in [source] + others]

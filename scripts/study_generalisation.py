@@ -42,8 +42,7 @@ METRICS = ("accuracy", "ap")
 def flags():
   p = sc.parser(__doc__, "generalisation")
   p.add_argument("--parts", default="1a,1b", help="Which parts to run: 1a, 1b or both.")
-  p.add_argument("--train_source", default="", help="Generator trained on (default: tconv; with "
-                 "--data the first generator of the train split).")
+  p.add_argument("--train_source", default="", help=sc.TRAIN_SOURCE_HELP)
   p.add_argument("--n_categories", default="", help="Numbers of training categories "
                  "(default 1,2,4,8; --quick 1,2).")
   p.add_argument("--per_category", type=int, default=0, help="Training images of each source at "
@@ -85,7 +84,7 @@ def main(argv=None):
     config.eval_every_steps = sc.sizes(args, 50, 2)
   dataset = study.dataset(config)
   gens = sc.sources_of(dataset, "train")
-  source = args.train_source or ("tconv" if not args.data else gens[0])
+  source = sc.train_source(args, config, dataset)
   unseen_gens = [g for g in sc.sources_of(dataset) if g != source]
   categories = sc.categories_of(dataset, "train")
   if max(ns) > len(categories) - 1:

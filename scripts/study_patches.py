@@ -50,8 +50,7 @@ KEEP = ("accuracy", "ap", "patch_acc")
 
 def flags():
   p = sc.parser(__doc__, "patches")
-  p.add_argument("--train_source", default="", help="Generator trained on (default: tconv; with "
-                 "--data the first generator of the train split).")
+  p.add_argument("--train_source", default="", help=sc.TRAIN_SOURCE_HELP)
   p.add_argument("--heldout", default="", help="Held-out content category (default: rotates with the seed).")
   p.add_argument("--patch_sizes", default="", help="Patch sizes, the image size first = whole-image "
                  "detection (default 64,32,16; --quick 32,16).")
@@ -112,7 +111,7 @@ def main(argv=None):
   else:
     config.keep_checkpoints = config.num_epochs + 1
   dataset = study.dataset(config)
-  source = args.train_source or ("tconv" if not args.data else sc.sources_of(dataset, "train")[0])
+  source = sc.train_source(args, config, dataset)
   others = [g for g in sc.sources_of(dataset) if g != source]
   categories = sc.categories_of(dataset, "train")
   config.data.train_sources = (source,)

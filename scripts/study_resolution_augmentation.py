@@ -48,8 +48,7 @@ GEOMETRIC = {"aug.rotate": 45.0, "aug.shift": 0.15, "aug.zoom": 0.5, "aug.flip":
 
 def flags():
   p = sc.parser(__doc__, "resolution_augmentation")
-  p.add_argument("--train_source", default="", help="Generator trained on (default: tconv; with --data "
-                 "the first generator of the train split).")
+  p.add_argument("--train_source", default="", help=sc.TRAIN_SOURCE_HELP)
   p.add_argument("--models", default="xception", help="Models (xception, resnet50).")
   p.add_argument("--native", type=int, default=0, help="Native input size (default: the data's: 64 px "
                  "synthetic, 32 with --quick).")
@@ -99,7 +98,7 @@ def main(argv=None):
   n_copies = args.tta_copies or sc.sizes(args, 4, 2)
   models = args.models.split(",")
   dataset = study.dataset(config)
-  source = args.train_source or ("tconv" if not args.data else sc.sources_of(dataset, "train")[0])
+  source = sc.train_source(args, config, dataset)
   others = [g for g in sc.sources_of(dataset) if g != source]
   config.data.train_sources = (source,)
   sets = [sc.test_set(dataset, "test", g, (g,)) for g in [source] + others]

@@ -54,8 +54,7 @@ def flags():
   p = sc.parser(__doc__, "transfer_attribution")
   p.add_argument("--parts", default="a,b,c", help="Parts to run: a (transfer), b (attribution), "
                  "c (Grad-CAM of b's Xception).")
-  p.add_argument("--train_source", default="", help="Generator of part (a) (default: tconv; with --data "
-                 "the first generator of the train split).")
+  p.add_argument("--train_source", default="", help="Part (a): " + sc.TRAIN_SOURCE_HELP)
   p.add_argument("--transfer_models", default="", help="MODEL:TRANSFER pairs of part (a) (default "
                  "resnet50:linear_probe,resnet50:finetune,mobilenet_v2:finetune; --quick xception:linear_probe).")
   p.add_argument("--attribution_models", default="", help="Models of part (b) (default "
@@ -101,7 +100,7 @@ def main(argv=None):
   # --- (a) binary detection: linear probe vs fine-tuning ---------------------------------------
   if "a" in parts:
     dataset = study.dataset(config)
-    source = args.train_source or ("tconv" if not args.data else sc.sources_of(dataset, "train")[0])
+    source = sc.train_source(args, config, dataset)
     others = [g for g in sc.sources_of(dataset) if g != source]
     config.data.train_sources = (source,)
     pairs = [tuple(m.split(":")) for m in (args.transfer_models or sc.sizes(
@@ -147,7 +146,7 @@ def main(argv=None):
       ac.data.dir = args.attribution_data
     ac.data.task = "attribution"
     ac.data.train_sources = ()
-    ac.data.photo.train_all = ac.data.dir == "photo"  # Every family in train, not only tconv.
+    ac.data.photo.train_all = ac.data.dir == "photo"  # Every family in train, not only the first.
     ac.data.balance = True
     ac.best_metric = "top1"
     ac.model.dropout = 0.0

@@ -551,7 +551,7 @@ def photo_dataset(root, size=64, counts=(("train", 2000), ("val", 400), ("test",
   photos = photo.find_photos() if photos is None else photos
   params = {"size": size, "counts": [list(c) for c in counts], "seed": seed, "families": list(families),
             "postprocess": postprocess, "gen_steps": gen_steps, "version": FORMAT_VERSION,
-            "photos": [[p.name, os.path.getsize(p.path)] for p in photos]}
+            "generation": photo.GENERATION, "photos": [[p.name, os.path.getsize(p.path)] for p in photos]}
   if storage != "png":
     params["storage"] = storage
   if train_all:  # Only when set: the default's folder (its key) stays what it was.
