@@ -10,6 +10,11 @@ on disk is a no-op, so a run that resumes and reaches that step again (or is
 stopped right after an evaluation saved it) never fails on it. Every process of
 a multi-host run calls save and restore (orbax coordinates them).
 
+Saves are asynchronous: `save` and `save_best` return once the arrays are on the host and the
+iterator state is taken, and the files are written while training goes on. The next save of the
+same kind, `wait`, `close` and every restore wait for them first; a crash before a write
+completes leaves the previous checkpoint (the temporary folder is removed on the next open).
+
 Converted weights (`fakejax.convert`) are one model's arrays, keyed by their
 path in the model ('block1/sep1/depthwise/kernel'), plus a JSON `info` (origin,
 preprocessing) in `WEIGHTS_INFO` beside them.
@@ -87,37 +92,45 @@ class Checkpointer:
     self.best = _manager(os.path.join(workdir, "best"), ("state", "meta"), 1)
 
   def has(self, step):
+    self.latest.wait_until_finished()
     return step in self.latest.all_steps()
 
   def save(self, step, state, data_iter, meta):
-    """Saves the full training state (blocking: it is on disk when this returns).
+    """Starts saving the full training state (asynchronous: see the module docstring).
 
     Returns:
       False when `step` was already saved (nothing is written), else True.
     """
+    self.latest.wait_until_finished()  # The previous save, so that all_steps() is complete.
     if step in self.latest.all_steps():
       return False
     self.latest.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(nnx.to_pure_dict(state)),
         data_iter=grain.checkpoint.CheckpointSave(data_iter),
         meta=ocp.args.JsonSave(meta)), force=True)
-    self.latest.wait_until_finished()
     return True
 
   def best_steps(self):
+    self.best.wait_until_finished()
     return self.best.all_steps()
 
   def save_best(self, step, model_state, meta):
-    """Saves the model (not the optimizer) as the best one, unless `step` is already there."""
+    """Starts saving the model (not the optimizer) as the best one, unless `step` is already there."""
+    self.best.wait_until_finished()
     if step in self.best.all_steps():
       return
     self.best.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave({"model": nnx.to_pure_dict(model_state)}),
         meta=ocp.args.JsonSave(meta)), force=True)
+
+  def wait(self):
+    """Blocks until every save started so far is on disk."""
+    self.latest.wait_until_finished()
     self.best.wait_until_finished()
 
   def restore_latest(self, abstract_state, data_iter):
     """Restores the newest checkpoint into `data_iter` and returns (state, meta), or None."""
+    self.wait()
     step = self.latest.latest_step()
     if step is None:
       return None

@@ -435,7 +435,9 @@ def convert_published(name, path, out, clip=None):
   init_model_state(state, weights, path)  # Every parameter and statistic, or the mismatches named.
   nnx.update(model, state)
   tmp = f"{out}.tmp{os.getpid()}"  # Written aside, renamed when whole: a crash leaves no half run.
-  checkpoint.Checkpointer(tmp).save_best(0, nnx.state(model), {"step": 0, "converted_from": name})
+  ckpt = checkpoint.Checkpointer(tmp)
+  ckpt.save_best(0, nnx.state(model), {"step": 0, "converted_from": name})
+  ckpt.close()  # On disk before the rename.
   with open(os.path.join(tmp, "config.json"), "w") as f:
     f.write(config.to_json(indent=2))
   with open(os.path.join(tmp, "run.json"), "w") as f:

@@ -650,10 +650,10 @@ def train_and_evaluate(config, workdir, devices=None, *, evaluate_fn=None, preem
           evaluate_fn or validation_fn(fold, mesh, data, config), preempt, mesh)
   finally:
     preempt.close()
+    ckpt.close()  # Waits for the saves in flight: an exception above still leaves them whole.
   if stop_reason and sharding.is_main():
     logging.info(stop_reason)
     print(stop_reason, flush=True)
-  ckpt.close()
   if stop_reason == "SIGTERM: checkpoint written":
     log.close()
     return {"step": step, "preempted": True}

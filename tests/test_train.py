@@ -125,6 +125,21 @@ class StopAt:
     pass
 
 
+def test_checkpoint_saves_return_before_the_write_and_every_read_waits(tmp_path):
+  """save_best returns while orbax still writes (64 MB of weights); a restore sees it whole."""
+  model = nnx.Linear(4096, 4096, rngs=nnx.Rngs(0))
+  ckpt = checkpoint.Checkpointer(str(tmp_path), keep=2)
+  ckpt.save_best(3, nnx.state(model), {"step": 3})
+  in_flight = ckpt.best.is_saving_in_progress()
+  assert ckpt.best_steps() == [3]  # Waits for the save.
+  ckpt.close()
+  assert in_flight
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), nnx.state(model))
+  restored, meta = checkpoint.restore_model(str(tmp_path), abstract)
+  assert meta["step"] == 3
+  np.testing.assert_array_equal(restored["kernel"].get_value(), model.kernel.get_value())
+
+
 @pytest.mark.slow
 def test_crash_safety(make_config, tmp_path, monkeypatch):
   """Each fault injected in turn; after every one the run resumes and finishes.
