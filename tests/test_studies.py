@@ -256,17 +256,19 @@ def test_statistics_rules():
 @pytest.mark.study
 def test_leaderboard_on_the_photo_benchmark(tmp_path, data_root):
   out, res = run_script("leaderboard", tmp_path, data_root, "--benchmark", "photo")
-  md = check_outputs(out, res, ["leaderboard_tconv.png"], ["Trained on tconv"])
-  rows = table_rows(md, "Trained on tconv")
+  md = check_outputs(out, res, ["leaderboard_nn_conv.png"], ["Trained on nn_conv"])  # photo's default.
+  rows = table_rows(md, "Trained on nn_conv")
   import leaderboard  # pylint: disable=g-import-not-at-top
   assert [r[0] for r in rows] == list(leaderboard.RECIPES)
   for r in rows:
-    assert len(r) == 1 + 5 + 4  # Recipe, the five families' acc / AP, four mean-unseen columns.
-    for c in r[-4:]:
+    assert len(r) == 1 + 5 + 6  # Recipe, the five families' acc / AP, six mean-unseen columns.
+    for c in r[-6:]:
       assert_pm(c)
   unseen = {r["recipe"] for r in res["records"] if r["set"] == "mean unseen"}
   assert unseen == set(leaderboard.RECIPES)
-  assert "Best mean accuracy on the unseen generators" in md
+  assert "Best mean accuracy on the unseen generators" in md and "calibrated on val reals" in md
+  for r in res["records"]:  # Every row has its threshold calibrated on val reals, and its metrics there.
+    assert 0 <= r["threshold"] <= 1 + 1e-9 and 0 <= r["cal_accuracy"] <= 1 and 0 <= r["cal_real_acc"] <= 1
 
 
 @pytest.mark.study
