@@ -5,6 +5,8 @@ import jax
 import numpy as np
 import pytest
 
+from tests.conftest import assert_bf16_like_amp
+
 from fakejax import checkpoint
 from fakejax import convert
 from fakejax import models
@@ -149,6 +151,8 @@ def test_timm_resnetv2_50x1_bit_parity(tmp_path):
   x = np.random.default_rng(0).uniform(-1, 1, (2, 64, 64, 3)).astype(np.float32)
   with torch.no_grad():
     want = ref(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # PyTorch's mixed precision: the bf16 bound.
+      amp = ref(torch.from_numpy(x).permute(0, 3, 1, 2)).float().numpy()
   np.savez(tmp_path / "bit.npz", **_timm_to_released(ref.state_dict()))
   weights, _ = convert.convert("bit", "bit_resnet50", str(tmp_path / "bit.npz"))
   # An identity head: the logits are the pooled features. (Built abstract: eager init is slow.)
@@ -159,3 +163,6 @@ def test_timm_resnetv2_50x1_bit_parity(tmp_path):
   got = np.asarray(nnx.jit(lambda m, x: m(x))(model, jax.device_put(x)))
   err = float(np.max(np.abs(got - want)) / np.max(np.abs(want)))
   assert err <= 1e-4, err
+  graphdef16, _ = nnx.split(nnx.eval_shape(lambda: models.create("bit_resnet50", 2048, dtype="bfloat16")))
+  model16 = nnx.merge(graphdef16, nnx.state(model))
+  assert_bf16_like_amp(nnx.jit(lambda m, x: m(x))(model16, jax.device_put(x)).astype(np.float32), amp, want)

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from tests.conftest import assert_bf16_like_amp
 from tests.conftest import subprocess_env
 from fakejax import convert
 from fakejax import evaluator
@@ -27,8 +28,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = dict(depth=2, heads=4, hidden=64, image_size=56, patch=14, embed_dim=32)
 
 
-def _small(single_logit=True):
-  return vit.ClipViT("clip_vit_l14", single_logit=single_logit, rngs=nnx.Rngs(0), **SMALL)
+def _small(single_logit=True, dtype=jnp.float32):
+  return vit.ClipViT("clip_vit_l14", single_logit=single_logit, dtype=jnp.dtype(dtype), rngs=nnx.Rngs(0), **SMALL)
 
 
 def clip_state_dict(width=64, layers=2, patch=14, grid=4, out=32, seed=0, text=True):
@@ -146,6 +147,8 @@ def test_clip_encoder_matches_open_clip(tmp_path):
   x = np.random.default_rng(0).normal(size=(3, 56, 56, 3)).astype(np.float32)
   with torch.no_grad():
     want = ref.encode_image(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # PyTorch's mixed precision: the bf16 bound.
+      amp = ref.encode_image(torch.from_numpy(x).permute(0, 3, 1, 2)).float().numpy()
     # OpenAI's releases are TorchScript archives of the whole model (traced, same names).
     torch.jit.trace(ref.visual, torch.zeros(1, 3, 56, 56)).save(str(tmp_path / "visual.pt"))
   for f in ("open_clip_model.safetensors", "clip.pth", "visual.pt"):
@@ -155,6 +158,9 @@ def test_clip_encoder_matches_open_clip(tmp_path):
     got = np.asarray(model.features(jnp.asarray(x)))
     err = np.abs(got - want).max() / np.abs(want).max()
     assert err <= 1e-5, (f, err)
+  model16 = _small(dtype="bfloat16")
+  nnx.update(model16, nnx.state(model))
+  assert_bf16_like_amp(model16.features(jnp.asarray(x)).astype(jnp.float32), amp, want)
 
 
 @pytest.mark.slow

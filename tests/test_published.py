@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from tests.conftest import assert_bf16_like_amp
 from tests.conftest import subprocess_env
 from fakejax import convert
 from fakejax import evaluator
@@ -205,8 +206,13 @@ def test_released_detector_scores_like_its_pytorch_network(name, tmp_path):
   x = torch.from_numpy(x.astype(np.float32)).permute(0, 3, 1, 2)
   with torch.no_grad():
     want = ref(x).numpy()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # PyTorch's mixed precision: the bf16 bound.
+      amp = ref(x).float().numpy()
   got = np.asarray(run.forward(run.inference_state, img))
+  run16 = evaluator.Run(run.workdir, dtype="bfloat16")
+  got16 = np.asarray(run16.forward(run16.inference_state, img), np.float32)
   if name != "safe":
     assert np.all(got[:, 0] == 0)  # One logit z, scored as [0, z].
-    got, want = got[:, 1:], want
+    got, got16 = got[:, 1:], got16[:, 1:]
   assert np.abs(got - want).max() <= 1e-5 * max(np.abs(want).max(), 1.0), (got, want)
+  assert_bf16_like_amp(got16, amp, want)

@@ -72,7 +72,9 @@ def create(name, num_classes, *, seed=0, dtype="float32", **kwargs):
     name: a key of MODELS.
     num_classes: logits of the head (2 for binary real/fake).
     seed: parameter initialisation seed.
-    dtype: compute dtype ('float32', 'bfloat16' or 'auto': resolve_dtype); parameters stay float32.
+    dtype: compute dtype ('float32', 'bfloat16' or 'auto': resolve_dtype); parameters stay float32,
+      and the classifier head computes in float32 (logits, the loss and the scores keep float32's
+      precision: bf16 logits would tie thousands of scores and blunt AP).
     **kwargs: architecture options (dropout, width, ...).
 
   Returns:

@@ -111,7 +111,7 @@ class BiT(nnx.Module):
       setattr(self, stage, nnx.List(units))
     self.norm = group_norm(cin, dtype=dtype, rngs=rngs)
     self.dropout = nnx.Dropout(dropout)
-    self.head = nnx.Linear(cin, num_classes, dtype=dtype, rngs=rngs, **inits.dense(init, "big_vision", cin))
+    self.head = nnx.Linear(cin, num_classes, dtype=jnp.float32, rngs=rngs, **inits.dense(init, "big_vision", cin))
     self.num_features = cin
     self.remat = remat
 

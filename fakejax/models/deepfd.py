@@ -59,7 +59,7 @@ class D2(nnx.Module):
   def __init__(self, cin, num_classes, dropout, *, dtype, rngs):
     self.conv = nnx.Conv(cin, max(2, num_classes), (3, 3), dtype=dtype, rngs=rngs)
     self.dropout = nnx.Dropout(dropout)
-    self.head = nnx.Linear(max(2, num_classes), num_classes, dtype=dtype, rngs=rngs)
+    self.head = nnx.Linear(max(2, num_classes), num_classes, dtype=jnp.float32, rngs=rngs)
 
   def __call__(self, features, rngs=None, taps=None):
     x = layers.global_avg_pool(layers.tapper(taps)("conv", self.conv(features)))

@@ -67,7 +67,7 @@ class MobileNetV2(nnx.Module):
     last = make_divisible(1280 * width) if width > 1.0 else 1280
     self.last = layers.ConvBN(cin, last, 1, act=layers.relu6, **kw)
     self.dropout = nnx.Dropout(dropout)
-    self.head = nnx.Linear(last, num_classes, dtype=dtype, rngs=rngs, **inits.dense(init, "keras", last))
+    self.head = nnx.Linear(last, num_classes, dtype=jnp.float32, rngs=rngs, **inits.dense(init, "keras", last))
     self.num_features = last
     self.remat = remat
 

@@ -73,7 +73,7 @@ class ResNet(nnx.Module):
     self.stages = nnx.List(stages_)
     self.dropout = nnx.Dropout(dropout)
     self.single_logit = single_logit
-    self.head = nnx.Linear(cin, 1 if single_logit else num_classes, dtype=dtype, rngs=rngs,
+    self.head = nnx.Linear(cin, 1 if single_logit else num_classes, dtype=jnp.float32, rngs=rngs,
                            **inits.dense(init, "torchvision", cin))
     self.num_features = cin
     self.remat = remat

@@ -109,7 +109,7 @@ class ClipViT(nnx.Module):
     self.ln_post = _LayerNorm(w, epsilon=LN_EPSILON, rngs=rngs)
     self.proj = normal(w, self.num_features)
     self.dropout = nnx.Dropout(dropout)
-    self.head = _dense(self.num_features, 1 if single_logit else num_classes, dtype=dtype, rngs=rngs)
+    self.head = _dense(self.num_features, 1 if single_logit else num_classes, dtype=jnp.float32, rngs=rngs)
     self.CAM_LAYER = f"blocks.{max(self.depth - 2, 0)}"
 
   def layer_names(self):

@@ -103,7 +103,7 @@ class Xception(nnx.Module):
     self.sep15 = layers.SeparableConv(c(1536), c(2048), dtype=dtype, rngs=rngs, kernel_init=ki)
     self.bn15 = nnx.BatchNorm(c(2048), dtype=dtype, rngs=rngs, **bn)
     self.dropout = nnx.Dropout(dropout)
-    self.head = nnx.Linear(c(2048), num_classes, dtype=dtype, rngs=rngs,
+    self.head = nnx.Linear(c(2048), num_classes, dtype=jnp.float32, rngs=rngs,
                            **inits.dense(init, "keras", c(2048)))
     self.num_features = c(2048)
     self.remat = remat
