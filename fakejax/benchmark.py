@@ -6,6 +6,7 @@ r"""Honest step time of the jitted train and eval steps, optionally beside PyTor
   python -m fakejax.benchmark --model clip_vit_l14 --batch 8 --notrain --peer torch   # CLIP features
   python -m fakejax.benchmark --input data --image_size 256 --batch 64 --workers 1 --storage raw \
       --peer torch --peer_python /path/to/torch/python     # the input pipeline alone, per core
+  python -m fakejax.benchmark --input data --dataset /data/fj/cnndetection --image_size 224 --workers 8
 
 Compile time is reported apart; step times are the median/min/max over --steps
 timed steps after --warmup, each ended by block_until_ready. FLOPs per image
@@ -65,6 +66,8 @@ if __name__ == "__main__":
   _BLUR_JPEG = flags.DEFINE_float("blur_jpeg", 0.0, "Pipeline mode: blur and JPEG probability.")
   _STORAGE = flags.DEFINE_enum("storage", "png", ["png", "raw"], "Pipeline mode: how the synthetic "
                                "benchmark stores its pixels (prepare --storage).")
+  _DATASET = flags.DEFINE_string("dataset", "", "Pipeline and data modes: read this dataset (a folder "
+                                 "`fakejax.prepare` wrote, or 'photo') instead of the synthetic benchmark.")
 
 # Dense bf16 peaks (TFLOP/s) of devices whose MFU we can state without being told.
 KNOWN_PEAKS = {"NVIDIA H100 80GB HBM3": 989.0, "NVIDIA H200": 989.0, "NVIDIA A100-SXM4-80GB": 312.0}
@@ -136,7 +139,8 @@ def _row(kind, config, times, compile_s, compiled, images, peak):
 
 
 def _pipeline_dataset(config, data_cache):
-  """The synthetic benchmark the pipeline rows read: images of the config's size (>= 64 px)."""
+  """The dataset the pipeline rows read: config.data.dir (--dataset: a prepared dataset or an
+  embedded benchmark's name), else the synthetic benchmark at the config's size (>= 64 px)."""
   c = config.copy_and_resolve_references()
   c.data.synthetic.size = max(c.data.image_size, 64)
   c.data.cache_dir = data_cache
@@ -144,10 +148,10 @@ def _pipeline_dataset(config, data_cache):
 
 
 def _pipeline(config, workers, data_cache):
-  """The grain train iterator over the synthetic benchmark at the config's image size."""
+  """(the grain train iterator over _pipeline_dataset at the config's image size, the dataset)."""
   dataset, c = _pipeline_dataset(config, data_cache)
   c.data.workers = workers
-  return input_pipeline.make_train_iter(dataset, c.data, c.aug, c.batch_size, seed=0)
+  return input_pipeline.make_train_iter(dataset, c.data, c.aug, c.batch_size, seed=0), dataset
 
 
 def decode_throughput(config, data_cache, n=400):
@@ -167,7 +171,7 @@ def decode_throughput(config, data_cache, n=400):
     out[...] = augment.train_augment(img, rng, c.aug, c.data.image_size, c.data.too_small)
   dt = time.perf_counter() - t
   return {"kind": "decode_1core", "model": "-", "image_size": config.data.image_size,
-          "storage": dataset.storage, "workers": 1, "images_per_s": n / dt,
+          "storage": dataset.storage, "dataset": dataset.path, "workers": 1, "images_per_s": n / dt,
           "images_per_s_per_core": n / dt}
 
 
@@ -212,7 +216,7 @@ def pipeline_throughput(config, workers, data_cache, batches=100, warmup=10):
   Timed over many batches, not per batch: worker processes prefetch, so the first
   batches come from a buffer filled while nothing was timed.
   """
-  it = _pipeline(config, workers, data_cache)
+  it, dataset = _pipeline(config, workers, data_cache)
   try:
     for _ in range(warmup):
       next(it)
@@ -224,7 +228,7 @@ def pipeline_throughput(config, workers, data_cache, batches=100, warmup=10):
     it.close()
   b = config.batch_size
   return {"kind": "pipeline", "model": "-", "image_size": config.data.image_size, "batch": b,
-          "storage": config.data.synthetic.storage, "workers": workers,
+          "storage": dataset.storage, "dataset": dataset.path, "workers": workers,
           "blur_jpeg": config.aug.blur_prob, "batches": batches, "step_s_median": dt / batches,
           "images_per_s": batches * b / dt, "images_per_s_per_core": batches * b / dt / max(workers, 1)}
 
@@ -277,7 +281,7 @@ def benchmark(config, steps=10, warmup=2, input_mode="device", workers=2, patch_
   # --- Input pipeline alone, and end to end ----------------------------------------------
   if input_mode in ("pipeline", "both") and train_step:
     rows.append(pipeline_throughput(config, workers, data_cache, pipeline_batches))
-    it = _pipeline(config, workers, data_cache)
+    it, _ = _pipeline(config, workers, data_cache)
     try:
       e2e = _times(lambda: one_step(sharding.to_global(mesh, next(it))), steps, warmup)
       rows.append(_row("train_end_to_end", config, e2e, 0.0, step, b, peak))
@@ -326,6 +330,8 @@ def main(argv):
   config = bench_config(_MODEL.value, _SIZE.value, _BATCH.value, _DTYPE.value, _WIDTH.value)
   config.aug.blur_prob = config.aug.jpg_prob = _BLUR_JPEG.value
   config.data.synthetic.storage = _STORAGE.value
+  if _DATASET.value:
+    config.data.dir, config.data.train_sources = _DATASET.value, ()  # All its generators.
   sharding.check_batch(config.batch_size, sharding.make_mesh())
   rows = benchmark(config, _STEPS.value, _WARMUP.value, _INPUT.value, _WORKERS.value, _PATCH.value,
                    _PEAK.value, _DATA.value, _PIPE_BATCHES.value, _TRAIN.value)

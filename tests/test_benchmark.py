@@ -1,6 +1,7 @@
 """The benchmark runs and reports consistent fields; the bf16 step is GPU-ready. No speed asserts."""
 
 import importlib.util
+import json
 import os
 import re
 import sys
@@ -65,6 +66,21 @@ def test_pipeline_throughput_alone(make_config):
   assert np.isclose(row["images_per_s"], config.batch_size / row["step_s_median"])
   assert row["storage"] == "png" and row["images_per_s_per_core"] == row["images_per_s"]  # 0 workers: 1 core.
   assert bare["kind"] == "decode_1core" and bare["images_per_s"] > 0
+
+
+def test_data_mode_times_a_prepared_dataset(tiny_synthetic, tmp_path):
+  """--input data --dataset DIR reads the user's prepared dataset (any generators), not the synthetic one."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  from tests.conftest import subprocess_env  # pylint: disable=g-import-not-at-top
+  r = subprocess.run([sys.executable, "-m", "fakejax.benchmark", "--input", "data", "--dataset", tiny_synthetic.path,
+                      "--image_size", "32", "--batch", "4", "--workers", "0", "--pipeline_batches", "2",
+                      "--data_cache", str(tmp_path / "none")], capture_output=True, text=True,
+                     env=subprocess_env(1), timeout=300, check=False)
+  assert r.returncode == 0, r.stderr[-2000:]
+  rows = [json.loads(l) for l in r.stdout.splitlines() if l.startswith("{")]
+  assert {row["kind"] for row in rows} == {"pipeline", "decode_1core"}
+  assert all(row["dataset"] == tiny_synthetic.path for row in rows)
+  assert not os.path.exists(tmp_path / "none")  # The synthetic benchmark was never generated.
 
 
 def test_png_folder_for_the_dataloader_peer(make_config):
