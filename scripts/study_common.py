@@ -149,6 +149,7 @@ def base_config(args, gpu=None):
       c.data.train_sources = ()  # Its train split holds the training family only.
       if args.quick:
         set_keys(c, TINY_PHOTO)
+  set_keys(c, parse_sets(args.set))  # Seen by what reads the base config (Study.train applies it last).
   return c
 
 
@@ -202,7 +203,10 @@ class Study:
     return range(self.args.seeds)
 
   def dataset(self, config):
-    """The Dataset a config trains on (the synthetic benchmark is generated on first use)."""
+    """The Dataset a config trains on, --set applied as train() applies it (the synthetic
+    benchmark is generated on first use)."""
+    config = config.copy_and_resolve_references()
+    set_keys(config, self.overrides)
     return datasets.open_dataset(config.data)
 
   def train(self, config, label, seed):

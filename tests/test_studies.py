@@ -251,6 +251,13 @@ def test_statistics_rules():
   assert sc.parse_sets(["model.width=0.5", "data.train_sources=('a',)", "model.name=resnet50"]) == {
       "model.width": 0.5, "data.train_sources": ("a",), "model.name": "resnet50"}
   assert augment.tta_copies(["rand=15:2"])[0] == augment.Copy()
+  # --set reaches the base config, so the data a study scores is the data it trains on (a matched
+  # JPEG variant of the photo benchmark is tested on JPEG, not on the plain benchmark).
+  args = sc.parse(sc.parser("x", "x"), ["--benchmark", "photo", "--set", "data.photo.postprocess='jpeg:65-100'",
+                                          "--set", "data.photo.families=('tconv','sr')"])
+  c = sc.base_config(args)
+  assert c.data.photo.postprocess == "jpeg:65-100" and c.data.dir == "photo"
+  assert sc.train_source(args, c, None) == "tconv"
 
 
 @pytest.mark.study
