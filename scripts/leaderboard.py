@@ -22,6 +22,8 @@ The recipes (their configs, at the benchmark's size):
   deepfd           DeepFD: contrastive D1, then D2 (configs/deepfd.py)
   npr              NPR (configs/npr.py): its truncated ResNet on the up-sampling residual
   safe             SAFE (configs/safe.py): its truncated ResNet on the bior1.3 HH band
+  safe_vote        SAFE's runs scored by patch voting (Chai et al.): a grid of 16 px patches, the
+                   image fake when at least half of them are
   npr+safe         the two together: the mean of NPR's and SAFE's p(fake) for each image (the
                    same seed's runs)
   spectral         logistic regression on the log-spectrum of the high-pass residual
@@ -50,8 +52,8 @@ from fakejax import explain  # pylint: disable=g-import-not-at-top
 from fakejax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-RECIPES = ("xception", "cnndet_p0.5", "cnndet_p0.1", "patch_xception", "deepfd", "npr", "safe", "npr+safe",
-           "spectral")
+RECIPES = ("xception", "cnndet_p0.5", "cnndet_p0.1", "patch_xception", "deepfd", "npr", "safe", "safe_vote",
+           "npr+safe", "spectral")
 COLUMNS = ("accuracy", "ap", "real_acc", "fake_acc", "cal_accuracy", "cal_real_acc")
 TARGET_REAL_ACC = 0.95  # The calibrated threshold calls this share of the val reals real.
 
@@ -133,9 +135,15 @@ def val_reals(dataset):
 
 def neural_scores(study, recipe, base, args, source, seed, dataset, sets):
   """Trains (or reuses) one recipe's run: ({set: (labels, p_fake)}, p_fake of the val reals)."""
-  config = recipe_config(recipe, base, args)
-  run = sc.evaluator.Run(study.train(config, f"{recipe}_{source}", seed))
-  view = run.view("grid", patch_size=config.data.patch_size) if recipe == "patch_xception" else run.view("full")
+  trained = "safe" if recipe == "safe_vote" else recipe  # Scored otherwise, trained the same.
+  config = recipe_config(trained, base, args)
+  run = sc.evaluator.Run(study.train(config, f"{trained}_{source}", seed))
+  if recipe == "patch_xception":
+    view = run.view("grid", patch_size=config.data.patch_size)
+  elif recipe == "safe_vote":
+    view = run.view("grid", patch_size=16)
+  else:
+    view = run.view("full")
   res = sc.forward_sets(run, dataset, sets, view)
   reals = sc.forward_sets(run, dataset, [("val reals", val_reals(dataset))], view, split="val")["val reals"][0]
   p_fake = lambda results: np.array([r.score for r in results], np.float64)
