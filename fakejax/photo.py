@@ -12,8 +12,8 @@ crops. They differ in how they up-sample, the trace a detector learns:
 
   nn_conv        encoder + nearest-neighbour up-sampling and 3x3 convolution (autoencoder), as
                  ProGAN up-samples: the family we train on by default.
-  tconv          encoder + transposed-convolution decoder, trained adversarially (a GAN loss
-                 from a patch discriminator, plus L1 reconstruction).
+  tconv          encoder + transposed-convolution decoder, trained adversarially (L1
+                 pre-training, then a GAN loss from a patch discriminator plus L1).
   bilinear_conv  encoder + bilinear up-sampling and 3x3 convolution (autoencoder).
   pixel_shuffle  encoder + sub-pixel convolution (depth-to-space) decoder (autoencoder).
   sr             no latent: a real down-scaled by 2, bicubic up-scaled, refined by a residual
@@ -47,7 +47,7 @@ TRAIN_FAMILY = FAMILIES[0]  # ProGAN's up-sampling (nearest + conv), as CNNDetec
 # do not depend on which family is trained on (this is the order docs/ records were made with).
 _SEED_ORDER = ("tconv", "nn_conv", "bilinear_conv", "pixel_shuffle", "sr")
 GEN_STEPS = 300
-GENERATION = 2  # In the cache key: bump when generate()'s output changes for the same arguments.
+GENERATION = 3  # In the cache key: bump when generate()'s output changes for the same arguments.
 CATEGORIES = ("nature", "people", "objects", "science", "texture")
 BANDS = {"train": (0.0, 0.6), "val": (0.6, 0.8), "test": (0.8, 1.0)}  # Row bands of a photo.
 
@@ -225,6 +225,12 @@ def generate(counts, size=64, seed=0, families=FAMILIES, pp="", gen_steps=GEN_ST
     k = _SEED_ORDER.index(fam)
     log(f"photo benchmark: training generator {fam} ({gen_steps} steps)")
     gens[fam] = photo_generators.train(fam, crops, np.random.default_rng([seed, 1, k]), gen_steps, seed + k)
+    x = crops.draw(np.random.default_rng([seed, 3, k]), "train", 64)[0]  # Its own stream: data unchanged.
+    y = gens[fam](x)
+    # A collapsed generator's fakes are flat where its input is not.
+    flat = float(((y.std(axis=(1, 2, 3)) < 0.02) & (x.std(axis=(1, 2, 3)) >= 0.02)).mean())
+    log(f"photo benchmark: {fam}: L1 to its input {np.abs(y - x).mean():.3f}, flat fakes {flat:.0%}"
+        + (" (collapsed? its fakes are not photographs)" if flat > 0.1 else ""))
   for s_idx, (split, n) in enumerate(sorted(counts.items())):
     per_family = split == "test" or train_all
     fams = families if per_family else families[:1]
