@@ -83,7 +83,6 @@ def main(argv=None):
     config.total_steps = sc.sizes(args, 100, 2)
     config.eval_every_steps = sc.sizes(args, 50, 2)
   dataset = study.dataset(config)
-  gens = sc.sources_of(dataset, "train")
   source = sc.train_source(args, config, dataset)
   unseen_gens = [g for g in sc.sources_of(dataset) if g != source]
   categories = sc.categories_of(dataset, "train")
