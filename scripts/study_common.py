@@ -149,7 +149,7 @@ def base_config(args, gpu=None):
       c.data.train_sources = ()  # Its train split holds the training family only.
       if args.quick:
         set_keys(c, TINY_PHOTO)
-  set_keys(c, parse_sets(args.set))  # Seen by what reads the base config (Study.train applies it last).
+  set_keys(c, parse_sets(getattr(args, "set", [])))  # Study.train applies --set again, last.
   return c
 
 
