@@ -21,8 +21,8 @@ crops. They differ in how they up-sample, the trace a detector learns:
 
 A fake is the generator's output for a crop that is not one of the split's reals, so reals
 and fakes share content statistics but never an image. train and val hold the reals and the
-training family's fakes (the first of `families`: nn_conv by default); test holds every family's fakes, each against its own reals (group = family),
-like CNNDetection's test tree.
+training family's fakes (the first of `families`: nn_conv by default); test holds every
+family's fakes, each against its own reals (group = family), like CNNDetection's test tree.
 
 Post-processing (`postprocess`), drawn per image from one distribution for both classes:
 'jpeg:Q1-Q2' (JPEG at a quality drawn from [Q1, Q2], decoded again) and/or 'resize:A-B'

@@ -48,6 +48,7 @@ from sklearn.linear_model import LogisticRegression  # pylint: disable=g-import-
 import study_common as sc  # pylint: disable=g-import-not-at-top
 from fakejax import cli  # pylint: disable=g-import-not-at-top
 from fakejax import defaults  # pylint: disable=g-import-not-at-top
+from fakejax import evaluate  # pylint: disable=g-import-not-at-top
 from fakejax import explain  # pylint: disable=g-import-not-at-top
 from fakejax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
 
@@ -190,11 +191,8 @@ def main(argv=None):
           scored[recipe, seed] = neural_scores(study, recipe, base, args, source, seed, dataset, sets)
         by_set, reals_p = scored[recipe, seed]
         t = metrics_lib.threshold_from_reals(reals_p, TARGET_REAL_ACC)
-        rows = {}
-        for g, (lab, p) in by_set.items():
-          cal = metrics_lib.binary(lab, p, t)
-          rows[g] = {**metrics_lib.binary(lab, p, 0.5), "cal_accuracy": cal["accuracy"],
-                     "cal_real_acc": cal["real_acc"], "cal_fake_acc": cal["fake_acc"]}
+        rows = {g: {"test_set": g, **metrics_lib.binary(lab, p, 0.5)} for g, (lab, p) in by_set.items()}
+        evaluate.add_calibrated(rows.values(), by_set, t)  # cal_* at t, as evaluate --calibrate.
         study.add_rows(rows, {"mean unseen": unseen} if unseen else None, recipe=recipe, family=source,
                        seed=seed, threshold=t)
     header = ["recipe"] + [f"{g}{' (trained)' if g == source else ''} acc / AP" for g in gens] + [
