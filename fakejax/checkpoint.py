@@ -44,10 +44,16 @@ def _handlers(items):
 
 
 def _manager(path, items, keep=None):
-  """keep=None opens existing checkpoints for reading (creates and deletes nothing)."""
-  options = (ocp.CheckpointManagerOptions(create=False) if keep is None else
+  """keep=None opens existing checkpoints for reading (creates and deletes nothing).
+
+  Each folder's manager syncs processes under its own barrier names: orbax names a save's
+  barriers by its step alone, so `checkpoints/` and `best/` saving the same step at once in a
+  multi-host run would otherwise meet at one barrier and time out.
+  """
+  mp = ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=os.path.basename(os.path.normpath(path)))
+  options = (ocp.CheckpointManagerOptions(create=False, multiprocessing_options=mp) if keep is None else
              ocp.CheckpointManagerOptions(create=True, preservation_policy=pp.LatestN(keep),
-                                          cleanup_tmp_directories=True))
+                                          cleanup_tmp_directories=True, multiprocessing_options=mp))
   return ocp.CheckpointManager(os.path.abspath(path), options=options, item_handlers=_handlers(items))
 
 
