@@ -89,11 +89,12 @@ def tiny_run(data_root, tiny_synthetic, tmp_path_factory):
 
 def assert_bf16_like_amp(ours, amp, want, factor=2.0):
   """Our bfloat16 output is at most `factor` times as far from the float32 reference `want` as
-  PyTorch's own mixed precision (torch.autocast to bfloat16, same weights and inputs) is: the
-  bound is what the field's AMP gives on that network, not a number chosen here."""
+  the reference's own mixed precision (`amp`: torch.autocast to bfloat16 or Keras's
+  'mixed_bfloat16', same weights and inputs) is: the bound is what the field's AMP gives on that
+  network, not a number chosen here."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   scale = max(float(np.abs(want).max()), 1e-6)
   err = lambda got: float(np.abs(np.asarray(got, np.float64) - want).max()) / scale
-  print(f"bf16 error {err(ours):.2e}, PyTorch AMP's {err(amp):.2e}")  # Shown with pytest -s.
-  assert err(ours) <= factor * err(amp), f"bf16 error {err(ours):.2e} vs PyTorch AMP's {err(amp):.2e}"
+  print(f"bf16 error {err(ours):.2e}, the reference AMP's {err(amp):.2e}")  # Shown with pytest -s.
+  assert err(ours) <= factor * err(amp), f"bf16 error {err(ours):.2e} vs the reference AMP's {err(amp):.2e}"
   return err(ours), err(amp)

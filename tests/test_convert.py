@@ -13,20 +13,21 @@ import pytest  # pylint: disable=g-import-not-at-top
 from fakejax import checkpoint  # pylint: disable=g-import-not-at-top
 from fakejax import convert  # pylint: disable=g-import-not-at-top
 from fakejax import models  # pylint: disable=g-import-not-at-top
+from tests.conftest import assert_bf16_like_amp  # pylint: disable=g-import-not-at-top
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _pooled(model_name, weights, x):
-  """Pooled features of our model (eval mode) holding `weights`."""
-  model = models.create(model_name, 2)
+def _pooled(model_name, weights, x, dtype="float32"):
+  """Pooled features of our model (eval mode) holding `weights`, computed in `dtype`."""
+  model = models.create(model_name, 2, dtype=dtype)
   state = nnx.state(model)
   convert.init_model_state(state, weights, "test")
   nnx.update(model, state)
   model.eval()
   maps = {}
   model(x, taps=lambda name, a: maps.setdefault(name, a))
-  return np.asarray(maps[models.layer_names(model)[-1]].mean(axis=(1, 2)))  # Global average pool.
+  return np.asarray(maps[models.layer_names(model)[-1]].astype(np.float32).mean(axis=(1, 2)))  # Global pool.
 
 
 def _randomize_keras_batch_norm(model, rng):
@@ -50,6 +51,7 @@ def keras():
 @pytest.mark.parametrize("name,size,top", [("xception", 71, False), ("mobilenet_v2", 67, True)])
 def test_keras_parity(keras, tmp_path, name, size, top):
   """Keras applications model, random weights, saved in the applications files' H5 layout."""
+  keras.utils.set_random_seed(0)  # Keras's own initialisers: the same weights every run.
   rng = np.random.default_rng(0)
   cls = {"xception": keras.applications.Xception, "mobilenet_v2": keras.applications.MobileNetV2}[name]
   kw = dict(include_top=True, classes=7) if top else dict(include_top=False, pooling="avg")
@@ -74,15 +76,30 @@ def test_keras_parity(keras, tmp_path, name, size, top):
   got = _pooled(name, weights, x)
   assert got.shape == want.shape
   assert _rel_err(got, want) <= 1e-4, _rel_err(got, want)
+  # bfloat16: within twice the error of Keras's own mixed precision on the same weights and input.
+  policy = keras.config.dtype_policy()
+  keras.config.set_dtype_policy("mixed_bfloat16")
+  try:
+    ref16 = cls(weights=None, input_shape=(size, size, 3), **kw)
+  finally:
+    keras.config.set_dtype_policy(policy)
+  ref16.set_weights(ref.get_weights())
+  if top:
+    ref16 = keras.Model(ref16.input, next(l for l in ref16.layers if l.__class__.__name__
+                                         == "GlobalAveragePooling2D").output)
+  amp = np.asarray(ref16(x, training=False)).astype(np.float32)
+  assert_bf16_like_amp(_pooled(name, weights, x, "bfloat16"), amp, want)
 
 
 @pytest.mark.torch
-def test_torchvision_resnet50_parity(tmp_path):
+@pytest.mark.parametrize("name", ["resnet50", "resnet101"])
+def test_torchvision_resnet_parity(tmp_path, name):
+  """float32 equal to torchvision's ResNet; bfloat16 within twice torch.autocast's error."""
   torch = pytest.importorskip("torch")
   torchvision = pytest.importorskip("torchvision")
   from safetensors.torch import save_file  # pylint: disable=g-import-not-at-top
   torch.manual_seed(0)
-  ref = torchvision.models.resnet50(weights=None)
+  ref = getattr(torchvision.models, name)(weights=None)
   for m in ref.modules():
     if isinstance(m, torch.nn.BatchNorm2d):
       m.weight.data.uniform_(0.5, 1.5)
@@ -94,14 +111,17 @@ def test_torchvision_resnet50_parity(tmp_path):
   x = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(np.float32)
   with torch.no_grad():
     want = ref(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # PyTorch's mixed precision: the bf16 bound.
+      amp = ref(torch.from_numpy(x).permute(0, 3, 1, 2)).float().numpy()
   sd = {k: v.contiguous() for k, v in ref.state_dict().items()}
-  save_file(sd, str(tmp_path / "r50.safetensors"))
-  torch.save(sd, str(tmp_path / "r50.pth"))
-  for f in ("r50.safetensors", "r50.pth"):
-    weights, info = convert.convert("torchvision", "resnet50", str(tmp_path / f))
+  save_file(sd, str(tmp_path / "r.safetensors"))
+  torch.save(sd, str(tmp_path / "r.pth"))
+  for f in ("r.safetensors", "r.pth"):
+    weights, info = convert.convert("torchvision", name, str(tmp_path / f))
     assert info["preprocess"] == "imagenet"
-    got = _pooled("resnet50", weights, x)
+    got = _pooled(name, weights, x)
     assert _rel_err(got, want) <= 1e-4, (f, _rel_err(got, want))
+  assert_bf16_like_amp(_pooled(name, weights, x, "bfloat16"), amp, want)
 
 
 def test_torchvision_state_dict_mapping_without_torch(tmp_path):

@@ -55,7 +55,7 @@ class StdConv(nnx.Module):
 def group_norm(c, *, dtype, rngs):
   # Variance as E[(x - mean)^2], as BiT: the one-pass E[x^2] - mean^2 changes pretrained outputs.
   return nnx.GroupNorm(c, num_groups=GROUPS, epsilon=GN_EPSILON, use_fast_variance=False,
-                       dtype=dtype, rngs=rngs)
+                       dtype=dtype, promote_dtype=layers.keep_dtypes, rngs=rngs)
 
 
 class Unit(nnx.Module):

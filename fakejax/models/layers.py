@@ -23,6 +23,21 @@ def tapper(taps):
   return taps if taps is not None else lambda name, x: x
 
 
+def keep_dtypes(arrays, dtype=None):
+  """A normalisation layer's `promote_dtype` that casts nothing: the input keeps the compute
+  dtype, the statistics, scale and bias keep float32, so the layer computes in float32 and only
+  its output is cast to the compute dtype (as torch.autocast and Keras's mixed precision do).
+  Flax's default casts the statistics, scale and bias to bfloat16 first, which rounds every
+  normalisation: 1.6x to 2x the bf16 error of Keras's mixed MobileNetV2 and Xception."""
+  del dtype
+  return tuple(arrays)
+
+
+def batch_norm(features, *, dtype, rngs, **kwargs):
+  """nnx.BatchNorm computing in float32 whatever the compute dtype (output in `dtype`)."""
+  return nnx.BatchNorm(features, dtype=dtype, promote_dtype=keep_dtypes, rngs=rngs, **kwargs)
+
+
 def conv(cin, cout, kernel, stride=1, padding="SAME", groups=1, use_bias=False, *, dtype, rngs,
          kernel_init=inits.FLAX_KERNEL):
   """A square nnx.Conv whose convolution runs as cpu_kernels chooses at trace time."""
@@ -44,7 +59,7 @@ class ConvBN(nnx.Module):
                dtype, rngs, kernel_init=inits.FLAX_KERNEL):
     self.conv = conv(cin, cout, kernel, stride, padding, groups, dtype=dtype, rngs=rngs,
                      kernel_init=kernel_init)
-    self.bn = nnx.BatchNorm(cout, dtype=dtype, rngs=rngs, **bn)
+    self.bn = batch_norm(cout, dtype=dtype, rngs=rngs, **bn)
     self.act = act
 
   def __call__(self, x):

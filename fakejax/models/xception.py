@@ -42,9 +42,9 @@ class EntryBlock(nnx.Module):
     kw = dict(dtype=dtype, rngs=rngs)
     self.shortcut = layers.ConvBN(cin, c2, 1, 2, act=None, bn=bn, kernel_init=kernel_init, **kw)
     self.sep1 = layers.SeparableConv(cin, c1, kernel_init=kernel_init, **kw)
-    self.bn1 = nnx.BatchNorm(c1, **kw, **bn)
+    self.bn1 = layers.batch_norm(c1, **kw, **bn)
     self.sep2 = layers.SeparableConv(c1, c2, kernel_init=kernel_init, **kw)
-    self.bn2 = nnx.BatchNorm(c2, **kw, **bn)
+    self.bn2 = layers.batch_norm(c2, **kw, **bn)
     self.relu_first = relu_first
 
   def __call__(self, x):
@@ -63,7 +63,7 @@ class MiddleBlock(nnx.Module):
   def __init__(self, c, *, bn, dtype, rngs, kernel_init):
     self.seps = nnx.List([layers.SeparableConv(c, c, dtype=dtype, rngs=rngs, kernel_init=kernel_init)
                           for _ in range(3)])
-    self.bns = nnx.List([nnx.BatchNorm(c, dtype=dtype, rngs=rngs, **bn) for _ in range(3)])
+    self.bns = nnx.List([layers.batch_norm(c, dtype=dtype, rngs=rngs, **bn) for _ in range(3)])
 
   def __call__(self, x):
     r = x
@@ -99,9 +99,9 @@ class Xception(nnx.Module):
     self.middle = nnx.List([MiddleBlock(c(728), **kw) for _ in range(middle_blocks)])
     self.block13 = EntryBlock(c(728), c(728), c(1024), True, **kw)
     self.sep14 = layers.SeparableConv(c(1024), c(1536), dtype=dtype, rngs=rngs, kernel_init=ki)
-    self.bn14 = nnx.BatchNorm(c(1536), dtype=dtype, rngs=rngs, **bn)
+    self.bn14 = layers.batch_norm(c(1536), dtype=dtype, rngs=rngs, **bn)
     self.sep15 = layers.SeparableConv(c(1536), c(2048), dtype=dtype, rngs=rngs, kernel_init=ki)
-    self.bn15 = nnx.BatchNorm(c(2048), dtype=dtype, rngs=rngs, **bn)
+    self.bn15 = layers.batch_norm(c(2048), dtype=dtype, rngs=rngs, **bn)
     self.dropout = nnx.Dropout(dropout)
     self.head = nnx.Linear(c(2048), num_classes, dtype=jnp.float32, rngs=rngs,
                            **inits.dense(init, "keras", c(2048)))
