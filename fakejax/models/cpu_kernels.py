@@ -139,8 +139,8 @@ def _shifted_sums(x, rhs, strides, acc_dtype):
   ow = (x.shape[2] - kw) // sw + 1
   out_dtype = acc_dtype or x.dtype
   # Sums in at least float32, rounded once at the end: what XLA's convolutions do with bf16
-  # operands (cuDNN and the CPU backend accumulate in float32). Rounding each of the kh*kw partial
-  # sums to bf16 doubled the bf16 error of Xception and MobileNetV2 against Keras's mixed precision.
+  # operands (cuDNN and the CPU backend accumulate in float32), instead of rounding each of the
+  # kh*kw partial sums to bf16.
   acc = jnp.promote_types(out_dtype, jnp.float32)
   out = None
   for i in range(kh):
