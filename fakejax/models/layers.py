@@ -28,7 +28,7 @@ def keep_dtypes(arrays, dtype=None):
   dtype, the statistics, scale and bias keep float32, so the layer computes in float32 and only
   its output is cast to the compute dtype (as torch.autocast and Keras's mixed precision do).
   Flax's default casts the statistics, scale and bias to bfloat16 first, which rounds every
-  normalisation: 1.6x to 2x the bf16 error of Keras's mixed MobileNetV2 and Xception."""
+  normalisation: 1.6x to 2.5x the bf16 error of Keras's mixed MobileNetV2 and Xception."""
   del dtype
   return tuple(arrays)
 
