@@ -8,6 +8,7 @@ preset, evaluate and predict) against open_clip + a linear head in a slow test t
 
 import csv
 import os
+import shutil
 import subprocess
 import sys
 
@@ -174,10 +175,16 @@ def test_univfd_vit_l14_run_scores_like_open_clip_with_its_head(tmp_path):
   open_clip = pytest.importorskip("open_clip")
   from safetensors.torch import save_file as torch_save_file  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
+  # The image tower alone (1.2 GB; the whole model's 1.7 GB file plus the converted run filled a
+  # CI disk once). Reading a whole model's file, text tower left out, is tested above.
+  free = shutil.disk_usage(tmp_path).free
+  if free < 4 << 30:
+    pytest.skip(f"needs 4 GiB free beside {tmp_path} for ViT-L/14's weights and the converted run, has "
+                f"{free / 2**30:.1f} GiB")
   torch.manual_seed(0)
   ref = open_clip.create_model("ViT-L-14", pretrained=None, force_quick_gelu=True).eval()
   fc = torch.nn.Linear(768, 1)
-  torch_save_file({k: v.contiguous() for k, v in ref.state_dict().items()},
+  torch_save_file({k: v.contiguous() for k, v in ref.state_dict().items() if k.startswith("visual.")},
                   str(tmp_path / "open_clip_model.safetensors"))
   torch.save(fc.state_dict(), str(tmp_path / "fc_weights.pth"))
   rng = np.random.default_rng(0)
