@@ -495,13 +495,21 @@ def plot_series(path, series, xlabel, ylabel, title="", trend_lines=False, xtick
   ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
   if ylim:
-    ax.set_ylim(*ylim)
+    ax.set_ylim(*_room_for(ylim, [v for _, _, ys in series for y in ys for v in np.ravel(y)]))
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7, loc="best")
   ax.set_title(title, fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=80)
   plt.close(fig)
+
+
+def _room_for(ylim, values):
+  """ylim, its bottom lowered to a tenth at least 0.05 below the smallest value (a bar under it would
+  vanish)."""
+  finite = [v for v in values if np.isfinite(v)]
+  low = min(finite, default=ylim[0])
+  return (min(ylim[0], np.floor(low * 10 - 0.5) / 10), ylim[1])
 
 
 def plot_bars(path, groups, conditions, values, ylabel, title="", ylim=(0.4, 1.02), hline=None):
@@ -532,7 +540,7 @@ def plot_bars(path, groups, conditions, values, ylabel, title="", ylim=(0.4, 1.0
   ax.set_xticks(np.arange(len(groups)), groups, rotation=15 if len(groups) > 4 else 0, fontsize=8)
   ax.set_ylabel(ylabel)
   if ylim:
-    ax.set_ylim(*ylim)
+    ax.set_ylim(*_room_for(ylim, [v for vs in values.values() for v in vs]))
   ax.grid(axis="y", alpha=0.3)
   ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # Beside the bars, never over them.
   ax.set_title(title, fontsize=9)

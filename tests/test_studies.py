@@ -260,6 +260,18 @@ def test_statistics_rules():
   assert sc.train_source(args, c, None) == "tconv"
 
 
+def test_figures_show_every_value(tmp_path, monkeypatch):
+  """A bar or point below the default y range (0.4) lowers the axis instead of vanishing under it."""
+  shown = []
+  monkeypatch.setattr(sc.plt, "close", lambda fig: shown.append(fig.axes[0].get_ylim()))
+  sc.plot_bars(str(tmp_path / "b.png"), ["g"], ["a", "b"], {("g", "a"): [0.39, 0.37], ("g", "b"): [0.9]}, "y")
+  sc.plot_series(str(tmp_path / "s.png"), [("a", [1, 2], [[0.8], [0.12]])], "x", "y")
+  sc.plot_bars(str(tmp_path / "c.png"), ["g"], ["a"], {("g", "a"): [0.6, 0.7]}, "y")
+  (bars, _), (series, _), (kept, top) = shown
+  assert bars <= 0.37 - 0.05 and series <= 0.12 - 0.05
+  assert (kept, top) == (0.4, 1.02)  # Nothing below: the range as asked.
+
+
 @pytest.mark.study
 def test_leaderboard_on_the_photo_benchmark(tmp_path, data_root):
   out, res = run_script("leaderboard", tmp_path, data_root, "--benchmark", "photo")
