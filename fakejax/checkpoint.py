@@ -23,6 +23,7 @@ preprocessing) in `WEIGHTS_INFO` beside them.
 import json
 import os
 
+from etils import epath
 from flax import nnx
 import grain
 import jax
@@ -183,6 +184,17 @@ def _pick(workdir, which):
                           f"{sorted(set(latest) | set(best))}")
 
 
+def _tree_metadata(item):
+  """The saved tree's metadata in one item folder (e.g. RUN/best/STEP/state). Asked of the item's
+  handler: a Checkpointer would also look for a step's metadata there and warn, on every restore,
+  that it is missing."""
+  handler = ocp.PyTreeCheckpointHandler()
+  try:
+    return handler.metadata(epath.Path(item)).tree
+  finally:
+    handler.close()
+
+
 def restore_model(workdir, abstract_model, which="best"):
   """Loads only the model (weights and BatchNorm statistics) of a run's checkpoint.
 
@@ -198,8 +210,8 @@ def restore_model(workdir, abstract_model, which="best"):
   path, step = _pick(workdir, which)
   item = os.path.join(os.path.abspath(path), str(step), "state")
   target = {"model": nnx.to_pure_dict(abstract_model)}
+  saved = _tree_metadata(item)
   with ocp.PyTreeCheckpointer() as ckptr:
-    saved = ckptr.metadata(item).item_metadata.tree
     check_compatible({"model": saved.get("model", {})}, target, f"Checkpoint {path}/{step}")
     tree = ckptr.restore(item, args=ocp.args.PyTreeRestore(
         item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
@@ -230,8 +242,8 @@ def save_weights(path, weights, info):
 def _restore_to_host(path, subtree=None):
   """Restores an orbax tree (or only its `subtree` key) as host numpy arrays, whatever wrote it."""
   cpu = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
+  metadata = _tree_metadata(path)
   with ocp.PyTreeCheckpointer() as ckptr:
-    metadata = ckptr.metadata(path).item_metadata.tree
     if subtree is not None:
       metadata = {subtree: metadata[subtree]}
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=cpu), metadata)
