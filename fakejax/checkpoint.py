@@ -34,6 +34,16 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 from fakejax import cli
 
 
+def wait_at_barrier(key, timeout_s):
+  """Waits until every process of the jax.distributed job has called this with `key`.
+
+  The barrier of jax.distributed's coordination service (jax has no public call for it; orbax's
+  public multihost API has), not a device collective: it waits as long as the slowest process
+  takes and fails when a process dies.
+  """
+  ocp.multihost.get_barrier_sync_fn()(key=key, timeout_ms=int(timeout_s * 1000))
+
+
 class MismatchError(cli.UserError):
   """A checkpoint that does not fit the model it is restored into."""
 
@@ -240,16 +250,18 @@ def save_weights(path, weights, info):
 
 
 def _restore_to_host(path, subtree=None):
-  """Restores an orbax tree (or only its `subtree` key) as host numpy arrays, whatever wrote it."""
-  cpu = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
+  """Restores an orbax tree (or only its `subtree` key) as host numpy arrays, whatever wrote it.
+
+  Read straight into numpy: no device is involved, so this works under any JAX_PLATFORMS (a
+  CUDA-only process has no CPU device to restore onto).
+  """
   metadata = _tree_metadata(path)
   with ocp.PyTreeCheckpointer() as ckptr:
     if subtree is not None:
       metadata = {subtree: metadata[subtree]}
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=cpu), metadata)
+    restore_args = jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
     tree = ckptr.restore(path, args=ocp.args.PyTreeRestore(
-        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-        partial_restore=subtree is not None))
+        item=metadata, restore_args=restore_args, partial_restore=subtree is not None))
   tree = jax.tree.map(np.asarray, tree)
   return tree if subtree is None else tree[subtree]
 

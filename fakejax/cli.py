@@ -1,6 +1,14 @@
-"""What every command-line entry point shares: flag parsing with clear errors, logging."""
+"""What every command-line entry point shares: flag parsing with clear errors, logging, and the
+process settings JAX reads when it starts a backend (XLA flags, device memory, compilation cache).
 
+Importing fakejax sets nothing; `run` sets these as a command starts, before any device is touched.
+"""
+
+import ctypes
+import importlib.metadata
+import importlib.util
 import os
+import pkgutil
 import sys
 
 from absl import app
@@ -68,23 +76,113 @@ def define_dtype_flag():
                            "on CPU, or float32 / bfloat16.")
 
 
-def _compilation_cache(path):
-  """JAX's persistent compilation cache in `path` ('' : off): a rerun, a resumed run or another
-  command on the same model reuses the compiled programs instead of compiling again."""
+# ---------------------------------------------------------------------------
+# Process settings, read by XLA when a backend starts.
+# ---------------------------------------------------------------------------
+# XLA:CPU hands convolutions to YNNPACK by default. In jaxlib 0.10 its own convolution kernels
+# were faster for these models on x86 (ResNet-50 train +6 %, eval +10 %); from 0.12 YNNPACK's are
+# as fast or faster (eval -6 % with this flag): docs/performance.md. A user's own setting wins.
+CPU_CONV_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+# The jaxlib series this flag is set for: where it was measured to help (0.11 was not measured).
+CPU_CONV_FLAG_JAXLIB = ("0.10.",)
+# What a command does with accelerators: 'train' takes them as JAX does by default (it preallocates
+# 75 % of each GPU's memory: the fastest for one training process); 'shared' allocates as it goes,
+# so it can run beside a training run on the same GPU (evaluate, predict, explain, serve); 'none'
+# never starts CUDA (prepare: it only reads and writes files).
+DEVICE_USES = ("train", "shared", "none")
+
+
+def only_jaxlib_reads_xla_flags():
+  """True when no XLA but jaxlib's own (CPU) can start in this process: a CPU-only process.
+
+  Every XLA that starts parses XLA_FLAGS and aborts on a flag it does not know. A GPU or TPU
+  plugin carries its own XLA, possibly of another version, and jax loads every installed plugin
+  (the `jax_plugins` package or entry points, PJRT_NAMES_AND_LIBRARY_PATHS, libtpu) even when
+  JAX_PLATFORMS says cpu; so with any of them present the CPU-only flag is left out. jax
+  offers no CPU-only way to pass it (compiler_options is per jit call).
+  """
+  try:
+    importlib.metadata.version("jaxlib")
+  except importlib.metadata.PackageNotFoundError:
+    return False
+  if os.environ.get("PJRT_NAMES_AND_LIBRARY_PATHS") or os.environ.get("TPU_LIBRARY_PATH"):
+    return False
+  if importlib.util.find_spec("libtpu") is not None:
+    return False
+  if importlib.metadata.entry_points(group="jax_plugins"):
+    return False
+  plugins = importlib.util.find_spec("jax_plugins")
+  return plugins is None or not any(pkgutil.iter_modules(plugins.submodule_search_locations))
+
+
+def keep_freed_host_memory():
+  """glibc keeps the memory XLA:CPU frees, for its next allocations, instead of returning it.
+
+  XLA:CPU allocates a step's temporaries (2 GiB for a ResNet-50 train step at batch 16) anew at
+  every step; glibc serves such sizes with fresh mmaps and unmaps them when freed, so the kernel
+  zeroes ~500k new pages every step. Without mmap, with one arena and no trimming, the freed
+  heap is reused: ResNet-50 training +25 % on the 2-core CPU (docs/performance.md). The heap
+  stays at its peak. Settings made later (here, at a command's start) apply to later allocations.
+
+  Returns:
+    True when glibc took the settings.
+  """
+  try:
+    libc = ctypes.CDLL("libc.so.6")
+  except OSError:  # Not glibc.
+    return False
+  m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8  # malloc.h
+  return all([libc.mallopt(m_mmap_max, 0), libc.mallopt(m_trim_threshold, 2**31 - 1),
+              libc.mallopt(m_arena_max, 1)])
+
+
+def set_process_defaults(devices="train"):
+  """The settings a command wants before JAX starts a backend; a user's own setting wins.
+
+  Args:
+    devices: one of DEVICE_USES.
+  """
+  if devices not in DEVICE_USES:
+    raise ValueError(f"Unknown device use {devices!r}; known: {', '.join(DEVICE_USES)}")
+  env = os.environ
+  cpu_only = only_jaxlib_reads_xla_flags()
+  if cpu_only and not any(k == "GLIBC_TUNABLES" or k.startswith("MALLOC_") for k in env):
+    keep_freed_host_memory()
+  if "xla_cpu_experimental_ynn_fusion_type" not in env.get("XLA_FLAGS", "") and cpu_only and \
+      importlib.metadata.version("jaxlib").startswith(CPU_CONV_FLAG_JAXLIB):
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {CPU_CONV_FLAG}".strip()
+  if devices == "shared":
+    env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+  if devices == "none" and "JAX_PLATFORMS" not in env:
+    env["JAX_PLATFORMS"] = "cpu"
+    if "jax" in sys.modules:  # jax read its environment on import: tell it too (no backend yet).
+      sys.modules["jax"].config.update("jax_platforms", "cpu")
+
+
+def _compilation_cache(path, max_gb):
+  """JAX's persistent compilation cache in `path` ('' : off), at most `max_gb` GB (least recently
+  used programs go first): a rerun, a resumed run or another command on the same model reuses the
+  compiled programs instead of compiling again."""
   if path and "jax" in sys.modules:  # A command that never loads JAX (prepare) does not pay ~100 MB for it.
-    sys.modules["jax"].config.update("jax_compilation_cache_dir", os.path.expanduser(path))
+    config = sys.modules["jax"].config
+    config.update("jax_compilation_cache_dir", os.path.expanduser(path))
+    config.update("jax_compilation_cache_max_size", int(max_gb * 2**30) if max_gb > 0 else -1)
 
 
-def run(main):
-  """absl app.run with one-line errors for bad input, quiet library logging by default and the
-  persistent compilation cache (--compilation_cache_dir)."""
+def run(main, devices="train"):
+  """absl app.run with one-line errors for bad input, quiet library logging by default, the
+  process settings of `set_process_defaults(devices)` and the persistent compilation cache
+  (--compilation_cache_dir, --compilation_cache_max_gb)."""
+  set_process_defaults(devices)
   flags.DEFINE_string("compilation_cache_dir", os.environ.get("JAX_COMPILATION_CACHE_DIR",
                                                               "~/.cache/fakejax/jax"),
                       "JAX's persistent compilation cache ('' : off; default: "
                       "$JAX_COMPILATION_CACHE_DIR, else ~/.cache/fakejax/jax).")
+  flags.DEFINE_float("compilation_cache_max_gb", 4.0, "Size bound of the compilation cache: the least "
+                     "recently used programs are removed beyond it (<= 0: unbounded).")
 
   def wrapped(argv):
-    _compilation_cache(flags.FLAGS.compilation_cache_dir)
+    _compilation_cache(flags.FLAGS.compilation_cache_dir, flags.FLAGS.compilation_cache_max_gb)
     if not flags.FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)  # orbax and grain log every step at INFO.
     try:

@@ -495,4 +495,4 @@ if __name__ == "__main__":
   flags.DEFINE_string("clip", None, "--from univfd: the CLIP ViT-L/14 weights (open_clip's "
                       "open_clip_model.safetensors, or OpenAI's ViT-L-14.pt with PyTorch).")
   flags.mark_flags_as_required(["from"])
-  cli.run(main)
+  cli.run(main, devices="shared")

@@ -123,4 +123,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flag_as_required("workdir")
-  cli.run(main)
+  cli.run(main, devices="shared")

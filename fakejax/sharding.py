@@ -16,6 +16,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import numpy as np
 
+from fakejax import checkpoint
 from fakejax import cli
 
 # Environment of a cluster launch that jax.distributed can read on its own (jax's cluster
@@ -73,6 +74,13 @@ def _tasks_on_this_node(env):
   return per_node[min(node, len(per_node) - 1)]
 
 
+def local_processes(env=None):
+  """How many processes of this job share this host (their cores are shared out among them):
+  SLURM's task count on this node, else FAKEJAX_LOCAL_PROCESSES, else 1."""
+  env = os.environ if env is None else env
+  return _tasks_on_this_node(env) or int(env.get("FAKEJAX_LOCAL_PROCESSES", "1"))
+
+
 def slurm_local_device_ids(env):
   """The GPUs of this node that this SLURM task drives, or None (not SLURM, or no GPU count).
 
@@ -122,10 +130,7 @@ def barrier(name, timeout_s=6 * 3600):
   if jax.process_count() == 1:
     return
   _barriers[name] = _barriers.get(name, -1) + 1  # Each use of a name is a new barrier.
-  # The client is not public API; orbax and jax's own array serialization use it the same way.
-  from jax._src import distributed  # pylint: disable=g-import-not-at-top
-  distributed.global_state.client.wait_at_barrier(f"fakejax/{name}/{_barriers[name]}",
-                                                  int(timeout_s * 1000))
+  checkpoint.wait_at_barrier(f"fakejax/{name}/{_barriers[name]}", timeout_s)
 
 
 class Preemption:

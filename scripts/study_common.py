@@ -95,7 +95,9 @@ def parse(p, argv):
 
 
 def setup(args):
-  """Process-wide settings: the compilation cache, quiet library logs, absl flags parsed."""
+  """Process-wide settings: those of every command (cli.set_process_defaults), the compilation
+  cache, quiet library logs, absl flags parsed."""
+  cli.set_process_defaults()
   if args.xla_cache:
     jax.config.update("jax_compilation_cache_dir", args.xla_cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)

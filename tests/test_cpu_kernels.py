@@ -1,8 +1,5 @@
 """CPU formulations of convolutions and pools: equal to XLA's ops with gradients; one switch."""
 
-import os
-import subprocess
-import sys
 
 from flax import nnx
 import jax
@@ -140,32 +137,6 @@ def test_cpu_and_xla_formulations_give_the_same_model(name):
     scale = max(float(np.abs(g).max()) for g in out["xla"][1])
     for a, b in zip(out["cpu"][1], out["xla"][1]):
       np.testing.assert_allclose(a, b, rtol=0, atol=1e-4 * scale)
-
-
-def _xla_flags_after_import(env, then=""):
-  code = f"import os, fakejax; print(os.environ.get('XLA_FLAGS', '')); {then}"
-  return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                        check=True).stdout.strip()
-
-
-def test_cpu_only_xla_flag_is_set_only_when_no_other_xla_can_start(tmp_path):
-  """An XLA that does not know a flag in XLA_FLAGS aborts the process; plugins carry their own XLA."""
-  env = {k: v for k, v in os.environ.items()
-         if k not in ("XLA_FLAGS", "PJRT_NAMES_AND_LIBRARY_PATHS", "TPU_LIBRARY_PATH")}
-  # This venv has jaxlib's CPU XLA only: the flag is set, and that XLA accepts it (runs, no abort).
-  flags = _xla_flags_after_import(env, then="import jax; jax.numpy.ones(2).block_until_ready()")
-  assert flags == "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
-  # The user's own setting of the flag wins.
-  own = "--xla_cpu_experimental_ynn_fusion_type=individual_convolution"
-  assert _xla_flags_after_import({**env, "XLA_FLAGS": own}) == own
-  # A PJRT plugin named in the environment, a TPU library, or a plugin package installed under
-  # jax_plugins (what jax[cuda] installs): jax loads it even under JAX_PLATFORMS=cpu.
-  assert _xla_flags_after_import({**env, "PJRT_NAMES_AND_LIBRARY_PATHS": "gpu:/x/pjrt.so"}) == ""
-  assert _xla_flags_after_import({**env, "TPU_LIBRARY_PATH": "/x/libtpu.so", "XLA_FLAGS": "--a"}) == "--a"
-  (tmp_path / "jax_plugins" / "xla_cuda99").mkdir(parents=True)
-  (tmp_path / "jax_plugins" / "xla_cuda99" / "__init__.py").write_text("")
-  path = os.pathsep.join(p for p in (str(tmp_path), env.get("PYTHONPATH")) if p)
-  assert _xla_flags_after_import({**env, "PYTHONPATH": path, "JAX_PLATFORMS": "cpu"}) == ""
 
 
 def test_auto_follows_the_platform_lowered_for_not_the_host():

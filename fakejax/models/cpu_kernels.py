@@ -28,22 +28,27 @@ measurements):
 
 import contextlib
 import functools
+import os
 
 from flax import nnx
 import jax
 from jax import lax
-from jax._src import config as jax_config
 import jax.numpy as jnp
 
 FORMULATIONS = ("auto", "cpu", "xla")
 
-# A JAX config state rather than a module global: it is then part of the trace context and the
-# jit cache key, so a function traced under 'cpu' is traced again under 'xla'. jax offers no
-# public way to define one; this is the private call its own options use.
-_SETTING = jax_config.enum_state(
-    "fakejax_kernels", FORMULATIONS, "auto",
-    help="fakejax convolution and pooling formulation: auto, cpu or xla.",
-    include_in_jit_key=True, include_in_trace_context=True)
+
+
+def _initial_setting():
+  setting = os.environ.get("FAKEJAX_KERNELS", "auto")
+  if setting not in FORMULATIONS:
+    raise ValueError(f"FAKEJAX_KERNELS={setting!r}; known: {', '.join(FORMULATIONS)}")
+  return setting
+
+
+# A jax user context rather than a module global: its value is part of the trace context and the
+# jit cache key, so a function traced under 'cpu' is traced again under 'xla'.
+_SETTING = jax.make_user_context(_initial_setting())
 
 
 def kernels():
