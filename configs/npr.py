@@ -40,13 +40,11 @@ def get_config(arg=None):
   c.optim.decay_rate = 0.9
   c.optim.decay_every_epochs = 10
   c.optim.decay_begin_epochs = 1      # `epoch % 10 == 0 and epoch != 0` at the end of 0-based epoch e.
-  c.data.workers = 4
   if arg == "photo":
     c.data.dir = "photo"
     c.data.train_sources = ()
     c.data.image_size = 64
     c.aug.resize = 0
-    c.data.workers = 0
     c.num_epochs = 10
     c.optim.decay_every_epochs = 2
   elif arg:

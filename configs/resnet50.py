@@ -16,7 +16,6 @@ def get_config():
   c.model.preprocess = "imagenet"
   c.data.image_size = 224
   c.data.synthetic.size = 256
-  c.data.workers = 4
   c.batch_size = 64
   c.num_epochs = 30
   c.optim.name = "sgd"

@@ -21,7 +21,6 @@ def get_config(step="probe"):
   c.model.dropout = 0.0
   c.data.image_size = 224
   c.data.synthetic.size = 256
-  c.data.workers = 4
   c.batch_size = 64
   c.optim.name = "adam"
   if step == "probe":

@@ -46,13 +46,11 @@ def get_config(arg=None):
   c.optim.weight_decay = 0.01
   c.optim.schedule = "cosine"
   c.optim.warmup_epochs = 1
-  c.data.workers = 4
   if arg == "photo":
     c.data.dir = "photo"
     c.data.train_sources = ()
     c.data.image_size = 64
     c.aug.mask_patch = 8
-    c.data.workers = 0
     c.num_epochs = 10
   elif arg:
     raise ValueError(f"configs/safe.py takes no argument or 'photo', got {arg!r}")

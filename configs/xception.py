@@ -17,7 +17,6 @@ def get_config():
   c.model.dropout = 0.5
   c.data.image_size = 256
   c.data.synthetic.size = 256
-  c.data.workers = 4
   c.batch_size = 64
   c.num_epochs = 50
   c.optim.name = "adam"

@@ -66,7 +66,9 @@ def get_config():
   c.data.balance = False              # Oversample classes to equal counts.
   c.data.val_fraction = 0.0           # Datasets without a 'val' split: validate on this seeded
                                       #   fraction of train (held out of training); 0: error.
-  c.data.workers = 0                  # grain worker processes (0: in the main process).
+  c.data.workers = -1                 # grain worker processes (0: in the main process; -1: on an
+                                      #   accelerator the process's cores less one, on a CPU 0:
+                                      #   input_pipeline.worker_count).
   c.data.read_threads = 0             # Threads per reader (0: the cores shared among the workers, <= 16).
   c.data.prefetch = 4                 # Batches each reader reads ahead (grain's own default: 500).
   c.data.seed = 0                     # Shuffle/augmentation seed.

@@ -22,6 +22,7 @@ import numpy as np
 
 from fakejax import augment
 from fakejax import cli
+from fakejax import sharding
 from fakejax.datasets import images
 from fakejax.datasets import reader
 
@@ -209,9 +210,34 @@ def make_train_iter(dataset, data_cfg, aug_cfg, global_batch, seed, process_inde
   if data_cfg.patches_per_image:
     ds = ds.map(_flatten_patches)
   it = ds.to_iter_dataset(read_options(data_cfg))
-  if data_cfg.workers:
-    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_cfg.workers))
+  workers = worker_count(data_cfg.workers)
+  if workers:
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
   return iter(it)
+
+
+# Worker processes 'auto' starts at most: past this, one accelerator process is fed well enough.
+MAX_AUTO_WORKERS = 32
+
+
+def _cores():
+  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def worker_count(workers, backend=None):
+  """data.workers, or for -1 ('auto') what feeds this process's devices.
+
+  On an accelerator: this process's share of the host's cores (the cores over the processes on
+  the host, sharding.local_processes) less one for the training loop, at most MAX_AUTO_WORKERS:
+  a ResNet-50 step on one H100 eats thousands of images a second, ~700 per worker decoding raw
+  pixels (docs/performance.md). On a CPU: 0, decoding in this process's threads, since the cores
+  also compute the steps.
+  """
+  if workers >= 0:
+    return workers
+  if (backend or jax.default_backend()) == "cpu":
+    return 0
+  return max(1, min(_cores() // sharding.local_processes() - 1, MAX_AUTO_WORKERS))
 
 
 def read_options(data_cfg):
@@ -222,6 +248,6 @@ def read_options(data_cfg):
   Threads: data.read_threads, or the cores shared among the worker processes (at most 16);
   read-ahead: data.prefetch batches.
   """
-  workers = max(data_cfg.workers, 1)
-  threads = data_cfg.read_threads or min(max((os.cpu_count() or 1) // workers, 1), 16)
+  workers = max(worker_count(data_cfg.workers), 1)
+  threads = data_cfg.read_threads or min(max(_cores() // workers, 1), 16)
   return grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(data_cfg.prefetch, 1))

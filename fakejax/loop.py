@@ -6,8 +6,12 @@ A wall-clock rule (checkpoint_every_minutes) is turned into a step interval once
 hosts can then never decide differently and block each other inside orbax's collective save.
 """
 
+import ctypes.util
+import importlib.util
 import math
 
+from absl import logging
+import jax
 import numpy as np
 
 from fakejax import cli
@@ -40,6 +44,27 @@ def parse_steps(spec):
   if not 0 <= first < last:
     raise cli.UserError(f"profile_steps {spec!r}: expected 0 <= FIRST < LAST")
   return first, last
+
+
+def has_cupti():
+  """Whether CUPTI, which records GPU kernels in a profile, can load: the pip package or the library."""
+  try:
+    if importlib.util.find_spec("nvidia.cuda_cupti"):
+      return True
+  except ModuleNotFoundError:  # No nvidia.* package at all.
+    pass
+  return bool(ctypes.util.find_library("cupti"))
+
+
+def start_trace(path):
+  """jax.profiler's trace into `path`. On a GPU its kernels are recorded through CUPTI: when
+  neither the pip package nor the system library is found, the trace would hold host events
+  only, so say what to install (once, when the trace starts)."""
+  if jax.default_backend() == "gpu" and not has_cupti():
+    logging.warning("profile_steps: CUPTI not found, so the trace will hold no GPU kernels. Install it "
+                    "(pip install nvidia-cuda-cupti-cu12, or -cu13 for CUDA 13) or put CUDA's "
+                    "extras/CUPTI/lib64 on LD_LIBRARY_PATH.")
+  jax.profiler.start_trace(path)
 
 
 class Schedule:

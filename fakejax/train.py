@@ -476,7 +476,7 @@ def train_loop(config, ts, data, state, meta, ckpt, log, schedule, best, evaluat
   with jax.set_mesh(mesh):
     while step < ts.total_steps and not stop_reason:
       if profile and step == profile[0]:  # A decision on the step: every process traces the same steps.
-        jax.profiler.start_trace(os.path.join(ckpt.workdir, "profile"))
+        loop.start_trace(os.path.join(ckpt.workdir, "profile"))
       t0 = time.perf_counter()
       host = next(data.train_iter)
       batch = sharding.to_global(mesh, {"image": host["image"], "label": host["label"]})

@@ -196,3 +196,23 @@ def test_convert_command_writes_a_weights_folder(keras, tmp_path):
                      capture_output=True, text=True, cwd=ROOT)
   assert r.returncode != 0 and "Not the Keras xception weights" in r.stderr
   assert not os.path.exists(tmp_path / "o2")
+
+
+def test_weights_load_where_the_process_has_no_cpu_backend(tmp_path, monkeypatch):
+  """A process started with JAX_PLATFORMS=cuda has no CPU backend: reading converted weights (or a
+  run's) must not ask for a CPU device."""
+  import jax  # pylint: disable=g-import-not-at-top
+  weights = {"a/kernel": np.arange(6, dtype=np.float32).reshape(2, 3), "b/bias": np.ones(3, np.float32)}
+  checkpoint.save_weights(str(tmp_path / "w"), weights, {"origin": "test"})
+  for name in ("local_devices", "devices"):
+    real = getattr(jax, name)
+
+    def no_cpu(*args, backend=None, real=real, **kw):
+      if backend == "cpu":
+        raise RuntimeError("Unknown backend cpu (this process runs under JAX_PLATFORMS=cuda)")
+      return real(*args, backend=backend, **kw)
+    monkeypatch.setattr(jax, name, no_cpu)
+  got, info = checkpoint.load_weights(str(tmp_path / "w"))
+  assert info == {"origin": "test"} and sorted(got) == sorted(weights)
+  for k, v in weights.items():
+    np.testing.assert_array_equal(got[k], v)

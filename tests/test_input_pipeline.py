@@ -166,3 +166,23 @@ def test_too_small_image_is_a_clear_error_or_padded():
     augment.train_augment(img, np.random.default_rng(0), _aug(), 32, name="cat.png")
   out = augment.train_augment(img, np.random.default_rng(0), _aug(), 32, too_small="pad")
   assert out.shape == (32, 32, 3)
+
+
+def test_auto_workers_share_the_hosts_cores_among_its_processes(monkeypatch):
+  """data.workers=-1: on an accelerator, this process's share of the cores less one (at most 32);
+  on a CPU none (the cores compute the steps); a number given is kept."""
+  for k in ("SLURM_JOB_ID", "SLURM_TASKS_PER_NODE", "SLURM_NTASKS_PER_NODE", "SLURM_NODEID",
+            "FAKEJAX_LOCAL_PROCESSES"):
+    monkeypatch.delenv(k, raising=False)
+  monkeypatch.setattr(input_pipeline, "_cores", lambda: 16)
+  assert input_pipeline.worker_count(-1, backend="gpu") == 15
+  assert input_pipeline.worker_count(-1, backend="cpu") == 0
+  assert input_pipeline.worker_count(3, backend="gpu") == 3
+  monkeypatch.setenv("FAKEJAX_LOCAL_PROCESSES", "8")  # One process per GPU of an 8-GPU host.
+  assert input_pipeline.worker_count(-1, backend="gpu") == 1
+  monkeypatch.delenv("FAKEJAX_LOCAL_PROCESSES")
+  monkeypatch.setenv("SLURM_TASKS_PER_NODE", "4(x2)")
+  assert input_pipeline.worker_count(-1, backend="gpu") == 3
+  monkeypatch.delenv("SLURM_TASKS_PER_NODE")
+  monkeypatch.setattr(input_pipeline, "_cores", lambda: 128)
+  assert input_pipeline.worker_count(-1, backend="gpu") == input_pipeline.MAX_AUTO_WORKERS
