@@ -20,6 +20,7 @@ files with as many workers). Prints a table and one JSON line per measurement.
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -28,13 +29,16 @@ import time
 from absl import flags
 from flax import nnx
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from fakejax import augment
 from fakejax import cli
 from fakejax import datasets
+from fakejax import deadline
 from fakejax import defaults
 from fakejax import evaluator
+from fakejax import gpu_check
 from fakejax import input_pipeline
 from fakejax import models
 from fakejax import sharding
@@ -68,10 +72,11 @@ if __name__ == "__main__":
                                "benchmark stores its pixels (prepare --storage).")
   _DATASET = flags.DEFINE_string("dataset", "", "Pipeline and data modes: read this dataset (a folder "
                                  "`fakejax.prepare` wrote, or 'photo') instead of the synthetic benchmark.")
-
-# Dense bf16 peaks (TFLOP/s) of devices whose MFU we can state without being told.
-KNOWN_PEAKS = {"NVIDIA H100 80GB HBM3": 989.0, "NVIDIA H200": 989.0, "NVIDIA A100-SXM4-80GB": 312.0}
-
+  _SUITE = flags.DEFINE_enum("suite", "", ["", "gpu"], "'gpu': the GPU check's JAX measurements "
+                             "(gpu_suite) in priority order, each row appended to --out as it is measured.")
+  _OUT = flags.DEFINE_string("out", "", "--suite: the JSON-lines file rows are appended to.")
+  _DEADLINE_AT = flags.DEFINE_float("deadline_at", 0.0, "--suite: Unix time after which no task starts.")
+  _QUICK = flags.DEFINE_bool("quick", False, "--suite: tiny models and batches (the CPU rehearsal).")
 
 def bench_config(model, image_size, batch, dtype="float32", width=1.0):
   c = defaults.get_config()
@@ -193,18 +198,25 @@ def export_png(config, data_cache, n=1000):
   return folder
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def _peer_script(name, args, python):
-  """Runs scripts/<name> with `python`; (its JSON rows, '') or ([], the reason it could not)."""
-  script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", name)
-  r = subprocess.run([python, script, *map(str, args)], capture_output=True, text=True)
-  if r.returncode != 0:
-    return [], (r.stdout + r.stderr).strip().splitlines()[-1] if (r.stdout + r.stderr).strip() else "failed"
-  return [json.loads(l) for l in r.stdout.splitlines() if l.startswith("{")], ""
+  """Runs `python -m scripts.<name>` from the repository root; (its JSON rows, '') or ([], the
+  reason it could not)."""
+  r = subprocess.run([python, "-m", f"scripts.{name}", *map(str, args)], capture_output=True, text=True,
+                     cwd=ROOT)
+  rows = [json.loads(l) for l in r.stdout.splitlines() if l.startswith("{")]
+  failed = [row for row in rows if row.get("status") not in (None, "ok")]
+  if r.returncode != 0 or failed:
+    last = (r.stdout + r.stderr).strip().splitlines()
+    return [], failed[0].get("error", failed[0].get("reason")) if failed else (last[-1] if last else "failed")
+  return rows, ""
 
 
 def torch_pipeline_peer(folder, crop, batch, workers, batches, python):
   """Runs scripts/torch_pipeline_peer.py (a DataLoader over PNG files); (rows, why skipped)."""
-  rows, why = _peer_script("torch_pipeline_peer.py", [folder, crop, batch, workers, batches], python)
+  rows, why = _peer_script("torch_pipeline_peer", [folder, crop, batch, workers, batches], python)
   for row in rows:
     row["images_per_s_per_core"] = row["images_per_s"] / max(workers, 1)
   return rows, why
@@ -246,7 +258,7 @@ def benchmark(config, steps=10, warmup=2, input_mode="device", workers=2, patch_
     bare = decode_throughput(config, data_cache)
     return [pipeline_throughput(config, workers, data_cache, pipeline_batches), bare]
   mesh = sharding.make_mesh()
-  peak = peak or KNOWN_PEAKS.get(jax.devices()[0].device_kind, 0.0) * jax.device_count()
+  peak = peak or gpu_check.known_peak(jax.devices()[0].device_kind, config.model.dtype) * jax.device_count()
   b, s = config.batch_size, config.data.image_size
   ts = train.TrainState(config, 2, 1000, mesh)
   rng = np.random.default_rng(0)
@@ -309,9 +321,141 @@ def benchmark(config, steps=10, warmup=2, input_mode="device", workers=2, patch_
   return rows
 
 
+# ---------------------------------------------------------------------------
+# The GPU check's JAX part (`--suite gpu`, run by fakejax.gpu_check).
+# ---------------------------------------------------------------------------
+def matmul_ceiling(n, dtype, steps=10):
+  """The measured rate of an n x n by n x n matrix product in `dtype` on the default device: the
+  ceiling MFU is read against beside the datasheet's peak (float32 runs at XLA's default
+  precision: TF32 tensor cores on recent GPUs)."""
+  a, b = (jax.random.normal(jax.random.key(i), (n, n), dtype) for i in (1, 2))  # Never zeros.
+  f = jax.jit(lambda a, b: a @ b).lower(a, b).compile()
+  times = _times(lambda: f(a, b).block_until_ready(), steps, 2)
+  med = statistics.median(times)
+  return [{"kind": "matmul", "framework": "jax", "dtype": str(jnp.dtype(dtype)), "n": n,
+           "device": jax.devices()[0].device_kind, "step_s_median": med, "achieved_tflops": 2 * n**3 / med / 1e12}]
+
+
+def _cache_entries():
+  path = jax.config.jax_compilation_cache_dir
+  return len(os.listdir(path)) if path and os.path.isdir(path) else 0
+
+
+def measured(fn):
+  """fn(...) -> rows, each marked 'jax', with 'compile_cache': 'cold' when its compiles wrote new
+  entries into the persistent compilation cache (compiled here), else 'cached'."""
+  def wrapped(*args):
+    before = _cache_entries()
+    rows = fn(*args)
+    cache = "cold" if _cache_entries() > before else "cached"
+    return [{"framework": "jax", "compile_cache": cache, **r} for r in rows]
+  return wrapped
+
+
+def training_run(config, workdir):
+  """A real run (fakejax.train) of `config`: wall time, its own img/s, and whether the loss fell
+  (the mean of the last quarter of the logged losses below that of the first quarter)."""
+  t = time.perf_counter()
+  out = train.train_and_evaluate(config, workdir)
+  wall = time.perf_counter() - t
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    logged = [json.loads(l) for l in f]
+  train_rows = [r for r in logged if r.get("kind", "train") == "train" and "loss" in r]
+  losses = [r["loss"] for r in train_rows]
+  q = max(len(losses) // 4, 1)
+  first, last = float(np.mean(losses[:q])), float(np.mean(losses[-q:]))
+  speeds = [r["img_per_s"] for r in train_rows if "img_per_s" in r][1:]  # The first includes compiles.
+  return [{"kind": "training_run", "model": config.model.name, "image_size": config.data.image_size,
+           "batch": config.batch_size, "dtype": config.model.dtype, "steps": out["step"], "wall_s": wall,
+           "images_per_s": float(np.median(speeds)) if speeds else 0.0, "loss_first": first,
+           "loss_last": last, "loss_falls": last < first,
+           "test_accuracy": (out.get("test") or {}).get("accuracy")}]
+
+
+def gpu_suite(quick=False, workdir="/tmp/fakejax_gpu_check", steps=20, warmup=3):
+  """The GPU check's JAX measurements as deadline.Tasks, most important first.
+
+  Full: the matmul ceilings (8192^3, bf16 and float32); ResNet-50@224 bf16 train and eval at batch
+  256; Xception@299 bf16; both in float32 (TF32); CLIP ViT-L/14@224 features (eval, bf16); NPR's
+  network (resnet_trunc with its front, one logit) trained at its official batch 32, bf16 and
+  float32; the input pipeline on every core but one, raw then PNG storage, at 224 px, batch 256;
+  and configs/quick.py trained in bf16 (a real run whose loss must fall). `quick`: the same chain
+  with tiny models, sizes and batches, for the CPU rehearsal.
+  """
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+  n_dev = jax.device_count()
+  if quick:
+    size = {"resnet50": 32, "xception": 32, "clip_vit_tiny": 64, "resnet_trunc": 32}
+    extra = {"width": 0.125, "middle_blocks": 1}  # Every model narrow; Xception one middle block.
+    batch, npr_batch, mm, pipe = 2 * n_dev, 2 * n_dev, 256, dict(image_size=32, batch=2 * n_dev, batches=5)
+    clip, steps, warmup, scale = "clip_vit_tiny", 2, 1, 0.25
+  else:
+    size = {"resnet50": 224, "xception": 299, "clip_vit_l14": 224, "resnet_trunc": 224}
+    extra = {}
+    batch, npr_batch, mm, pipe = 256, 32, 8192, dict(image_size=224, batch=256, batches=50)
+    clip, scale = "clip_vit_l14", 1.0
+
+  def model_task(name, dtype, b, train_step=True, needs_s=60.0, **model_kw):
+    def fn(batch):
+      c = bench_config(name, size[name], batch, dtype)
+      for k, v in {**extra, **model_kw}.items():
+        c.model[k] = v
+      rows = benchmark(c, steps, warmup, train_step=train_step)
+      if name == "resnet_trunc":  # The PyTorch peer's name for NPR's network.
+        rows = [{**r, "model": "npr"} for r in rows]
+      return rows
+    label = "npr" if name == "resnet_trunc" else name
+    return deadline.Task(f"jax:{label}:{dtype}", measured(fn), batch=b, min_batch=n_dev,
+                         needs_s=needs_s * scale)
+
+  def pipeline_task(storage):
+    def fn():
+      c = bench_config("resnet50", pipe["image_size"], pipe["batch"])
+      c.data.synthetic.storage = storage
+      c.data.synthetic.train, c.data.synthetic.val, c.data.synthetic.test = (16, 2, 2) if quick else (64, 4, 4)
+      workers = max(cores - 1, 1)
+      return [{"framework": "jax", **pipeline_throughput(c, workers, os.path.join(workdir, "data"),
+                                                          pipe["batches"], warmup=2 if quick else 10)}]
+    return deadline.Task(f"jax:pipeline:{storage}", fn, needs_s=90.0 * scale)
+
+  def training_task():
+    def fn():
+      c = defaults.from_file(os.path.join(ROOT, "configs", "quick.py"))
+      c.model.dtype = "bfloat16"
+      c.data.cache_dir = os.path.join(workdir, "data")
+      if quick:
+        c.model.width, c.model.middle_blocks, c.data.image_size, c.data.synthetic.size = 0.125, 1, 32, 32
+        c.data.synthetic.train, c.data.synthetic.val, c.data.synthetic.test = 8, 4, 3
+        c.batch_size, c.total_steps, c.log_every_steps, c.eval_every_steps = 2 * n_dev, 8, 1, 8
+      else:
+        c.batch_size, c.total_steps, c.log_every_steps, c.eval_every_steps = 256, 300, 10, 300
+      run_dir = os.path.join(workdir, "quick_bf16")
+      if os.path.exists(run_dir):
+        shutil.rmtree(run_dir)
+      return training_run(c, run_dir)
+    return deadline.Task("jax:training_run", measured(fn), needs_s=90.0 * scale)
+
+  matmul = lambda dtype: deadline.Task(f"jax:matmul:{jnp.dtype(dtype)}", lambda: matmul_ceiling(mm, dtype),
+                                       needs_s=15.0 * scale)
+  return [
+      matmul(jnp.bfloat16), matmul(jnp.float32),
+      model_task("resnet50", "bfloat16", batch),
+      model_task("xception", "bfloat16", batch),
+      model_task("resnet50", "float32", batch),
+      model_task("xception", "float32", batch),
+      model_task(clip, "bfloat16", batch, train_step=False),
+      model_task("resnet_trunc", "bfloat16", npr_batch, front="npr", single_logit=True),
+      model_task("resnet_trunc", "float32", npr_batch, front="npr", single_logit=True),
+      pipeline_task("raw"), pipeline_task("png"),
+      training_task(),
+  ]
+
+
 def torch_peer(model, image_size, batch, steps, warmup, python, kinds="train,eval"):
-  """Runs scripts/torch_peer.py in a subprocess; returns its rows or a reason it could not."""
-  return _peer_script("torch_peer.py", [model, image_size, batch, steps, warmup, kinds], python)
+  """scripts/torch_peer.py on the CPU in a subprocess, float32 like the CPU rows here; returns
+  (its rows, '') or ([], the reason it could not)."""
+  return _peer_script("torch_peer", ["--case", f"{model}:{image_size}:{batch}:fp32", "--kinds", kinds,
+                                     "--steps", steps, "--warmup", warmup, "--device", "cpu"], python)
 
 
 def format_table(rows):
@@ -325,8 +469,25 @@ def format_table(rows):
   return "\n".join(lines)
 
 
+def run_suite(out, deadline_at, quick):
+  """The GPU check's JAX part: the devices, then gpu_suite's rows, each appended to `out`."""
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # Every compile: 'compile_cache'.
+  rows = deadline.Rows(out)
+  d = jax.devices()[0]
+  rows.write({"task": "jax:devices", "status": "ok", "kind": "devices", "platform": d.platform,
+              "device": d.device_kind, "n_devices": jax.device_count(),
+              "platform_version": getattr(d.client, "platform_version", ""), "jax": jax.__version__,
+              "compilation_cache_dir": jax.config.jax_compilation_cache_dir,
+              "cache_entries_at_start": _cache_entries()})
+  deadline.run(gpu_suite(quick), deadline_at or float("inf"), rows)
+
+
 def main(argv):
   del argv
+  if _SUITE.value:
+    return run_suite(_OUT.value or "gpu_check_rows.jsonl", _DEADLINE_AT.value, _QUICK.value)
+  if _INPUT.value == "data":  # The input pipeline alone: no accelerator is started.
+    cli.set_process_defaults("none")
   config = bench_config(_MODEL.value, _SIZE.value, _BATCH.value, _DTYPE.value, _WIDTH.value)
   config.aug.blur_prob = config.aug.jpg_prob = _BLUR_JPEG.value
   config.data.synthetic.storage = _STORAGE.value

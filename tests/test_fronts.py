@@ -58,15 +58,10 @@ def test_npr_is_each_2x2_block_minus_its_top_left_times_two_thirds():
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch not installed")
 def test_npr_is_the_official_interpolate():
   import torch  # pylint: disable=g-import-not-at-top
-  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
-
-  def interpolate(img, factor):  # NPR-DeepfakeDetection networks/resnet.py, verbatim.
-    return F.interpolate(F.interpolate(img, scale_factor=factor, mode="nearest", recompute_scale_factor=True),
-                         scale_factor=1 / factor, mode="nearest", recompute_scale_factor=True)
+  from scripts import torch_nets  # pylint: disable=g-import-not-at-top  (NPR's interpolate, verbatim)
 
   x = np.random.default_rng(2).normal(size=(2, 3, 16, 12)).astype(np.float32)
-  t = torch.from_numpy(x)
-  ref = ((t - interpolate(t, 0.5)) * 2.0 / 3.0).numpy().transpose(0, 2, 3, 1)
+  ref = torch_nets.npr_front(torch)(torch.from_numpy(x)).numpy().transpose(0, 2, 3, 1)
   np.testing.assert_allclose(np.asarray(fronts.npr(x.transpose(0, 2, 3, 1))), ref, atol=1e-6)
 
 

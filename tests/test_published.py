@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from scripts import torch_nets
 from tests.conftest import assert_bf16_like_amp
 from tests.conftest import subprocess_env
 from fakejax import convert
@@ -135,48 +136,22 @@ def test_cli_converts_and_evaluate_uses_the_preset(tmp_path, tiny_synthetic):
 def _torch_reference(name):
   """The released network in PyTorch, random weights with moved BatchNorm statistics:
   CNNDetection's torchvision ResNet-50 with one output, or NPR's / SAFE's truncated ResNet-50
-  rebuilt from torchvision's Bottleneck with the official stem, layers, front and forward
-  (NPR-DeepfakeDetection networks/resnet.py, SAFE models/resnet.py): front(x) into a 3x3/2
-  conv1, bn1, relu, maxpool, layer1, layer2, avgpool, fc1.
+  (scripts/torch_nets.py: torchvision's Bottleneck with the official stem, layers and forward).
   - NPR's front: x - interpolate(x, 0.5) (nearest down, nearest up), times 2/3; one output.
   - SAFE's: the HH band of pytorch_wavelets' DWTForward(J=1, mode='symmetric', wave='bior1.3'),
     torchvision's Resize back to the input size; two outputs."""
   torch = pytest.importorskip("torch")
   torchvision = pytest.importorskip("torchvision")
   from torch import nn  # pylint: disable=g-import-not-at-top
-  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
   torch.manual_seed(0)
   if name == "cnndetection":
     model = torchvision.models.resnet50(num_classes=1)
+  elif name == "safe":
+    dwt = pytest.importorskip("pytorch_wavelets").DWTForward(J=1, mode="symmetric", wave="bior1.3")
+    front = lambda x: torchvision.transforms.Resize([x.shape[-2], x.shape[-1]])(dwt(x)[1][0][:, :, 2])
+    model = torch_nets.truncated_resnet50(torch, torchvision, front, 2)
   else:
-    if name == "safe":
-      dwt = pytest.importorskip("pytorch_wavelets").DWTForward(J=1, mode="symmetric", wave="bior1.3")
-      front = lambda x: torchvision.transforms.Resize([x.shape[-2], x.shape[-1]])(dwt(x)[1][0][:, :, 2])
-    else:
-      up = lambda x, f: F.interpolate(F.interpolate(x, scale_factor=f, mode="nearest", recompute_scale_factor=True),
-                                      scale_factor=1 / f, mode="nearest", recompute_scale_factor=True)
-      front = lambda x: (x - up(x, 0.5)) * 2.0 / 3.0
-    Bottleneck = torchvision.models.resnet.Bottleneck
-
-    def layer(cin, planes, blocks, stride):
-      down = nn.Sequential(nn.Conv2d(cin, planes * 4, 1, stride, bias=False), nn.BatchNorm2d(planes * 4))
-      return nn.Sequential(Bottleneck(cin, planes, stride, down),
-                           *[Bottleneck(planes * 4, planes) for _ in range(blocks - 1)])
-
-    class Truncated(nn.Module):
-      def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 3, 2, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.layer1, self.layer2 = layer(64, 64, 3, 1), layer(256, 128, 4, 2)
-        self.fc1 = nn.Linear(512, 2 if name == "safe" else 1)
-
-      def forward(self, x):
-        x = F.max_pool2d(F.relu(self.bn1(self.conv1(front(x)))), 3, 2, 1)
-        x = self.layer2(self.layer1(x))
-        return self.fc1(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
-
-    model = Truncated()
+    model = torch_nets.truncated_resnet50(torch, torchvision, torch_nets.npr_front(torch), 1)
   with torch.no_grad():
     for m in model.modules():
       if isinstance(m, nn.BatchNorm2d):
