@@ -11,11 +11,21 @@ def softmax(logits):
 
 
 def eer(labels, scores):
-  """Equal error rate: where the false-positive and false-negative rates cross."""
-  fpr, tpr, _ = skm.roc_curve(labels, scores)
+  """Equal error rate: where the false-positive and false-negative rates cross.
+
+  Over every threshold (all of the ROC's points: sklearn's default drops collinear ones, and
+  with them the crossing), from the highest down, fpr rises and fnr falls; the EER is their
+  value at the first threshold where fnr <= fpr, linearly interpolated from the one before when
+  they are not equal there.
+  """
+  fpr, tpr, _ = skm.roc_curve(labels, scores, drop_intermediate=False)
   fnr = 1 - tpr
-  i = int(np.nanargmin(np.abs(fnr - fpr)))
-  return float((fpr[i] + fnr[i]) / 2)
+  d = fnr - fpr
+  i = int(np.argmax(d <= 0))  # d ends at -1 (fpr 1, fnr 0): there is such a point.
+  if d[i] == 0 or i == 0:
+    return float(fpr[i])
+  t = d[i - 1] / (d[i - 1] - d[i])
+  return float(fpr[i - 1] + t * (fpr[i] - fpr[i - 1]))
 
 
 def binary(labels, p_fake, threshold=0.5):

@@ -137,12 +137,18 @@ def test_binary_metrics_by_hand():
   np.testing.assert_allclose(rec, [3 / 4, 4 / 6])
 
 
-@pytest.mark.xfail(strict=True, reason="metrics.eer reads sklearn's roc_curve with "
-                   "drop_intermediate=True, which drops the crossing point (fpr 1/4, tpr 3/4): 0.375")
 def test_eer_by_hand():
   """At threshold 0.5 one real of four (0.6) is called fake and one fake of four (0.4) real:
-  the false-positive and false-negative rates cross at 1/4."""
+  the false-positive and false-negative rates meet at 1/4 (sklearn's thinned ROC drops this
+  point, and the nearest kept ones gave 0.375)."""
   assert metrics.binary(LABELS, SCORES)["eer"] == pytest.approx(0.25)
+  # Reals 0.2, 0.8; fakes 0.6, 0.7, 0.9. At 0.8: fpr 1/2, fnr 2/3; at 0.7: fpr 1/2, fnr 1/3. The
+  # rates cross between the two, where fnr falls through 1/2: the EER is 1/2.
+  assert metrics.eer([0, 0, 1, 1, 1], [0.2, 0.8, 0.6, 0.7, 0.9]) == pytest.approx(0.5)
+  # Reals 0.1, 0.3; fakes 0.2, 0.4: at 0.4 fpr 0, fnr 1/2; at 0.3 fpr 1/2, fnr 1/2: 1/2.
+  assert metrics.eer([0, 0, 1, 1], [0.1, 0.3, 0.2, 0.4]) == pytest.approx(0.5)
+  assert metrics.eer([0, 1, 0, 1], [0.1, 0.9, 0.2, 0.8]) == 0.0  # Separated.
+  assert metrics.eer([0, 1, 0, 1], [0.9, 0.1, 0.8, 0.2]) == 1.0  # Reversed.
 
 
 # ---------------------------------------------------------------------------
