@@ -50,7 +50,19 @@ def initialize(coordinator_address=None, num_processes=None, process_id=None, he
   jax.distributed.initialize(coordinator_address, num_processes, process_id,
                              local_device_ids=slurm_local_device_ids(env),
                              heartbeat_timeout_seconds=heartbeat_s)
+  # Every process must compile the same program, down to its metadata: jax 0.12 keys a
+  # program's collectives by its fingerprint, which includes each op's source location, so
+  # processes whose call stacks differ (one started through a wrapper, or installed in another
+  # folder) wait for each other's collectives forever. Keep only the innermost frame's file name.
+  jax.config.update("jax_include_full_tracebacks_in_locations", False)
+  jax.config.update("jax_hlo_source_file_canonicalization_regex", r".*/")
   barrier("initialize")
+  if jax.default_backend() == "cpu":
+    # A multi-process CPU program loaded from the persistent compilation cache can deadlock in
+    # its first collective (jax 0.12.1: two processes hung in this module's sum below, loading
+    # entries another multi-process run had written; compiled afresh they finish in seconds).
+    # CPU processes of one job are tests and rehearsals: they compile.
+    jax.config.update("jax_enable_compilation_cache", False)
   # CPU (gloo) collectives build their cross-process context on the first collective over a
   # set of devices, and give up when a peer is more than 30 s late (a fixed XLA timeout).
   # Build it now, while the processes are aligned: later collectives wait for late peers
