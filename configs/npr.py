@@ -13,7 +13,7 @@ x0.9 after epochs 10, 20, 30 and 40 (delr_freq 10), Resize 256 -> RandomCrop 224
 blur or JPEG (their data_augment call is commented out). Their checkpoint is the last epoch's.
 
 Departures, named: the official code keeps the last epoch and validates only to log; here the
-best validation accuracy picks the checkpoint `evaluate` uses by default (`--which latest` gives
+best validation accuracy picks the checkpoint `evaluate` uses by default (`--checkpoint latest` gives
 theirs). The ':photo' variant trains on the 64 px photo benchmark: no resize, crops of 64 (the
 whole image), 10 epochs (2,000 + 2,000 images, about 10 CPU minutes), the lr x0.9 every 2 epochs.
 """

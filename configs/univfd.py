@@ -11,7 +11,8 @@ from the user's file (open_clip's `open_clip_model.safetensors` of ViT-L-14 'ope
 `ViT-L-14.pt`): nothing is downloaded. The head is their `fc`, a linear 768 -> 1 trained by BCE
 (one logit, scored as [0, z]). From train.py, trainer.py and options/: --fix_backbone, AdamW
 (0.9, 0.999) at 1e-4 without weight decay, batch 256, at most 100 epochs (niter), EarlyStopping
-(patience 5, delta 0.001) that divides the lr by 10 and stops below 1e-6 (fakejax.probe), CLIP's
+(patience 5, delta 0.001) that divides the lr by 10 and stops below 1e-6 (probe.lr_drop_patience;
+fakejax.training.probe), CLIP's
 normalisation, crops of 224.
 
 Departures, named:
@@ -45,7 +46,7 @@ def get_config(arg=None):
   c.optim.name = "adamw"
   c.optim.lr = 1e-4
   c.optim.weight_decay = 0.0
-  c.early_stop_patience = 5
+  c.probe.lr_drop_patience = 5
   c.eval_batch_size = 64
   if arg == "tiny":
     c.model.name = "clip_vit_tiny"

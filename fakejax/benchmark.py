@@ -37,12 +37,12 @@ from fakejax import cli
 from fakejax import datasets
 from fakejax import deadline
 from fakejax import defaults
-from fakejax import evaluator
 from fakejax import gpu_check
 from fakejax import input_pipeline
 from fakejax import models
+from fakejax import scoring
 from fakejax import sharding
-from fakejax import train
+from fakejax import training
 from fakejax.datasets import images
 
 if __name__ == "__main__":
@@ -126,7 +126,7 @@ def memory(compiled):
   return out
 
 
-def _row(kind, config, times, compile_s, compiled, images, peak):
+def _row(kind, config, times, compile_s, compiled, images, *, peak):
   med = statistics.median(times)
   flops = _flops(compiled)
   row = {"kind": kind, "model": config.model.name, "image_size": config.data.image_size,
@@ -245,7 +245,7 @@ def pipeline_throughput(config, workers, data_cache, batches=100, warmup=10):
           "images_per_s": batches * b / dt, "images_per_s_per_core": batches * b / dt / max(workers, 1)}
 
 
-def benchmark(config, steps=10, warmup=2, input_mode="device", workers=2, patch_size=0, peak=0.0,
+def benchmark(config, steps=10, warmup=2, input_mode="device", workers=2, patch_size=0, *, peak=0.0,
               data_cache="data", pipeline_batches=100, train_step=True):
   """Measures the train step (unless `train_step` is False), the eval step and optionally the
   input pipeline and patch voting.
@@ -260,7 +260,7 @@ def benchmark(config, steps=10, warmup=2, input_mode="device", workers=2, patch_
   mesh = sharding.make_mesh()
   peak = peak or gpu_check.known_peak(jax.devices()[0].device_kind, config.model.dtype) * jax.device_count()
   b, s = config.batch_size, config.data.image_size
-  ts = train.TrainState(config, 2, 1000, mesh)
+  ts = training.TrainState(config, training.strategy_for(config, 1000), 2, mesh)
   rng = np.random.default_rng(0)
   host_batch = {"image": rng.integers(0, 256, (b, s, s, 3), dtype=np.uint8),
                 "label": rng.integers(0, 2, (b,), dtype=np.int32)}
@@ -272,23 +272,23 @@ def benchmark(config, steps=10, warmup=2, input_mode="device", workers=2, patch_
   holder = [state]
   if train_step:
     t = time.perf_counter()
-    step = train.make_train_step(ts, ts.stage_at(0)).lower(state, batch).compile()
+    step = training.make_train_step(ts, ts.stage_at(0)).lower(state, batch).compile()
     compile_s = time.perf_counter() - t
 
     def one_step(b=batch):
       holder[0], m = step(holder[0], b)
       jax.block_until_ready(m["loss"])
 
-    rows.append(_row("train", config, _times(one_step, steps, warmup), compile_s, step, b, peak))
+    rows.append(_row("train", config, _times(one_step, steps, warmup), compile_s, step, b, peak=peak))
 
   # --- Eval step: the model inference runs (models.for_inference) -------------------
   t = time.perf_counter()
   fast_def, fast_state = nnx.split(models.for_inference(nnx.merge(ts.model_def, holder[0]["model"])))
-  fwd = evaluator.make_forward(fast_def, ts.preprocess, config.model.dtype)
+  fwd = scoring.make_forward(fast_def, ts.preprocess, config.model.dtype)
   fwd_c = fwd.lower(fast_state, batch["image"]).compile()
   compile_s = time.perf_counter() - t
   rows.append(_row("eval", config, _times(lambda: jax.block_until_ready(fwd_c(fast_state, batch["image"])),
-                                         steps, warmup), compile_s, fwd_c, b, peak))
+                                         steps, warmup), compile_s, fwd_c, b, peak=peak))
 
   # --- Input pipeline alone, and end to end ----------------------------------------------
   if input_mode in ("pipeline", "both") and train_step:
@@ -296,21 +296,21 @@ def benchmark(config, steps=10, warmup=2, input_mode="device", workers=2, patch_
     it, _ = _pipeline(config, workers, data_cache)
     try:
       e2e = _times(lambda: one_step(sharding.to_global(mesh, next(it))), steps, warmup)
-      rows.append(_row("train_end_to_end", config, e2e, 0.0, step, b, peak))
+      rows.append(_row("train_end_to_end", config, e2e, 0.0, step, b, peak=peak))
     finally:
       it.close()
 
   # --- Patch voting versus a plain forward of the same pixels -------------------------
   if patch_size:
     n_patch = (s // patch_size) ** 2
-    patches = np.concatenate([evaluator.grid_patches(img, patch_size)[0] for img in host_batch["image"]])
+    patches = np.concatenate([scoring.grid_patches(img, patch_size)[0] for img in host_batch["image"]])
     pb = sharding.to_global(mesh, patches[: len(patches) // jax.device_count() * jax.device_count()])
     fwd_p = fwd.lower(fast_state, pb).compile()
 
     def vote():
       logits = sharding.to_host(fwd_p(fast_state, pb))
       for i in range(0, len(logits), n_patch):
-        evaluator.decide("grid", logits[i:i + n_patch])
+        scoring.decide("grid", logits[i:i + n_patch])
 
     plain = statistics.median(_times(lambda: sharding.to_host(fwd_c(fast_state, batch["image"])), steps,
                                      warmup))
@@ -356,7 +356,7 @@ def training_run(config, workdir):
   """A real run (fakejax.train) of `config`: wall time, its own img/s, and whether the loss fell
   (the mean of the last quarter of the logged losses below that of the first quarter)."""
   t = time.perf_counter()
-  out = train.train_and_evaluate(config, workdir)
+  out = training.train_and_evaluate(config, workdir)
   wall = time.perf_counter() - t
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     logged = [json.loads(l) for l in f]
@@ -451,7 +451,7 @@ def gpu_suite(quick=False, workdir="/tmp/fakejax_gpu_check", steps=20, warmup=3)
   ]
 
 
-def torch_peer(model, image_size, batch, steps, warmup, python, kinds="train,eval"):
+def torch_peer(model, image_size, batch, steps, warmup, python, *, kinds="train,eval"):
   """scripts/torch_peer.py on the CPU in a subprocess, float32 like the CPU rows here; returns
   (its rows, '') or ([], the reason it could not)."""
   return _peer_script("torch_peer", ["--case", f"{model}:{image_size}:{batch}:fp32", "--kinds", kinds,
@@ -495,7 +495,8 @@ def main(argv):
     config.data.dir, config.data.train_sources = _DATASET.value, ()  # All its generators.
   sharding.check_batch(config.batch_size, sharding.make_mesh())
   rows = benchmark(config, _STEPS.value, _WARMUP.value, _INPUT.value, _WORKERS.value, _PATCH.value,
-                   _PEAK.value, _DATA.value, _PIPE_BATCHES.value, _TRAIN.value)
+                   peak=_PEAK.value, data_cache=_DATA.value, pipeline_batches=_PIPE_BATCHES.value,
+                   train_step=_TRAIN.value)
   if _PEER.value == "torch" and _INPUT.value == "data":
     folder = export_png(config, _DATA.value)
     peer, why = torch_pipeline_peer(folder, _SIZE.value, _BATCH.value, _WORKERS.value,
@@ -507,7 +508,7 @@ def main(argv):
       rows.append(p)
   elif _PEER.value == "torch":
     peer, why = torch_peer(_MODEL.value, _SIZE.value, _BATCH.value, _STEPS.value, _WARMUP.value,
-                           _PEER_PYTHON.value, "train,eval" if _TRAIN.value else "eval")
+                           _PEER_PYTHON.value, kinds="train,eval" if _TRAIN.value else "eval")
     if why:
       print(f"PyTorch peer skipped: {why}")
     for p in peer:

@@ -205,6 +205,15 @@ def _tree_metadata(item):
     handler.close()
 
 
+def _read_meta(item):
+  """The JSON meta item of a step folder (e.g. RUN/best/STEP/meta), asked of its handler."""
+  handler = ocp.JsonCheckpointHandler()
+  try:
+    return handler.restore(epath.Path(item), args=ocp.args.JsonRestore())
+  finally:
+    handler.close()
+
+
 def restore_model(workdir, abstract_model, which="best"):
   """Loads only the model (weights and BatchNorm statistics) of a run's checkpoint.
 
@@ -226,9 +235,7 @@ def restore_model(workdir, abstract_model, which="best"):
     tree = ckptr.restore(item, args=ocp.args.PyTreeRestore(
         item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
         partial_restore=True))
-  with open(os.path.join(path, str(step), "meta", "metadata")) as f:
-    meta = json.load(f)
-  return _fill(abstract_model, tree["model"]), meta
+  return _fill(abstract_model, tree["model"]), _read_meta(os.path.join(os.path.abspath(path), str(step), "meta"))
 
 
 WEIGHTS_INFO = "fakejax_weights.json"

@@ -10,34 +10,43 @@ import importlib.util
 import os
 import pkgutil
 import sys
+import types
 
 from absl import app
 from absl import flags
 from absl import logging
-from ml_collections import config_flags
+
+
+def config_arg(argv):
+  """The value of --config in `argv` ('file.py[:variant]'), or None."""
+  for i, a in enumerate(argv):
+    if a.startswith("--config="):
+      return a.split("=", 1)[1]
+    if a == "--config" and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
 
 
 def _bad_override(argv):
   """The first `--config.a.b=v` naming a key the config does not have, with the valid keys."""
-  config_file = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
-  if config_file is None and "--config" in argv:
-    config_file = argv[argv.index("--config") + 1]
+  config_file = config_arg(argv)
   if not config_file:
     return None
+  from fakejax import defaults  # pylint: disable=g-import-not-at-top  (only when a flag was refused)
+  path, _, variant = config_file.partition(":")
   try:
-    config = config_flags.config_flags._LoadConfigModule("config", config_file.split(":")[0])  # pylint: disable=protected-access
-    config = config.get_config(*config_file.split(":")[1:2])
+    config = defaults.from_file(path, variant or None)
   except Exception:  # pylint: disable=broad-except  (the normal parser reports it)
     return None
   for a in argv:
     if not a.startswith("--config."):
       continue
-    node, path = config, a[len("--config."):].split("=", 1)[0].split(".")
-    for i, key in enumerate(path):
+    node, keys = config, a[len("--config."):].split("=", 1)[0].split(".")
+    for i, key in enumerate(keys):
       if not hasattr(node, "keys") or key not in node:
         valid = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "(none: not a group)"
-        where = ".".join(["config"] + path[:i])
-        return f"unknown config key {'.'.join(path[:i + 1])!r}; valid keys of {where}: {valid}"
+        where = ".".join(["config"] + keys[:i])
+        return f"unknown config key {'.'.join(keys[:i + 1])!r}; valid keys of {where}: {valid}"
       node = node[key]
   return None
 
@@ -69,11 +78,61 @@ def define_distributed_flags():
   flags.DEFINE_integer("process_id", None, "This process's index (default: from the environment).")
 
 
-def define_dtype_flag():
-  """--dtype of the commands that load a run (evaluate, predict, explain, serve)."""
-  return flags.DEFINE_enum("dtype", "", ["", "auto", "float32", "bfloat16"],
-                           "Compute dtype: '' the run's own, 'auto' bfloat16 on GPU/TPU and float32 "
-                           "on CPU, or float32 / bfloat16.")
+# What each command that scores with a trained run judges by default. evaluate and explain score
+# test sets with the field's protocol: the run's evaluation crop. predict and serve judge photos
+# of any size: whole, or tiles for the largest (scoring.View's 'auto').
+MODE_DEFAULTS = {"evaluate": "full", "explain": "full", "predict": "auto", "serve": "auto"}
+
+
+def define_run_flags():
+  """The flags that load a trained run (evaluate, predict, explain, serve): --workdir,
+  --checkpoint, --dtype, --threshold, --threads. Returns their FlagHolders as attributes."""
+  f = types.SimpleNamespace()
+  f.workdir = flags.DEFINE_string("workdir", None, "Run folder written by fakejax.train.")
+  f.checkpoint = flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
+  f.dtype = flags.DEFINE_enum("dtype", "", ["", "auto", "float32", "bfloat16"],
+                              "Compute dtype: '' the run's own, 'auto' bfloat16 on GPU/TPU and float32 "
+                              "on CPU, or float32 / bfloat16.")
+  f.threshold = flags.DEFINE_float("threshold", None, "p_fake threshold (default: the run's config).")
+  f.threads = flags.DEFINE_integer("threads", 0, "Image-decoding threads (default: the run's eval_threads, "
+                                   "0: one per core).")
+  return f
+
+
+def define_mode_flag(command, modes=None):
+  """--mode, whose default is the command's (MODE_DEFAULTS) among `modes` (default: every one)."""
+  from fakejax import scoring  # pylint: disable=g-import-not-at-top  (only the scoring commands)
+  return flags.DEFINE_enum("mode", MODE_DEFAULTS[command], list(modes or scoring.MODES),
+                           "View and image-level decision rule (fakejax.scoring.views).")
+
+
+def define_scoring_flags(command):
+  """define_run_flags' flags, --mode, and the View's: --patch_size, --k, --theta, --tta,
+  --exact_sizes (evaluate, predict, serve), defined here once: one name, one help and one
+  default each (--mode's is the command's). `view_settings` reads them."""
+  f = define_run_flags()
+  f.mode = define_mode_flag(command)
+  f.patch_size = flags.DEFINE_integer("patch_size", 32, "Patch side for the patch modes (16/32/64/128).")
+  f.k = flags.DEFINE_integer("k", 5, "Random patches per image in 'random' mode (odd).")
+  f.theta = flags.DEFINE_float("theta", 0.5, "Confidence margin |p_fake - p_real| of 'confident' mode.")
+  f.tta = flags.DEFINE_multi_string("tta", [], "Test-time copies: flip, rot=DEG (+-DEG), rand=RANGE:N.")
+  f.exact_sizes = flags.DEFINE_bool("exact_sizes", None, "Whole images: one compiled program per image "
+                                    "size, no padding; --noexact_sizes pads them to size buckets "
+                                    "(scoring.views). Default: exact for --mode whole (reported numbers), "
+                                    "buckets for auto (photos of many sizes).")
+  return f
+
+
+def view_settings(f):
+  """The View keywords of define_scoring_flags' flags (--exact_sizes unset: exact for 'whole')."""
+  exact = f.exact_sizes.value
+  return dict(patch_size=f.patch_size.value, k=f.k.value, theta=f.theta.value,
+              exact_sizes=(f.mode.value == "whole") if exact is None else exact)
+
+
+def threshold(f, run):
+  """--threshold, else the run's own."""
+  return run.config.threshold if f.threshold.value is None else f.threshold.value
 
 
 # ---------------------------------------------------------------------------

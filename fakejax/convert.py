@@ -46,6 +46,7 @@ import numpy as np
 from fakejax import checkpoint
 from fakejax import cli
 from fakejax import models
+from fakejax import runs
 
 ORIGINS = {"keras": "minus_one_one", "torchvision": "imagenet", "bit": "minus_one_one",
            "clip": "clip"}  # -> preprocessing
@@ -438,13 +439,11 @@ def convert_published(name, path, out, clip=None):
   ckpt = checkpoint.Checkpointer(tmp)
   ckpt.save_best(0, nnx.state(model), {"step": 0, "converted_from": name})
   ckpt.close()  # On disk before the rename.
-  with open(os.path.join(tmp, "config.json"), "w") as f:
-    f.write(config.to_json(indent=2))
-  with open(os.path.join(tmp, "run.json"), "w") as f:
-    json.dump({"num_classes": 2, "class_names": ["real", "fake"], "dataset": "", "task": "binary",
-               "preset": spec["preset"], "converted": {
-                   "from": name, "source": os.path.abspath(path),
-                   **({"clip": os.path.abspath(clip)} if clip else {})}}, f, indent=2)
+  runs.write_text(os.path.join(tmp, "config.json"), config.to_json(indent=2))
+  runs.write_json(os.path.join(tmp, "run.json"), {
+      **runs.Task("binary", ("real", "fake")).info(), "dataset": "", "preset": spec["preset"],
+      "converted": {"from": name, "source": os.path.abspath(path),
+                    **({"clip": os.path.abspath(clip)} if clip else {})}})
   os.rename(tmp, out)
   return out
 

@@ -44,7 +44,7 @@ def get_config():
                                       #   backbone and BatchNorm statistics frozen), 'freeze_bn'
                                       #   (all trains, BatchNorm uses and keeps its running statistics).
   c.model.cached_features = False     # linear_probe: train the head on the frozen backbone's features,
-                                      #   computed once per dataset and cached (fakejax.probe; CLIP ViTs).
+                                      #   computed once per dataset and cached (training.probe; CLIP ViTs).
   c.model.backbone_lr = 1.0           # Learning-rate multiplier of everything but the head.
 
   c.data = ml_collections.ConfigDict()
@@ -146,6 +146,8 @@ def get_config():
   c.best_metric = "accuracy"          # Validation metric that picks the best checkpoint (loss and eer:
                                       #   lowest; accuracy, ap, auc, top1, real_acc, fake_acc: highest).
   c.early_stop_patience = 0           # Stop after this many evals without improvement (0: never).
+  c.probe = ml_collections.ConfigDict()  # model.cached_features only (training.probe, UnivFD's rule):
+  c.probe.lr_drop_patience = 0        #   epochs without a gain before the lr drops 10x (0: never).
   c.keep_checkpoints = 2
   c.checkpoint_every_steps = 0        # Also checkpoint between evaluations (0: only at evaluations),
   c.checkpoint_every_minutes = 0.0    #   or about this many minutes (a step interval set by process 0

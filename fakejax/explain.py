@@ -70,18 +70,17 @@ import tqdm
 
 from fakejax import cli
 from fakejax import datasets
-from fakejax import evaluator
 from fakejax import models
+from fakejax import runs
+from fakejax import scoring
 from fakejax import sharding
 
 if __name__ == "__main__":
   # Defined only when this file is the program, so other modules (serve) can import its functions.
-  _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder written by fakejax.train.")
-  _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
-  _DTYPE = cli.define_dtype_flag()
+  _F = cli.define_run_flags()
+  _MODE = cli.define_mode_flag("explain", ("full", "whole"))
   _LAYER = flags.DEFINE_string("layer", None, "Layer of the maps (default: the model's CAM_LAYER).")
   _CLASS = flags.DEFINE_string("class", None, "Class of the maps, by name or index (default: predicted).")
-  _MODE = flags.DEFINE_enum("mode", "full", ("full", "whole"), "The run's crop, or whole images.")
   _DATASET = flags.DEFINE_string("dataset", None, "Prepared dataset folder, or 'synthetic' or 'photo' (default: "
                                  "the run's, when no image is named).")
   _SPLIT = flags.DEFINE_string("split", "test", "Split of --dataset.")
@@ -152,13 +151,13 @@ def _activation_shape(model, x, layer):
 
 
 def predicted_class(logits, threshold=0.5):
-  """The class a verdict gives (evaluator.verdict): binary p_fake >= threshold, else arg-max."""
+  """The class a verdict gives (scoring.verdict): binary p_fake >= threshold, else arg-max."""
   if logits.shape[-1] == 2:
     return (jax.nn.softmax(logits.astype(jnp.float32), -1)[:, 1] >= threshold).astype(jnp.int32)
   return jnp.argmax(logits, -1).astype(jnp.int32)
 
 
-def gradcam(model, x, layer, target=None, threshold=0.5):
+def gradcam(model, x, layer, target=None, threshold=0.5, valid=None):
   """Grad-CAM of a batch, at the layer's resolution (traceable; the model in eval mode).
 
   One forward and one backward pass for the whole batch: the cotangent is one-hot in each row's
@@ -172,6 +171,7 @@ def gradcam(model, x, layer, target=None, threshold=0.5):
     layer: a name of models.layer_names(model).
     target: class index for every image, or None for each image's predicted class.
     threshold: p_fake threshold of the predicted class (binary models).
+    valid: optional (B, 2) sizes before padding (the model's global pool masks the rest).
 
   Returns:
     (logits (B, C) float32, maps (B, h, w) float32 >= 0 unnormalised, class used (B,) int32).
@@ -187,7 +187,7 @@ def gradcam(model, x, layer, target=None, threshold=0.5):
       acts["a"] = a
       return a + delta.astype(a.dtype)
 
-    return model(x, taps=taps).astype(jnp.float32), acts["a"]
+    return model(x, taps=taps, valid=valid).astype(jnp.float32), acts["a"]
 
   delta = jnp.zeros(spec.shape, jnp.float32)
   logits, backward, act = jax.vjp(logits_of, delta, has_aux=True)
@@ -210,13 +210,11 @@ def upsample(maps, size):
   return jnp.where(peak > 0, up / jnp.where(peak > 0, peak, 1), 0.0)
 
 
-def gradcam_forward(model_def, preprocess, dtype, layer, target=None, threshold=0.5):
-  """The jitted Grad-CAM forward for evaluator.Evaluator: (model state, uint8 images) -> dict.
+def gradcam_forward(spec, layer, target=None, threshold=0.5):
+  """The jitted Grad-CAM forward for a scoring.Evaluator: (model state, uint8 images) -> dict.
 
   Args:
-    model_def: the eval-mode graph definition (evaluator.Run.model_def).
-    preprocess: the run's input normalisation (Run.preprocess).
-    dtype: compute dtype (Run.config.model.dtype).
+    spec: the run's runs.ModelSpec (eval-mode graph, preprocessing, dtype).
     layer: layer name (resolve_layer).
     target: class index, or None for the predicted class.
     threshold: p_fake threshold of the predicted class (binary runs).
@@ -225,20 +223,18 @@ def gradcam_forward(model_def, preprocess, dtype, layer, target=None, threshold=
     fn(state, x) -> {'logits': (B, C), 'target': (B,) the class of the map, 'cam': (B, H, W) in
     [0, 1] at the input's size, 'cam_layer': (B, h, w) unnormalised at the layer's size}.
   """
-  def fn(state, x):
-    model = nnx.merge(model_def, state)
-    logits, maps, cls = gradcam(model, models.preprocess(x, preprocess, jnp.dtype(models.resolve_dtype(dtype))), layer,
-                                target, threshold)
+  def outputs(model, x, valid):
+    logits, maps, cls = gradcam(model, x, layer, target, threshold, valid)
     return {"logits": logits, "target": cls, "cam": upsample(maps, x.shape[1:3]), "cam_layer": maps}
 
-  return evaluator.make_forward(model_def, preprocess, dtype, outputs=fn)
+  return scoring.make_forward(spec.graph, spec.preprocess, spec.dtype, outputs=outputs)
 
 
 def gradcam_evaluator(run, layer=None, target=None, batch_size=0, threshold=None):
-  """(an evaluator.Evaluator whose Results carry the maps, the layer name) for a loaded Run.
+  """(a scoring.Evaluator whose Results carry the maps, the layer name) for a loaded runs.Run.
 
   Args:
-    run: an evaluator.Run.
+    run: a runs.Run.
     layer: layer name (default: the model's CAM_LAYER).
     target: class index of every map, or None for each image's verdict.
     batch_size: global batch (default: the run's eval batch).
@@ -250,11 +246,10 @@ def gradcam_evaluator(run, layer=None, target=None, batch_size=0, threshold=None
     input (model_input), ['target'][0] its class, ['cam_layer'][0] the map at the layer's size.
   """
   layer = resolve_layer(nnx.merge(run.model_def, run.state), layer)
-  fwd = gradcam_forward(run.model_def, run.preprocess, run.config.model.dtype, layer, target,
-                        run.config.threshold if threshold is None else threshold)
-  ev = evaluator.Evaluator(lambda x, valid=None: fwd(run.state, x, valid), run.mesh,
-                           batch_size or run.batch, run.config.data.image_size,
-                           threads=run.config.eval_threads, has_real=run.evaluator.has_real)
+  fwd = gradcam_forward(run.spec, layer, target, run.config.threshold if threshold is None else threshold)
+  ev = scoring.Evaluator(lambda x, valid=None: fwd(run.state, x, valid), run.mesh,
+                         batch_size or run.batch, run.config.data.image_size,
+                         threads=run.config.eval_threads, has_real=run.task.has_real)
   return ev, layer
 
 
@@ -410,9 +405,9 @@ def _score(ev, sizes, load, view, threshold):
   return res
 
 
-def explain_images(run, ev, layer, view, files, out, per_png=8):
+def explain_images(run, ev, layer, view, files, out, *, per_png=8):
   """Grad-CAM grids of image files (gradcam_001.png, ...); returns the explain.json rows."""
-  sizes, load = evaluator.file_reader(files)
+  sizes, load = scoring.file_reader(files)
   res = _score(ev, sizes, load, view, run.config.threshold)
   if not sharding.is_main():
     return []
@@ -428,14 +423,14 @@ def explain_images(run, ev, layer, view, files, out, per_png=8):
   return rows
 
 
-def explain_dataset(run, ev, layer, view, dataset, split, per_class, out, per_png=8, seed=0):
+def explain_dataset(run, ev, layer, view, dataset, split, *, per_class, out, per_png=8, seed=0):
   """Grad-CAM of `per_class` images of each source of a split: gradcam_<class>.png (the first
   `per_png` of each) and the per-class mean maps (gradcam_mean.png / .npz); returns the
   explain.json rows."""
   from fakejax import report  # pylint: disable=g-import-not-at-top
   picks = pick_per_class(dataset, split, per_class, seed)
   order = [(c, int(i)) for c, ids in picks.items() for i in ids]
-  sizes, load = evaluator.dataset_reader(dataset, split, np.array([i for _, i in order], int))
+  sizes, load = scoring.dataset_reader(dataset, split, np.array([i for _, i in order], int))
   res = _score(ev, sizes, load, view, run.config.threshold)
   if not sharding.is_main():
     return []
@@ -491,14 +486,15 @@ def spectra(dataset, split, per_class, size, seed, out):
 def main(argv):
   inputs = argv[1:]
   sharding.initialize(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes, flags.FLAGS.process_id)
-  workdir = _WORKDIR.value
+  workdir = _F.workdir.value
   if not workdir and not _SPECTRUM.value:
     raise cli.UserError("--workdir RUN is needed for Grad-CAM and --list_layers (only --spectrum "
                         "runs without one)")
   if inputs and (_DATASET.value or _SPECTRUM.value):
     raise cli.UserError("name image files or --dataset, not both (--spectrum needs a dataset)")
   main_process = sharding.is_main()
-  run = evaluator.Run(workdir, _CHECKPOINT.value, batch_size=_BATCH.value, dtype=_DTYPE.value) if workdir else None
+  run = runs.Run(workdir, _F.checkpoint.value, batch_size=_BATCH.value, threads=_F.threads.value,
+                 dtype=_F.dtype.value) if workdir else None
   if _LIST.value:
     if main_process:
       print(layer_table(nnx.merge(run.model_def, run.state), run.config.data.image_size))
@@ -512,14 +508,13 @@ def main(argv):
   summary = {}
   if run:
     target = resolve_class(run.class_names, _CLASS.value)
-    ev, layer = gradcam_evaluator(run, _LAYER.value, target, _BATCH.value)
+    ev, layer = gradcam_evaluator(run, _LAYER.value, target, _BATCH.value, _F.threshold.value)
     view = run.view(_MODE.value, exact_sizes=True)  # Maps over the image's own pixels only.
     if inputs:
-      from fakejax import predict  # pylint: disable=g-import-not-at-top  (its folder listing)
-      rows = explain_images(run, ev, layer, view, predict.list_images(inputs), out, _ROWS.value)
+      rows = explain_images(run, ev, layer, view, datasets.list_images(inputs), out, per_png=_ROWS.value)
     else:
       rows = explain_dataset(run, ev, layer, view, open_dataset(dataset_name), _SPLIT.value,
-                             _PER_CLASS.value, out, _ROWS.value, _SEED.value)
+                             per_class=_PER_CLASS.value, out=out, per_png=_ROWS.value, seed=_SEED.value)
     summary["gradcam"] = {"layer": layer, "mode": view.mode, "class": _CLASS.value or "predicted",
                           "images": rows}
   if _SPECTRUM.value and main_process:

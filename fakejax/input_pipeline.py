@@ -22,6 +22,7 @@ import numpy as np
 
 from fakejax import augment
 from fakejax import cli
+from fakejax import runs
 from fakejax import sharding
 from fakejax.datasets import images
 from fakejax.datasets import reader
@@ -38,17 +39,6 @@ class Subset:
 
   def __getitem__(self, i):
     return self.source[int(self.indices[i])]
-
-
-def label_key(data_cfg):
-  """The record field used as the label: binary real/fake or the attribution class."""
-  if data_cfg.task not in ("binary", "attribution"):
-    raise cli.UserError(f"Unknown data.task {data_cfg.task!r}; known: binary, attribution")
-  return "label" if data_cfg.task == "binary" else "class_label"
-
-
-def num_classes(dataset, data_cfg):
-  return 2 if data_cfg.task == "binary" else len(dataset.class_names)
 
 
 def balance(indices, labels, seed):
@@ -92,15 +82,15 @@ def _held_out(dataset, data_cfg):
 
 
 def train_indices(dataset, data_cfg, split="train"):
-  """Record indices of the training subset the config asks for."""
-  idx = dataset.select(split, tuple(data_cfg.train_sources), tuple(data_cfg.train_categories),
-                       tuple(data_cfg.exclude_categories))
+  """Record indices of the training subset the config asks for (runs.records, less what
+  validation holds out, per-category subsets, class balance)."""
+  idx = runs.records(dataset, split, data_cfg)
   if split == "train":
     idx = idx[~_held_out(dataset, data_cfg)[idx]]
   if data_cfg.train_per_category:
     idx = per_group_subset(idx, dataset.index(split), data_cfg.train_per_category, data_cfg.seed)
   if data_cfg.balance:
-    idx = balance(idx, dataset.index(split)[label_key(data_cfg)][idx], data_cfg.seed)
+    idx = balance(idx, runs.Task.from_config(data_cfg, dataset).labels(dataset, split, idx), data_cfg.seed)
   return idx
 
 
@@ -179,8 +169,8 @@ def _flatten_patches(batch):
           "label": np.repeat(batch["label"], k), "index": np.repeat(batch["index"], k)}
 
 
-def make_train_iter(dataset, data_cfg, aug_cfg, global_batch, seed, process_index=None,
-                    process_count=None):
+def make_train_iter(dataset, data_cfg, aug_cfg, global_batch, seed, *, process_index=None,
+                    process_count=None, indices=None):
   """The training iterator (infinite, checkpointable).
 
   Args:
@@ -190,6 +180,7 @@ def make_train_iter(dataset, data_cfg, aug_cfg, global_batch, seed, process_inde
     global_batch: examples per step over all processes (patch mode: images).
     seed: shuffle and augmentation seed.
     process_index, process_count: this process and how many (default: jax's).
+    indices: the training records (default: train_indices).
 
   Returns:
     a grain DatasetIterator of process-local batches.
@@ -198,10 +189,12 @@ def make_train_iter(dataset, data_cfg, aug_cfg, global_batch, seed, process_inde
   proc = jax.process_index() if process_index is None else process_index
   if global_batch % nproc:
     raise cli.UserError(f"Global batch {global_batch} is not divisible by the {nproc} processes")
-  src = _Indexed(Subset(dataset.source("train"), train_indices(dataset, data_cfg)))
+  indices = train_indices(dataset, data_cfg) if indices is None else indices
+  src = _Indexed(Subset(dataset.source("train"), indices))
+  label_key = runs.Task.from_config(data_cfg, dataset).label_key
   ds = grain.MapDataset.source(src).seed(seed).shuffle().repeat()
   # Randomness from the global position, before this process takes its part of each batch.
-  ds = ds.random_map(TrainTransform(aug_cfg, data_cfg.image_size, label_key(data_cfg),
+  ds = ds.random_map(TrainTransform(aug_cfg, data_cfg.image_size, label_key,
                                     data_cfg.too_small, dataset.storage, data_cfg.patches_per_image,
                                     data_cfg.patch_size))
   local = global_batch // nproc

@@ -192,7 +192,7 @@ def to_uint8(x):
 # ---------------------------------------------------------------------------
 # The benchmark.
 # ---------------------------------------------------------------------------
-def generate(counts, size=64, seed=0, families=FAMILIES, pp="", gen_steps=GEN_STEPS, photos=None,
+def generate(counts, size=64, seed=0, families=FAMILIES, *, pp="", gen_steps=GEN_STEPS, photos=None,
              log=print, train_all=False):
   """Yields (split, dict(image=uint8, source, category, group, name)) of the photo benchmark.
 

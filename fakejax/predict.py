@@ -23,53 +23,28 @@ import tqdm
 
 from fakejax import augment
 from fakejax import cli
-from fakejax import evaluator
+from fakejax import datasets
+from fakejax import runs
+from fakejax import scoring
 from fakejax import sharding
 
 if __name__ == "__main__":
   # Defined only when this file is the program, so other modules can import its functions.
-  _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder written by fakejax.train.")
-  _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
-  _DTYPE = cli.define_dtype_flag()
+  _F = cli.define_scoring_flags("predict")
   _OUT = flags.DEFINE_string("out", "predictions.csv", "Output CSV.")
   _SORT_INTO = flags.DEFINE_string("sort_into", None, "Copy files into OUT/<predicted class>/.")
-  _MODE = flags.DEFINE_enum("mode", "auto", evaluator.MODES, "View and image-level decision rule.")
-  _PATCH = flags.DEFINE_integer("patch_size", 32, "Patch side for the patch modes.")
-  _K = flags.DEFINE_integer("k", 5, "Random patches per image in 'random' mode (odd).")
-  _THETA = flags.DEFINE_float("theta", 0.5, "Confidence margin of 'confident' mode.")
-  _THRESHOLD = flags.DEFINE_float("threshold", None, "p_fake threshold (default: the run's config).")
-  _TTA = flags.DEFINE_multi_string("tta", [], "Test-time copies: flip, rot=DEG, rand=RANGE:N.")
   _MAX_PIXELS = flags.DEFINE_integer("max_pixels", 1 << 28, "Larger images are refused (bombs).")
   _MAX_WHOLE = flags.DEFINE_integer("max_whole_pixels", 1 << 22, "'auto': larger images are judged "
                                     "by tiles of --tile px.")
   _TILE = flags.DEFINE_integer("tile", 1024, "Tile side of the 'tiles' view.")
-  _THREADS = flags.DEFINE_integer("threads", 0, "Image-decoding threads (default: the run's eval_threads, "
-                                  "0: one per core).")
-  _EXACT = flags.DEFINE_bool("exact_sizes", False, "Whole images: one compiled program per image "
-                             "size, no padding (default: padded to size buckets, see fakejax.evaluator).")
   cli.define_distributed_flags()
 
 COLUMNS = ("path", "p_fake", "label", "mode", "view", "n_patches", "error")
 
 
-def list_images(inputs):
-  """Files named directly, plus every file below named folders (sorted; hidden files skipped)."""
-  files = []
-  for p in inputs:
-    if os.path.isdir(p):
-      for dirpath, dirnames, filenames in os.walk(p):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        files += [os.path.join(dirpath, f) for f in sorted(filenames) if not f.startswith(".")]
-    elif os.path.exists(p):
-      files.append(p)
-    else:
-      raise FileNotFoundError(f"{p} does not exist")
-  return files
-
-
 def predict(run, files, view, threshold, copies=(augment.Copy(),), max_pixels=1 << 28):
   """Rows of the CSV for `files` (dicts with COLUMNS)."""
-  sizes, load = evaluator.file_reader(files, max_pixels)
+  sizes, load = scoring.file_reader(files, max_pixels)
   with tqdm.tqdm(total=len(files), desc="predict", unit="img", disable=not sharding.is_main()) as bar:
     res = run.evaluator.run(sizes, load, view, copies, threshold=threshold,
                             progress=lambda n: bar.update(n - bar.n))
@@ -98,12 +73,11 @@ def main(argv):
   if not inputs:
     raise cli.UserError("name at least one image or folder to score")
   sharding.initialize(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes, flags.FLAGS.process_id)
-  run = evaluator.Run(_WORKDIR.value, _CHECKPOINT.value, threads=_THREADS.value, dtype=_DTYPE.value)
-  view = run.view(_MODE.value, patch_size=_PATCH.value, k=_K.value, theta=_THETA.value,
-                  tile=_TILE.value, max_whole_pixels=_MAX_WHOLE.value, exact_sizes=_EXACT.value)
-  threshold = run.config.threshold if _THRESHOLD.value is None else _THRESHOLD.value
-  files = list_images(inputs)
-  rows = predict(run, files, view, threshold, augment.tta_copies(_TTA.value), _MAX_PIXELS.value)
+  run = runs.Run(_F.workdir.value, _F.checkpoint.value, threads=_F.threads.value, dtype=_F.dtype.value)
+  view = run.view(_F.mode.value, tile=_TILE.value, max_whole_pixels=_MAX_WHOLE.value, **cli.view_settings(_F))
+  threshold = cli.threshold(_F, run)
+  files = datasets.list_images(inputs)
+  rows = predict(run, files, view, threshold, augment.tta_copies(_F.tta.value), _MAX_PIXELS.value)
   scored = [r for r in rows if not r["error"]]
   if sharding.is_main():
     os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)

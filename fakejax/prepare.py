@@ -65,8 +65,9 @@ def main(argv):
     raise cli.UserError("--out is required")
   if _SYNTHETIC.value:
     counts = tuple(zip(datasets.SPLITS, map(int, _COUNTS.value)))
-    ds = datasets.synthetic_dataset(_OUT.value, _SIZE.value, counts, _SEED.value, tuple(_CATEGORIES.value),
-                                    synthetic.FAMILIES, _STORAGE.value, _WORKERS.value)
+    ds = datasets.synthetic_dataset(_OUT.value, _SIZE.value, counts, _SEED.value,
+                                    categories=tuple(_CATEGORIES.value), families=synthetic.FAMILIES,
+                                    storage=_STORAGE.value, workers=_WORKERS.value)
     print(f"synthetic benchmark: {ds.path} (splits: {', '.join(ds.splits)})")
     return
   if not _ROOT.value:
@@ -76,8 +77,10 @@ def main(argv):
   fractions = tuple(float(f) for f in _FRACTIONS.value)
   names = datasets.Names(tuple(_REAL_NAMES.value), tuple(_FAKE_NAMES.value), _TRAIN_SOURCE.value)
   ds, summary = datasets.prepare_folder(
-      _ROOT.value, _OUT.value, _LAYOUT.value, fractions, _SEED.value, _DEDUP.value, _MAX_PIXELS.value,
-      _MIN_SIZE.value, _STORAGE.value, _WORKERS.value, datasets.parse_pairs(_PAIR.value), names)
+      _ROOT.value, _OUT.value, layout=_LAYOUT.value, fractions=fractions, seed=_SEED.value,
+      dedup=_DEDUP.value, max_pixels=_MAX_PIXELS.value, min_size=_MIN_SIZE.value,
+      storage=_STORAGE.value, workers=_WORKERS.value, pairs=datasets.parse_pairs(_PAIR.value),
+      names=names)
   print(datasets.format_summary(summary))
   print(f"dataset: {ds.path}  (train with --config.data.dir={ds.path})")
 

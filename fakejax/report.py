@@ -5,15 +5,21 @@ import json
 import os
 
 from absl import logging
-import matplotlib
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-import numpy as np  # pylint: disable=g-import-not-at-top
-from sklearn import metrics as skm  # pylint: disable=g-import-not-at-top
-from tensorboardX import SummaryWriter as _TBWriter  # pylint: disable=g-import-not-at-top
+from matplotlib import colormaps
+from matplotlib import figure
+import numpy as np
+from sklearn import metrics as skm
+from tensorboardX import SummaryWriter as _TBWriter
 
-from fakejax import cli  # pylint: disable=g-import-not-at-top
-from fakejax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+from fakejax import cli
+from fakejax import metrics as metrics_lib
+
+
+def figure_and_axes(nrows=1, ncols=1, figsize=None, **kw):
+  """A matplotlib Figure and its axes, drawn without pyplot: no backend is set for the process
+  (importing this module changes nothing) and nothing global is left to close."""
+  fig = figure.Figure(figsize=figsize)
+  return fig, fig.subplots(nrows, ncols, **kw)
 
 
 class RunLog:
@@ -82,7 +88,7 @@ def plot_curves(metrics_path, out_png):
   rows = read_jsonl(metrics_path)
   train = [r for r in rows if r["kind"] == "train"]
   val = [r for r in rows if r["kind"] == "val"]
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  fig, axes = figure_and_axes(1, 2, figsize=(11, 4))
   axes[0].plot([r["step"] for r in train], [r["loss"] for r in train], lw=0.8, label="train loss")
   if val and "loss" in val[0]:
     axes[0].plot([r["step"] for r in val], [r["loss"] for r in val], "o-", label="val loss")
@@ -102,7 +108,6 @@ def plot_curves(metrics_path, out_png):
   fig.suptitle(os.path.basename(os.path.dirname(os.path.abspath(metrics_path))))
   fig.tight_layout()
   fig.savefig(out_png, dpi=90)
-  plt.close(fig)
 
 
 # ---------------------------------------------------------------------------
@@ -193,7 +198,7 @@ def plot_matrix(rows, out_png, title="", metrics=("accuracy", "real_acc", "fake_
   """Test sets x metrics heatmap with the numbers written in."""
   metrics = [m for m in metrics if any(m in r for r in rows)] or ["top1"]
   data = np.array([[r.get(m, np.nan) for m in metrics] for r in rows], float)
-  fig, ax = plt.subplots(figsize=(1.4 * len(metrics) + 3, 0.5 * len(rows) + 1.8))
+  fig, ax = figure_and_axes(figsize=(1.4 * len(metrics) + 3, 0.5 * len(rows) + 1.8))
   im = ax.imshow(data, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
   ax.set_xticks(range(len(metrics)), metrics)
   ax.set_yticks(range(len(rows)), [r["test_set"] for r in rows])
@@ -204,12 +209,11 @@ def plot_matrix(rows, out_png, title="", metrics=("accuracy", "real_acc", "fake_
   ax.set_title(title)
   fig.tight_layout()
   fig.savefig(out_png, dpi=90)
-  plt.close(fig)
 
 
 def plot_cross_matrix(matrix, train_names, test_names, out_png, metric="accuracy"):
   """The train-on-each x test-on-all matrix (rows: trained on, columns: tested on)."""
-  fig, ax = plt.subplots(figsize=(1.3 * len(test_names) + 2.5, 0.7 * len(train_names) + 2))
+  fig, ax = figure_and_axes(figsize=(1.3 * len(test_names) + 2.5, 0.7 * len(train_names) + 2))
   im = ax.imshow(matrix, vmin=0.5 if metric == "accuracy" else 0, vmax=1, cmap="RdYlGn")
   ax.set_xticks(range(len(test_names)), test_names, rotation=30, ha="right")
   ax.set_yticks(range(len(train_names)), train_names)
@@ -222,12 +226,11 @@ def plot_cross_matrix(matrix, train_names, test_names, out_png, metric="accuracy
   ax.set_title(f"cross-generator {metric}")
   fig.tight_layout()
   fig.savefig(out_png, dpi=90)
-  plt.close(fig)
 
 
 def plot_roc(curves, out_png):
   """ROC curve (fake = positive) of each test set."""
-  fig, ax = plt.subplots(figsize=(5.5, 5))
+  fig, ax = figure_and_axes(figsize=(5.5, 5))
   for name, (labels, scores) in curves.items():
     if len(set(np.asarray(labels).tolist())) < 2:
       continue
@@ -239,21 +242,20 @@ def plot_roc(curves, out_png):
   ax.legend(fontsize=8, loc="lower right")
   fig.tight_layout()
   fig.savefig(out_png, dpi=90)
-  plt.close(fig)
 
 
 def plot_patch_heatmaps(items, patch_size, out_png, class_names):
   """Each image with its per-patch p_fake (grid modes) or its patch boxes (random mode).
 
   Args:
-    items: [(title, uint8 image, evaluator.Result)].
+    items: [(title, uint8 image, scoring.Result)].
     patch_size: patch side.
     out_png: output file.
     class_names: the run's classes (p_fake = 1 - p(real)).
   """
   if not items:
     return
-  fig, axes = plt.subplots(1, len(items), figsize=(3.2 * len(items), 3.6), squeeze=False)
+  fig, axes = figure_and_axes(1, len(items), figsize=(3.2 * len(items), 3.6), squeeze=False)
   for ax, (title, img, res) in zip(axes[0], items):
     ax.imshow(img)
     p_fake = 1 - metrics_lib.softmax(np.asarray(res.patch_logits, np.float64))[:, 0]
@@ -270,7 +272,6 @@ def plot_patch_heatmaps(items, patch_size, out_png, class_names):
   fig.tight_layout(rect=(0, 0.05, 1, 1))
   fig.text(0.5, 0.01, "overlay: per-patch p(fake), red = fake, blue = real", ha="center", fontsize=9)
   fig.savefig(out_png, dpi=90)
-  plt.close(fig)
 
 
 def plot_confusion(confusion, class_names, out_png, title=""):
@@ -278,7 +279,7 @@ def plot_confusion(confusion, class_names, out_png, title=""):
   cm = np.asarray(confusion, np.float64)
   norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
   n = len(class_names)
-  fig, ax = plt.subplots(figsize=(0.9 * n + 2.8, 0.8 * n + 2.2))
+  fig, ax = figure_and_axes(figsize=(0.9 * n + 2.8, 0.8 * n + 2.2))
   im = ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
   ax.set_xticks(range(n), class_names, rotation=30, ha="right")
   ax.set_yticks(range(n), class_names)
@@ -292,7 +293,6 @@ def plot_confusion(confusion, class_names, out_png, title=""):
   ax.set_title(title or "confusion matrix")
   fig.tight_layout()
   fig.savefig(out_png, dpi=90)
-  plt.close(fig)
 
 
 STRENGTH_LABELS = {"jpeg": "JPEG quality", "blur": "blur sigma (px)", "resize": "resize factor",
@@ -306,10 +306,10 @@ def plot_robustness(plain, perturbed, out_png):
   """
   kinds = list(dict.fromkeys(r["perturbation"] for r in perturbed))
   metrics = [m for m in ("accuracy", "ap") if any(m in r for r in perturbed)] or ["top1"]
-  fig, axes = plt.subplots(len(metrics), len(kinds), figsize=(4 * len(kinds), 3.3 * len(metrics)),
+  fig, axes = figure_and_axes(len(metrics), len(kinds), figsize=(4 * len(kinds), 3.3 * len(metrics)),
                            squeeze=False)
   sets = list(dict.fromkeys(r["test_set"] for r in perturbed))
-  colours = plt.cm.tab10(np.arange(len(sets)) % 10)
+  colours = colormaps["tab10"](np.arange(len(sets)) % 10)
   for col, kind in enumerate(kinds):
     for row, m in enumerate(metrics):
       ax = axes[row, col]
@@ -331,7 +331,6 @@ def plot_robustness(plain, perturbed, out_png):
   fig.text(0.5, 0.005, "dotted: unperturbed", ha="center", fontsize=8)
   fig.tight_layout(rect=(0, 0.03, 1, 1))
   fig.savefig(out_png, dpi=90)
-  plt.close(fig)
 
 
 # ---------------------------------------------------------------------------
@@ -347,7 +346,7 @@ def plot_gradcam_grid(rows, out_png, title=""):
   """
   if not rows:
     return
-  fig, axes = plt.subplots(len(rows), 3, figsize=(8.4, 2.7 * len(rows) + 0.4), squeeze=False)
+  fig, axes = figure_and_axes(len(rows), 3, figsize=(8.4, 2.7 * len(rows) + 0.4), squeeze=False)
   for ax_row, (text, img, cam, over) in zip(axes, rows):
     ax_row[0].imshow(img, interpolation="nearest")
     ax_row[0].set_title(text, fontsize=7, loc="left")
@@ -362,7 +361,6 @@ def plot_gradcam_grid(rows, out_png, title=""):
   fig.suptitle(title, fontsize=10)
   fig.tight_layout()
   fig.savefig(out_png, dpi=90)
-  plt.close(fig)
 
 
 def plot_class_maps(maps, out_png, title=""):
@@ -376,7 +374,7 @@ def plot_class_maps(maps, out_png, title=""):
   """
   n = len(maps)
   rows = 2 if n > 1 else 1
-  fig, axes = plt.subplots(rows, n, figsize=(2.6 * n + 0.8, 2.6 * rows + 0.6), squeeze=False)
+  fig, axes = figure_and_axes(rows, n, figsize=(2.6 * n + 0.8, 2.6 * rows + 0.6), squeeze=False)
   top = max(float(np.max(m)) for _, m, _ in maps) or 1.0
   overall = np.mean([m for _, m, _ in maps], 0)
   diff = max(float(np.max(np.abs(m - overall))) for _, m, _ in maps) or 1.0
@@ -395,7 +393,6 @@ def plot_class_maps(maps, out_png, title=""):
     fig.colorbar(im2, ax=axes[1, :].tolist(), fraction=0.02, pad=0.01)
   fig.suptitle(title, fontsize=10)
   fig.savefig(out_png, dpi=90, bbox_inches="tight")
-  plt.close(fig)
 
 
 def plot_spectra(spectra, freqs, out_png, title="", reference="real"):
@@ -416,7 +413,7 @@ def plot_spectra(spectra, freqs, out_png, title="", reference="real"):
   wrap = lambda s: np.concatenate([np.concatenate([s, s[:1]], 0), np.concatenate([s, s[:1]], 0)[:, :1]], 1)
   ref = next((s for c, s, _ in spectra if c == reference), None)
   rows = 2 if ref is not None and n > 1 else 1
-  fig, axes = plt.subplots(rows, n, figsize=(2.7 * n + 0.8, 2.7 * rows + 0.6), squeeze=False)
+  fig, axes = figure_and_axes(rows, n, figsize=(2.7 * n + 0.8, 2.7 * rows + 0.6), squeeze=False)
   d = freqs[1] - freqs[0]
   extent = (freqs[0] - d / 2, 0.5 + d / 2, 0.5 + d / 2, freqs[0] - d / 2)
   centre = len(freqs) // 2
@@ -444,7 +441,6 @@ def plot_spectra(spectra, freqs, out_png, title="", reference="real"):
     fig.colorbar(im2, ax=axes[1, :].tolist(), fraction=0.02, pad=0.01, label=f"dB above {reference}")
   fig.suptitle(title, fontsize=10)
   fig.savefig(out_png, dpi=90, bbox_inches="tight")
-  plt.close(fig)
 
 
 def plot_spectrum_profiles(profiles, out_png, title=""):
@@ -455,7 +451,7 @@ def plot_spectrum_profiles(profiles, out_png, title=""):
     out_png: output file.
     title: figure title.
   """
-  fig, ax = plt.subplots(figsize=(6, 4))
+  fig, ax = figure_and_axes(figsize=(6, 4))
   for name, r, p in profiles:
     ax.plot(r[1:], p[1:], lw=1.2, label=name)  # Radius 0 is the residual's ~0 DC.
   ax.axvline(0.5, color="k", ls=":", lw=0.8)
@@ -465,4 +461,3 @@ def plot_spectrum_profiles(profiles, out_png, title=""):
   ax.set_title(title, fontsize=9)
   fig.tight_layout()
   fig.savefig(out_png, dpi=90)
-  plt.close(fig)

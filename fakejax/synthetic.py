@@ -253,8 +253,9 @@ def _family(name, seed):
   return Family(name, seed)
 
 
-def generate_one(split_counts, size, seed, families, split, category, i):
-  """The i-th real image of a split and category, then its fake from each family.
+def generate_one(split_counts, size, seed, families, item):
+  """The i-th real image of a split and category (`item` = (split, category, i)), then its fake
+  from each family.
 
   Each real image has its own seed, so any image can be made alone (in any process).
 
@@ -263,6 +264,7 @@ def generate_one(split_counts, size, seed, families, split, category, i):
   """
   if size % 2:
     raise cli.UserError(f"synthetic image size must be even, got {size}")
+  split, category, i = item
   s_idx = sorted(split_counts).index(split)
   rng = np.random.default_rng([seed, s_idx, CATEGORIES.index(category), i])
   real = real_image(rng, size, category)
@@ -291,5 +293,5 @@ def generate(split_counts, size=64, seed=0, categories=DEFAULT_CATEGORIES, famil
   for split, count in sorted(split_counts.items()):
     for cat in categories:
       for i in range(count):
-        for ex in generate_one(split_counts, size, seed, tuple(families), split, cat, i):
+        for ex in generate_one(split_counts, size, seed, tuple(families), (split, cat, i)):
           yield split, ex

@@ -10,6 +10,7 @@ after it is measured; the image trees are kept for reruns (--keep_trees=false de
 Results: docs/performance.md ("Prepare: memory at any size").
 """
 
+import argparse
 import json
 import multiprocessing
 import os
@@ -18,17 +19,20 @@ import subprocess
 import sys
 import time
 
-from absl import app
-from absl import flags
 import numpy as np
 from PIL import Image
 
-_SIZES = flags.DEFINE_list("sizes", ["10000", "100000"], "Numbers of images.")
-_STORAGES = flags.DEFINE_list("storages", ["raw", "png"], "Storages to build.")
-_WORK = flags.DEFINE_string("work", "/tmp/bench_prepare", "Scratch folder (trees and builds).")
-_SIDE = flags.DEFINE_integer("side", 256, "Image side.")
-_WORKERS = flags.DEFINE_integer("workers", 0, "prepare --workers (0: its default, every core).")
-_KEEP = flags.DEFINE_bool("keep_trees", True, "Keep the generated image trees.")
+
+def flags():
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--sizes", default="10000,100000", help="Numbers of images, comma-separated.")
+  p.add_argument("--storages", default="raw,png", help="Storages to build, comma-separated.")
+  p.add_argument("--work", default="/tmp/bench_prepare", help="Scratch folder (trees and builds).")
+  p.add_argument("--side", type=int, default=256, help="Image side.")
+  p.add_argument("--workers", type=int, default=0, help="prepare --workers (0: its default, every core).")
+  p.add_argument("--keep_trees", type=int, default=1, help="Keep the generated image trees (1) or not (0).")
+  return p
 
 
 def _image(i, side):
@@ -77,23 +81,23 @@ def measure(tree, out, storage, workers):
   return usage.ru_maxrss / 1024, seconds, summary
 
 
-def main(argv):
-  del argv
+def main(argv=None):
+  args = flags().parse_args(argv)
   rows = []
-  for n in map(int, _SIZES.value):
-    tree = os.path.join(_WORK.value, f"tree_{n}_{_SIDE.value}px")
+  for n in map(int, args.sizes.split(",")):
+    tree = os.path.join(args.work, f"tree_{n}_{args.side}px")
     t0 = time.perf_counter()
-    make_tree(tree, n, _SIDE.value)
+    make_tree(tree, n, args.side)
     print(f"tree of {n} images ready ({time.perf_counter() - t0:.0f} s)", flush=True)
-    for storage in _STORAGES.value:
-      rss, seconds, summary = measure(tree, os.path.join(_WORK.value, "out"), storage, _WORKERS.value)
+    for storage in args.storages.split(","):
+      rss, seconds, summary = measure(tree, os.path.join(args.work, "out"), storage, args.workers)
       sp = summary["speed"]
       row = {"images": n, "storage": storage, "peak_rss_MiB": round(rss), "wall_s": round(seconds, 1),
              "build_images_per_s": round(sp["images_per_s"]), "workers": sp["workers"],
              "GiB_on_disk": round(sp["bytes_on_disk"] / 2**30, 2)}
       rows.append(row)
       print(json.dumps(row), flush=True)
-    if not _KEEP.value:
+    if not args.keep_trees:
       shutil.rmtree(tree)
   print("images | storage | peak RSS MiB | build img/s | workers | wall s | GiB on disk")
   for r in rows:
@@ -102,4 +106,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  main()

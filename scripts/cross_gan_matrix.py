@@ -10,72 +10,78 @@ its train split (data.photo.train_all). On a 2-core CPU with the quick config: a
 per synthetic family.
 """
 
+import argparse
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
 
-from absl import flags  # pylint: disable=g-import-not-at-top
-import numpy as np  # pylint: disable=g-import-not-at-top
-
-from fakejax import cli  # pylint: disable=g-import-not-at-top
-from fakejax import datasets  # pylint: disable=g-import-not-at-top
-from fakejax import defaults  # pylint: disable=g-import-not-at-top
-from fakejax import evaluate  # pylint: disable=g-import-not-at-top
-from fakejax import evaluator  # pylint: disable=g-import-not-at-top
-from fakejax import report  # pylint: disable=g-import-not-at-top
-from fakejax import train  # pylint: disable=g-import-not-at-top
-
-_CONFIG = flags.DEFINE_string("config", "configs/quick.py", "Config file of every run.")
-_DATA = flags.DEFINE_enum("data", "synthetic", ["synthetic", "photo"], "The embedded benchmark.")
-_OUT = flags.DEFINE_string("out", "runs/cross_gan", "Output folder.")
-_METRIC = flags.DEFINE_string("metric", "accuracy", "Metric shown in the matrix.")
+from fakejax import cli
+from fakejax import datasets
+from fakejax import defaults
+from fakejax import report
+from fakejax import runs
+from fakejax import studies
+from fakejax import training
 
 
-def family_config(fam):
+def flags():
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--config", default="configs/quick.py", help="Config file of every run.")
+  p.add_argument("--data", default="synthetic", choices=("synthetic", "photo"), help="The embedded benchmark.")
+  p.add_argument("--out", default="runs/cross_gan", help="Output folder.")
+  p.add_argument("--metric", default="accuracy", help="Metric shown in the matrix.")
+  return p
+
+
+def family_config(args, fam):
   """The config of the run trained on `fam` (its fakes and the reals they pair with)."""
-  config = defaults.from_file(_CONFIG.value)
-  if _DATA.value == "photo":
+  config = defaults.from_file(args.config)
+  if args.data == "photo":
     config.data.dir = "photo"
     config.data.photo.train_all = True
   config.data.train_sources = (fam,)
   return config
 
 
-def main(argv):
-  del argv
-  base = family_config("")
-  families = list(base.data.photo.families if _DATA.value == "photo" else base.data.synthetic.families)
-  matrix = np.zeros((len(families), len(families)))
-  rows = {}
-  for i, fam in enumerate(families):
-    config = family_config(fam)
-    workdir = os.path.join(_OUT.value, fam)
-    train.train_and_evaluate(config, workdir)
-    run = evaluator.Run(workdir)
-    ds = datasets.open_dataset(config.data)
-    sets = [(ds, name, idx) for name, idx in ds.test_sets("test", "source")]
-    table, _, _ = evaluate.evaluate(run, sets, run.view("full"), "test", threshold=config.threshold,
-                                    show_progress=False)
-    rows[fam] = {r["test_set"]: r for r in table}
-    for name, r in rows[fam].items():
-      matrix[i, families.index(name)] = r[_METRIC.value]
-  os.makedirs(_OUT.value, exist_ok=True)
-  report.plot_cross_matrix(matrix, families, families, os.path.join(_OUT.value, "matrix.png"),
-                           _METRIC.value)
-  with open(os.path.join(_OUT.value, "matrix.json"), "w") as f:
-    json.dump({"families": families, "metric": _METRIC.value, "matrix": matrix.tolist(),
-               "config": _CONFIG.value, "data": _DATA.value, "rows": rows}, f, indent=2)
-  md = [f"{_METRIC.value} (rows: trained on, columns: tested on)", "",
+def matrix_md(matrix, families, metric):
+  md = [f"{metric} (rows: trained on, columns: tested on)", "",
         "| trained on | " + " | ".join(families) + " | mean unseen |", "|---" * (len(families) + 2) + "|"]
   for i, fam in enumerate(families):
     unseen = np.mean([matrix[i, j] for j in range(len(families)) if j != i])
     md.append(f"| {fam} | " + " | ".join(f"{v:.3f}" for v in matrix[i]) + f" | {unseen:.3f} |")
-  with open(os.path.join(_OUT.value, "matrix.md"), "w") as f:
-    f.write("\n".join(md) + "\n")
-  print("\n".join(md))
+  return "\n".join(md) + "\n"
+
+
+def main(argv=None):
+  args = flags().parse_args(argv)
+  cli.set_process_defaults()
+  base = family_config(args, "")
+  families = list(base.data.photo.families if args.data == "photo" else base.data.synthetic.families)
+  matrix = np.zeros((len(families), len(families)))
+  rows = {}
+  for i, fam in enumerate(families):
+    config = family_config(args, fam)
+    workdir = os.path.join(args.out, fam)
+    training.train_and_evaluate(config, workdir)
+    run = runs.Run(workdir)
+    ds = datasets.open_dataset(config.data)
+    sets = [(ds, name, idx) for name, idx in ds.test_sets("test", "source")]
+    table, _, _ = run.protocol(sets, run.view("full"), "test")
+    rows[fam] = {r["test_set"]: r for r in table}
+    for name, r in rows[fam].items():
+      matrix[i, families.index(name)] = r[args.metric]
+  os.makedirs(args.out, exist_ok=True)
+  report.plot_cross_matrix(matrix, families, families, os.path.join(args.out, "matrix.png"), args.metric)
+  with open(os.path.join(args.out, "matrix.json"), "w") as f:
+    json.dump({"families": families, "metric": args.metric, "matrix": matrix.tolist(),
+               "config": args.config, "data": args.data, "rows": rows}, f, indent=2)
+  md = matrix_md(matrix, families, args.metric)
+  with open(os.path.join(args.out, "matrix.md"), "w") as f:
+    f.write(md)
+  print(md)
 
 
 if __name__ == "__main__":
-  cli.run(main)
+  studies.entry(main)

@@ -16,7 +16,8 @@ and leaderboard.png.
 
 The recipes (their configs, at the benchmark's size):
   xception         the seeds' Xception (configs/quick.py's narrow one at CPU size)
-  cnndet_p0.5      CNNDetection (Wang et al. 2020): ResNet-50, blur + JPEG each with p 0.5
+  cnndet_p0.5      CNNDetection (Wang et al. 2020; configs/cnndetection.py): ResNet-50, blur + JPEG
+                   each with p 0.5
   cnndet_p0.1      the same with p 0.1
   patch_xception   Xception on 32 px patches, majority vote over the grid (Chai et al. 2020)
   deepfd           DeepFD: contrastive D1, then D2 (configs/deepfd.py)
@@ -33,24 +34,24 @@ At CPU size (no --data) every neural recipe trains --steps steps (default 500) o
 64 px with its own model, input, augmentation, loss and optimiser; the from-scratch ResNet-50 and
 Xception are narrowed (model.width 0.25) like the studies' runs, NPR's and SAFE's networks are
 used whole (1.44M parameters); CNNDetection starts from scratch here (theirs from ImageNet) with
-Adam 1e-3 instead of their 1e-4; SAFE's lr follows its rule, 1e-2 x batch / 256. Everything is
+two logits and Adam 1e-3 instead of their one and 1e-4 (configs/cnndetection.py:0.5_cpu); SAFE's
+lr follows its rule, 1e-2 x batch / 256. Everything is
 scored with the 'full' view (the 64 px image).
 """
 
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import numpy as np  # pylint: disable=g-import-not-at-top
-from sklearn.linear_model import LogisticRegression  # pylint: disable=g-import-not-at-top
+import numpy as np
+from sklearn.linear_model import LogisticRegression
 
-import study_common as sc  # pylint: disable=g-import-not-at-top
-from fakejax import cli  # pylint: disable=g-import-not-at-top
-from fakejax import defaults  # pylint: disable=g-import-not-at-top
-from fakejax import evaluate  # pylint: disable=g-import-not-at-top
-from fakejax import explain  # pylint: disable=g-import-not-at-top
-from fakejax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+from fakejax import runs
+from fakejax import studies as sc
+from fakejax import cli
+from fakejax import defaults
+from fakejax import explain
+from fakejax import metrics as metrics_lib
+from fakejax import scoring
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 RECIPES = ("xception", "cnndet_p0.5", "cnndet_p0.1", "patch_xception", "deepfd", "npr", "safe", "safe_vote",
@@ -78,11 +79,7 @@ def recipe_config(name, base, args):
   if name == "xception":
     c = base.copy_and_resolve_references()
   elif name.startswith("cnndet_p"):
-    c = _from_file("resnet50.py")
-    p = float(name[len("cnndet_p"):])
-    c.aug.blur_prob, c.aug.jpg_prob = p, p
-    c.aug.blur_sig, c.aug.jpg_qual = (0.0, 3.0), (30, 100)
-    c.optim.name, c.optim.lr, c.optim.schedule = "adam", 1e-3, "constant"
+    c = _from_file("cnndetection.py", f"{name[len('cnndet_p'):]}_cpu")
   elif name == "patch_xception":
     c = _from_file("patch_xception.py")
   elif name == "deepfd":
@@ -138,7 +135,7 @@ def neural_scores(study, recipe, base, args, source, seed, dataset, sets):
   """Trains (or reuses) one recipe's run: ({set: (labels, p_fake)}, p_fake of the val reals)."""
   trained = "safe" if recipe == "safe_vote" else recipe  # Scored otherwise, trained the same.
   config = recipe_config(trained, base, args)
-  run = sc.evaluator.Run(study.train(config, f"{trained}_{source}", seed))
+  run = runs.Run(study.train(config, f"{trained}_{source}", seed))
   if recipe == "patch_xception":
     view = run.view("grid", patch_size=config.data.patch_size)
   elif recipe == "safe_vote":
@@ -147,8 +144,7 @@ def neural_scores(study, recipe, base, args, source, seed, dataset, sets):
     view = run.view("full")
   res = sc.forward_sets(run, dataset, sets, view)
   reals = sc.forward_sets(run, dataset, [("val reals", val_reals(dataset))], view, split="val")["val reals"][0]
-  p_fake = lambda results: np.array([r.score for r in results], np.float64)
-  return {name: (labels, p_fake(results)) for name, (results, labels) in res.items()}, p_fake(reals)
+  return {name: (labels, runs.p_fake(results)) for name, (results, labels) in res.items()}, runs.p_fake(reals)
 
 
 def main(argv=None):
@@ -183,16 +179,16 @@ def main(argv=None):
           scored[recipe, seed] = ({g: (parts[0][0][g][0], (parts[0][0][g][1] + parts[1][0][g][1]) / 2)
                                    for g in gens}, (parts[0][1] + parts[1][1]) / 2)
         elif recipe == "spectral":
-          from fakejax import input_pipeline  # pylint: disable=g-import-not-at-top
+          from fakejax import input_pipeline
           tr = input_pipeline.train_indices(dataset, base.data)
           tr = np.random.default_rng(seed).permutation(tr)[:sc.sizes(args, 2000, 16)]
           scored[recipe, seed] = spectral_scores(dataset, tr, sets, base.data.image_size)
         else:
           scored[recipe, seed] = neural_scores(study, recipe, base, args, source, seed, dataset, sets)
         by_set, reals_p = scored[recipe, seed]
-        t = metrics_lib.threshold_from_reals(reals_p, TARGET_REAL_ACC)
+        t, _ = scoring.reals_threshold(reals_p, TARGET_REAL_ACC)
         rows = {g: {"test_set": g, **metrics_lib.binary(lab, p, 0.5)} for g, (lab, p) in by_set.items()}
-        evaluate.add_calibrated(rows.values(), by_set, t)  # cal_* at t, as evaluate --calibrate.
+        scoring.add_calibrated(rows.values(), by_set, t)  # cal_* at t, as evaluate --calibrate.
         study.add_rows(rows, {"mean unseen": unseen} if unseen else None, recipe=recipe, family=source,
                        seed=seed, threshold=t)
     header = ["recipe"] + [f"{g}{' (trained)' if g == source else ''} acc / AP" for g in gens] + [

@@ -33,13 +33,13 @@ def cnndetection(out, size, n_train, n_test, seed):
   for split in ("train", "val"):
     for cat in cats:
       for i in range(counts[split]):
-        real, fake = synthetic.generate_one(counts, size, seed, ("tconv",), split, cat, i)
+        real, fake = synthetic.generate_one(counts, size, seed, ("tconv",), (split, cat, i))
         _save(f"{out}/{split}/{cat}/0_real/{i:05d}.png", real["image"])
         _save(f"{out}/{split}/{cat}/1_fake/{i:05d}.png", fake["image"])
   for g, (family, name) in enumerate(NAMES.items()):
     for cat in cats:
       for i in range(g * n_test, (g + 1) * n_test):  # Each generator gets reals of its own.
-        real, fake = synthetic.generate_one(counts, size, seed, (family,), "test", cat, i)
+        real, fake = synthetic.generate_one(counts, size, seed, (family,), ("test", cat, i))
         where = f"{out}/test/{name}/{cat}" if name in NESTED else f"{out}/test/{name}"
         _save(f"{where}/0_real/{cat}_{i:05d}.png", real["image"])
         _save(f"{where}/1_fake/{cat}_{i:05d}.png", fake["image"])

@@ -21,13 +21,12 @@ steps, stage 2 150), trained on 'tconv'. About 15 minutes on a 2-core CPU.
 """
 
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import study_common as sc  # pylint: disable=g-import-not-at-top
-from fakejax import cli  # pylint: disable=g-import-not-at-top
-from fakejax import defaults  # pylint: disable=g-import-not-at-top
+from fakejax import runs
+from fakejax import studies as sc
+from fakejax import cli
+from fakejax import defaults
 
 CONDITIONS = ("contrastive + frozen D1", "cross-entropy only", "random frozen D1")
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "deepfd.py")
@@ -83,7 +82,7 @@ def main(argv=None):
 
   for seed in study.seeds:
     for cond in conditions:
-      run = sc.evaluator.Run(study.train(condition_config(config, cond, stage1, stage2), cond.split()[0], seed))
+      run = runs.Run(study.train(condition_config(config, cond, stage1, stage2), cond.split()[0], seed))
       rows = sc.score(run, dataset, sets, run.view("full"))
       study.add_rows({"seen" if n == source else n: r for n, r in rows.items()},
                      {"unseen": others} if others else None, seed=seed, condition=cond)

@@ -25,15 +25,14 @@ Adam 1e-3, 50 epochs (the study's settings). About 25 minutes on a 2-core CPU.
 """
 
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import numpy as np  # pylint: disable=g-import-not-at-top
+import numpy as np
 
-import study_common as sc  # pylint: disable=g-import-not-at-top
-from fakejax import cli  # pylint: disable=g-import-not-at-top
-from fakejax import synthetic  # pylint: disable=g-import-not-at-top
+from fakejax import runs
+from fakejax import studies as sc
+from fakejax import cli
+from fakejax import synthetic
 
 GPU = {"data.image_size": 256, "batch_size": 64, "num_epochs": 50, "optim.lr": 1e-3}
 METRICS = ("accuracy", "ap")
@@ -103,7 +102,7 @@ def main(argv=None):
     c.data.train_categories = tuple(order[:n])
     c.data.train_per_category = per_category // n
     workdir = study.train(c, f"{part}_n{n}_d{dropout:g}", seed)
-    run = sc.evaluator.Run(workdir)
+    run = runs.Run(workdir)
     sets = [sc.test_set(dataset, "test", "unseen content", (source,), (held,)),
             sc.test_set(dataset, "test", "seen content", (source,), order[:n])]
     sets += [sc.test_set(dataset, "test", g, (g,), order[:n]) for g in unseen_gens]

@@ -32,15 +32,14 @@ full Xception at 256 px, patches 128/64/32/16, 30 epochs. About 20 minutes on a 
 """
 
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import numpy as np  # pylint: disable=g-import-not-at-top
+import numpy as np
 
-import study_common as sc  # pylint: disable=g-import-not-at-top
-from fakejax import cli  # pylint: disable=g-import-not-at-top
-from fakejax import report  # pylint: disable=g-import-not-at-top
+from fakejax import runs
+from fakejax import studies as sc
+from fakejax import cli
+from fakejax import report
 
 GPU = {"data.image_size": 256, "batch_size": 64, "num_epochs": 30, "optim.lr": 1e-3}
 SETS = ("seen", "unseen content", "unseen generators")
@@ -135,7 +134,7 @@ def main(argv=None):
       keys = dict(seed=seed, P=p, held_out=held)
       for step, ind in indicator_rows(workdir):
         study.add(**keys, table="val", step=step, **ind)
-      run = sc.evaluator.Run(workdir)
+      run = runs.Run(workdir)
       for step in sc.eval_steps(workdir):
         sc.load_step(run, step)
         for rule, rows in score_checkpoint(run, dataset, sets, p, size, ks, thetas).items():

@@ -30,13 +30,12 @@ minutes on a 2-core CPU.
 """
 
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import study_common as sc  # pylint: disable=g-import-not-at-top
-from fakejax import augment  # pylint: disable=g-import-not-at-top
-from fakejax import cli  # pylint: disable=g-import-not-at-top
+from fakejax import runs
+from fakejax import studies as sc
+from fakejax import augment
+from fakejax import cli
 
 GPU = {"batch_size": 32, "num_epochs": 30}
 OPTIM = {"xception": {"optim.name": "adam", "optim.lr": 1e-2, "optim.end_lr": 1e-4, "optim.schedule": "exponential"},
@@ -107,7 +106,7 @@ def main(argv=None):
   for seed in study.seeds:
     for model in models:
       for cond in conditions:
-        run = sc.evaluator.Run(study.train(condition_config(config, model, cond, native, low), f"{model}_{cond}", seed))
+        run = runs.Run(study.train(condition_config(config, model, cond, native, low), f"{model}_{cond}", seed))
         view = run.view("full")
         keys = dict(seed=seed, model=model, condition=cond)
         study.add_rows({"seen" if n == source else n: r for n, r in sc.score(run, dataset, sets, view).items()},

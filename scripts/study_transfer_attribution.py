@@ -32,19 +32,20 @@ The synthetic default: 64-px images of the benchmark's 3 default categories, wid
 steps on all 4 generators. About 25 minutes on a 2-core CPU.
 """
 
+import functools
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import numpy as np  # pylint: disable=g-import-not-at-top
+import numpy as np
 
-import study_common as sc  # pylint: disable=g-import-not-at-top
-from fakejax import cli  # pylint: disable=g-import-not-at-top
-from fakejax import datasets  # pylint: disable=g-import-not-at-top
-from fakejax import explain  # pylint: disable=g-import-not-at-top
-from fakejax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
-from fakejax import report  # pylint: disable=g-import-not-at-top
+from fakejax import runs
+from fakejax import studies as sc
+from fakejax import cli
+from fakejax import datasets
+from fakejax import defaults
+from fakejax import explain
+from fakejax import metrics as metrics_lib
+from fakejax import report
 
 GPU = {"data.image_size": 224, "batch_size": 64, "num_epochs": 20, "optim.lr": 1e-3, "model.dropout": 0.0}
 FULL = {"model.width": 1.0, "model.middle_blocks": 8}  # Pretrained weights need the published shape.
@@ -67,6 +68,12 @@ def flags():
   p.add_argument("--gradcam_per_class", type=int, default=0, help="Test images per class for the "
                  "mean maps (default 48; --quick 2).")
   return p
+
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+# What part (b) takes of configs/attribution.py; the model, sizes and steps are the study's.
+ATTRIBUTION_KEYS = ("data.task", "data.train_sources", "data.balance", "best_metric", "model.dropout",
+                    "optim.name", "optim.lr", "optim.end_lr", "optim.schedule")
 
 
 def transfer_config(base, model, transfer, weights):
@@ -110,7 +117,7 @@ def main(argv=None):
     for seed in study.seeds:
       for model, transfer in pairs:
         c = transfer_config(config, model, transfer, weights.get(model))
-        run = sc.evaluator.Run(study.train(c, f"a_{model}_{transfer}", seed))
+        run = runs.Run(study.train(c, f"a_{model}_{transfer}", seed))
         rows = sc.score(run, dataset, sets, run.view("full"))
         study.add_rows(rows, {"unseen generators": others} if others else None, part="a", seed=seed,
                        model=f"{model} {transfer}", start="weights" if model in weights else "scratch")
@@ -141,16 +148,13 @@ def main(argv=None):
   # --- (b) attribution --------------------------------------------------------------------------
   attr_runs = {}
   if "b" in parts or "c" in parts:
+    # The recipe's task, loss and schedule keys from configs/attribution.py, at the study's size.
+    recipe = defaults.from_file(os.path.join(CONFIGS, "attribution.py"))
     ac = config.copy_and_resolve_references()
     if args.attribution_data:
       ac.data.dir = args.attribution_data
-    ac.data.task = "attribution"
-    ac.data.train_sources = ()
+    sc.set_keys(ac, {k: functools.reduce(lambda node, key: node[key], k.split("."), recipe) for k in ATTRIBUTION_KEYS})
     ac.data.photo.train_all = ac.data.dir == "photo"  # Every family in train, not only the first.
-    ac.data.balance = True
-    ac.best_metric = "top1"
-    ac.model.dropout = 0.0
-    ac.optim.lr, ac.optim.end_lr, ac.optim.schedule = 1e-2, 1e-4, "exponential"  # configs/attribution.py
     if not args.data and not args.attribution_data:
       ac.total_steps = sc.sizes(args, 150, 2)
       ac.eval_every_steps = sc.sizes(args, 50, 2)
@@ -167,10 +171,11 @@ def main(argv=None):
         if model in weights:
           sc.set_keys(c, FULL)
           c.model.init_from = weights[model]
-          c.optim.lr, c.optim.end_lr = 1e-3, 1e-5  # configs/attribution.py:imagenet
+          imagenet = defaults.from_file(os.path.join(CONFIGS, "attribution.py"), "imagenet")
+          c.optim.lr, c.optim.end_lr = imagenet.optim.lr, imagenet.optim.end_lr
         workdir = study.train(c, f"b_{model}", seed)
         attr_runs[(model, seed)] = workdir
-        run = sc.evaluator.Run(workdir)
+        run = runs.Run(workdir)
         rows = sc.score(run, adata, [("all", adata.select("test"))], run.view("full"))
         row = rows["all"]
         study.add(part="b", seed=seed, model=model, set="all", top1=row["top1"], confusion=row["confusion"],
@@ -202,13 +207,13 @@ def main(argv=None):
 
   # --- (c) Grad-CAM per class ---------------------------------------------------------------------
   if "c" in parts:
-    run = sc.evaluator.Run(attr_runs[("xception", 0)])
+    run = runs.Run(attr_runs[("xception", 0)])
     ev, layer = explain.gradcam_evaluator(run, args.gradcam_layer or None)
     out = os.path.join(study.out, "gradcam")
     os.makedirs(out, exist_ok=True)
     n = args.gradcam_per_class or sc.sizes(args, 48, 2)
     explain.explain_dataset(run, ev, layer, run.view("full"), datasets.Dataset(run.info["dataset"]), "test",
-                            n, out, per_png=4)
+                            per_class=n, out=out, per_png=4)
     with np.load(os.path.join(out, "gradcam_mean.npz")) as z:
       classes, maps = [str(c) for c in z["classes"]], z["maps"]
       layer_maps = z["layer_maps"] if "layer_maps" in z.files else None

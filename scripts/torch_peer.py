@@ -50,16 +50,16 @@ def parse_case(spec):
 def build(torch, name):
   """(model with `outputs` logits, outputs) of a MODEL name."""
   if name in ("resnet50", "resnet101", "mobilenet_v2"):
-    import torchvision  # pylint: disable=g-import-not-at-top
+    import torchvision
     return getattr(torchvision.models, name)(num_classes=2), 2
   if name == "npr":
-    import torchvision  # pylint: disable=g-import-not-at-top
-    from scripts import torch_nets  # pylint: disable=g-import-not-at-top
+    import torchvision
+    from scripts import torch_nets
     return torch_nets.truncated_resnet50(torch, torchvision, torch_nets.npr_front(torch), 1), 1
   if name == "xception":
-    import timm  # pylint: disable=g-import-not-at-top
+    import timm
     return timm.create_model("legacy_xception", num_classes=2, pretrained=False), 2
-  import open_clip  # pylint: disable=g-import-not-at-top
+  import open_clip
   arch, dim = {"clip_vit_l14": ("ViT-L-14", 768), "clip_vit_b16": ("ViT-B-16", 512)}[name]
   visual = open_clip.create_model(arch, pretrained=None, force_quick_gelu=True).visual
   return torch.nn.Sequential(visual, torch.nn.Linear(dim, 2)), 2
@@ -140,14 +140,14 @@ def main(argv=None):
                  "commands set it (cli.keep_freed_host_memory): PyTorch beside them on equal terms.")
   args = p.parse_args(argv)
   if args.keep_freed_memory:
-    from fakejax import cli  # pylint: disable=g-import-not-at-top
+    from fakejax import cli
     cli.keep_freed_host_memory()
   try:
     cases = [parse_case(c) for c in args.case]
   except ValueError as e:
     p.error(str(e))
   try:
-    import torch  # pylint: disable=g-import-not-at-top
+    import torch
   except ImportError:
     sys.exit("PyTorch is not installed in this interpreter (see --peer_python)")
   device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()

@@ -17,9 +17,9 @@ import time
 def main():
   folder, crop, batch, workers, batches = sys.argv[1], *map(int, sys.argv[2:6])
   try:
-    import numpy as np  # pylint: disable=g-import-not-at-top
-    from PIL import Image  # pylint: disable=g-import-not-at-top
-    import torch  # pylint: disable=g-import-not-at-top
+    import numpy as np
+    from PIL import Image
+    import torch
   except ImportError as e:
     sys.exit(f"PyTorch is not installed in this interpreter ({e}; see --peer_python)")
   torch.set_num_threads(1)

@@ -15,9 +15,9 @@ import pytest
 from fakejax import benchmark
 from fakejax import models
 from fakejax import sharding
-from fakejax import train
+from fakejax import training
 from fakejax.models import cpu_kernels
-from tests.test_gpu_graph import head_dot
+from tests.conftest import head_dot
 
 
 def test_benchmark_reports_consistent_fields(make_config):
@@ -118,11 +118,11 @@ def test_bfloat16_step_is_gpu_ready(make_config, formulation):
   """
   c = make_config(**{"model.dtype": "bfloat16"})
   mesh = sharding.make_mesh()
-  ts = train.TrainState(c, 2, 10, mesh)
+  ts = training.TrainState.for_config(c, 2, 10, mesh)
   batch = sharding.to_global(mesh, {"image": np.zeros((16, 32, 32, 3), np.uint8),
                                     "label": np.zeros((16,), np.int32)})
   with cpu_kernels.use(formulation):
-    text = train.make_train_step(ts).lower(ts.init(), batch).as_text()
+    text = training.make_train_step(ts).lower(ts.init(), batch).as_text()
   ops = [l for l in text.splitlines() if re.search(r"stablehlo\.(convolution|dot_general)", l) and not head_dot(l)]
   assert len(ops) > 20
   for line in ops:

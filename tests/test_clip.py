@@ -21,7 +21,7 @@ from safetensors.numpy import save_file
 from tests.conftest import assert_bf16_like_amp
 from tests.conftest import subprocess_env
 from fakejax import convert
-from fakejax import evaluator
+from fakejax import runs
 from fakejax import models
 from fakejax.models import vit
 
@@ -216,7 +216,7 @@ def test_univfd_vit_l14_run_scores_like_open_clip_with_its_head(tmp_path):
       want.append(fc(ref.encode_image((x - mean) / std)).item())
     assert got[f"{i}.png"]["view"] == "full"  # UnivFD's preset: the 224 center crop.
     assert abs(float(got[f"{i}.png"]["p_fake"]) - 1 / (1 + np.exp(-want[-1]))) <= 2e-6, (i, got, want)
-  loaded = evaluator.Run(run)
+  loaded = runs.Run(run)
   logits = np.asarray(loaded.forward(loaded.inference_state, np.stack(crops)))
   want = np.asarray(want)
   assert np.abs(logits[:, 1] - want).max() <= 1e-5 * np.abs(want).max(), (logits, want)

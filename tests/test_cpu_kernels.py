@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from fakejax.models import cpu_kernels
-from tests.test_models import TINY
-from tests.test_models import tiny
+from tests.conftest import TINY_MODELS
+from tests.conftest import tiny_model
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -100,7 +100,7 @@ def test_the_switch_is_read_at_trace_time_and_keys_the_jit_cache():
 
 # Tiny models of each kind: every CPU formulation they use (depthwise stride 1 and 2, 1x1 stride 1
 # and 2, max pool with SAME and explicit padding) against the graph a GPU runs.
-@pytest.mark.parametrize("name", sorted(TINY))
+@pytest.mark.parametrize("name", sorted(TINY_MODELS))
 def test_cpu_and_xla_formulations_give_the_same_model(name):
   """One built model, one jitted function, traced under each formulation: logits and gradients.
 
@@ -110,7 +110,7 @@ def test_cpu_and_xla_formulations_give_the_same_model(name):
   tested against XLA's above. Eval mode: with batch statistics, BatchNorm over a 1x1 map of 4
   examples would amplify rounding differences into the percent range.
   """
-  model = tiny(name)
+  model = tiny_model(name)
   model.eval()
   x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
   with_grads = name == "xception"

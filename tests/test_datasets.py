@@ -3,24 +3,16 @@
 import hashlib
 import json
 import os
-import struct
-import zlib
 
 import numpy as np
 from PIL import Image
 import pytest
 
+from tests.conftest import bad_image_corpus
+from tests.conftest import random_image
+from tests.conftest import write_png
 from fakejax import datasets
 from fakejax import synthetic
-
-
-def _png(path, arr, **kw):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  Image.fromarray(arr).save(path, **kw)
-
-
-def _rand(seed, h=24, w=20):
-  return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
 def _tree(root, folders, n=2, start=0):
@@ -28,7 +20,7 @@ def _tree(root, folders, n=2, start=0):
   seed = start
   for d in folders:
     for i in range(n):
-      _png(os.path.join(root, d, f"{i:04d}.png"), _rand(seed, 12, 12))
+      write_png(os.path.join(root, d, f"{i:04d}.png"), random_image(seed, 12, 12))
       seed += 1
   return seed
 
@@ -96,7 +88,7 @@ def test_universalfakedetect_mirror_with_declared_pairs(tmp_path):
   root = str(tmp_path / "diffusion_datasets")
   gens = ("guided", "ldm_200", "ldm_200_cfg", "glide_100_27", "dalle")
   _tree(root, [f"{g}/1_fake" for g in gens] + ["laion/0_real", "imagenet/0_real"], n=2)
-  _png(os.path.join(root, "laion", "0_real", "extra.png"), _rand(999, 12, 12))  # 3 LAION reals.
+  write_png(os.path.join(root, "laion", "0_real", "extra.png"), random_image(999, 12, 12))  # 3 LAION reals.
   layout, _, items, _ = datasets.scan(root)
   assert layout == "universalfakedetect" and {i.split for i in items} == {"test"}
   with pytest.raises(datasets.LayoutError, match=r"real folder\(s\) \['coco'\]"):
@@ -200,11 +192,11 @@ def test_lossless_round_trip(tmp_path, monkeypatch, storage, sharded, workers):
   originals = {}
   for cls in ("real", "fake"):
     for i in range(12):
-      arr = _rand(100 * (cls == "fake") + i)
+      arr = random_image(100 * (cls == "fake") + i)
       rel = f"{cls}/img{i}.png"
-      _png(str(root / rel), arr)
+      write_png(str(root / rel), arr)
       originals[rel] = arr
-  _png(str(root / "real/photo.jpg"), _rand(7), quality=80)
+  write_png(str(root / "real/photo.jpg"), random_image(7), quality=80)
   with Image.open(root / "real/photo.jpg") as im:
     originals["real/photo.jpg"] = np.asarray(im.convert("RGB"))
   ds, summary = datasets.prepare_folder(str(root), str(tmp_path / "out"), fractions=(1, 1, 1),
@@ -243,37 +235,11 @@ def test_binary_split_is_deterministic():
   assert a != [datasets.hash_split(f"x/{i}.png", (0.56, 0.24, 0.2), 1) for i in range(2000)]
 
 
-def _bad_corpus(d):
-  """Every kind of file a scraped dataset contains; returns {name: expected skip reason or None}."""
-  os.makedirs(d, exist_ok=True)
-  good = _rand(3, 16, 16)
-  Image.fromarray(good).save(os.path.join(d, "good.png"))
-  full = open(os.path.join(d, "good.png"), "rb").read()
-  open(os.path.join(d, "truncated.png"), "wb").write(full[: len(full) // 2])
-  open(os.path.join(d, "zero.png"), "wb").close()
-  open(os.path.join(d, "text.png"), "w").write("this is not an image\n")
-  Image.fromarray(good).convert("CMYK").save(os.path.join(d, "cmyk.jpg"), quality=95)
-  Image.fromarray((np.arange(256, dtype=np.uint16).reshape(16, 16) * 257)).save(
-      os.path.join(d, "sixteen.png"))
-  Image.fromarray(np.dstack([good, np.full((16, 16), 128, np.uint8)])).save(os.path.join(d, "rgba.png"))
-  Image.fromarray(good).convert("P").save(os.path.join(d, "palette.png"))
-  Image.fromarray(good[:1, :1]).save(os.path.join(d, "one.png"))
-  # A valid PNG header that declares 100000 x 100000 pixels (a decompression bomb).
-  ihdr = struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0)
-  chunk = lambda t, b: struct.pack(">I", len(b)) + t + b + struct.pack(">I", zlib.crc32(t + b))
-  open(os.path.join(d, "bomb.png"), "wb").write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
-                                                 + chunk(b"IEND", b""))
-  open(os.path.join(d, "notes.txt"), "w").write("ignored")
-  return {"good.png": None, "truncated.png": "cannot decode", "zero.png": "empty file",
-          "text.png": "not an image", "cmyk.jpg": None, "sixteen.png": None, "rgba.png": None,
-          "palette.png": None, "one.png": "too small", "bomb.png": "decompression bomb"}
-
-
 def test_bad_file_corpus_is_skipped_with_reasons(tmp_path):
   root = tmp_path / "bad"
-  expected = _bad_corpus(str(root / "real"))
+  expected = bad_image_corpus(str(root / "real"))
   for i in range(3):
-    _png(str(root / "fake" / f"{i}.png"), _rand(i, 16, 16))
+    write_png(str(root / "fake" / f"{i}.png"), random_image(i, 16, 16))
   ds, summary = datasets.prepare_folder(str(root), str(tmp_path / "out"), fractions=(1, 0, 0),
                                         max_pixels=1 << 24)
   skipped = {os.path.basename(s["path"]): s["reason"] for s in summary["skipped"]}
@@ -287,15 +253,15 @@ def test_bad_file_corpus_is_skipped_with_reasons(tmp_path):
   sixteen = ds.decode(got["real/sixteen.png"][0])
   np.testing.assert_array_equal(sixteen[..., 0], np.arange(256).reshape(16, 16))  # >> 8 of v*257.
   rgba = ds.decode(got["real/rgba.png"][0])
-  np.testing.assert_array_equal(rgba, _rand(3, 16, 16))  # Alpha dropped, colours kept exactly.
+  np.testing.assert_array_equal(rgba, random_image(3, 16, 16))  # Alpha dropped, colours kept exactly.
   assert ds.decode(got["real/cmyk.jpg"][0]).shape == (16, 16, 3)
 
 
 def test_format_bias_warning(tmp_path):
   root = tmp_path / "bias"
   for i in range(6):
-    _png(str(root / "real" / f"{i}.jpg"), _rand(i), quality=90)
-    _png(str(root / "fake" / f"{i}.png"), _rand(i + 100, 48, 48))
+    write_png(str(root / "real" / f"{i}.jpg"), random_image(i), quality=90)
+    write_png(str(root / "fake" / f"{i}.png"), random_image(i + 100, 48, 48))
   _, summary = datasets.prepare_folder(str(root), str(tmp_path / "out"), fractions=(1, 1, 1))
   assert summary["class_stats"]["real"]["jpeg_share"] == 1.0
   assert summary["class_stats"]["fake"]["jpeg_share"] == 0.0
@@ -305,14 +271,14 @@ def test_format_bias_warning(tmp_path):
 
 def test_leakage_report_and_dedup(tmp_path):
   root = tmp_path / "leak"
-  dup = _rand(99)
+  dup = random_image(99)
   for split in ("train", "test"):
     for cls in ("real", "fake"):
       for i in range(3):
-        _png(str(root / split / "x" / ("0_real" if cls == "real" else "1_fake") / f"{i}.png"),
-             _rand(1000 + 100 * (split == "test") + 10 * (cls == "fake") + i))  # Distinct seeds.
-  _png(str(root / "train/x/0_real/dup.png"), dup)
-  _png(str(root / "test/x/0_real/dup_copy.png"), dup)
+        write_png(str(root / split / "x" / ("0_real" if cls == "real" else "1_fake") / f"{i}.png"),
+                  random_image(1000 + 100 * (split == "test") + 10 * (cls == "fake") + i))  # Distinct seeds.
+  write_png(str(root / "train/x/0_real/dup.png"), dup)
+  write_png(str(root / "test/x/0_real/dup_copy.png"), dup)
   _, summary = datasets.prepare_folder(str(root), str(tmp_path / "out"))
   assert summary["leakage"]["n_hashes_in_several_splits"] == 1
   assert sorted(summary["leakage"]["examples"][0]) == ["test/x/0_real/dup_copy.png",
@@ -333,11 +299,11 @@ def test_leakage_check_tells_apart_hashes_that_share_their_first_bytes(tmp_path,
   for split in ("train", "val", "test"):
     for lab in ("0_real", "1_fake"):
       for i in range(4):
-        _png(str(root / split / "x" / lab / f"{i}.png"),
-             _rand(2000 + 100 * SPLIT_SEEDS[split] + 10 * (lab == "1_fake") + i))
-  dup = _rand(77)
+        write_png(str(root / split / "x" / lab / f"{i}.png"),
+                  random_image(2000 + 100 * SPLIT_SEEDS[split] + 10 * (lab == "1_fake") + i))
+  dup = random_image(77)
   for path in ("train/x/0_real/a.png", "train/x/0_real/b.png", "test/x/1_fake/c.png"):
-    _png(str(root / path), dup)
+    write_png(str(root / path), dup)
   _, summary = datasets.prepare_folder(str(root), str(tmp_path / "out"), workers=0)
   assert summary["leakage"]["n_hashes_in_several_splits"] == 1
   assert summary["leakage"]["examples"] == [["train/x/0_real/a.png", "test/x/1_fake/c.png"]]
@@ -353,7 +319,7 @@ def test_prepare_refuses_to_overwrite_and_clears_a_crashed_build(tmp_path):
   root = tmp_path / "r"
   for cls in ("real", "fake"):
     for i in range(4):
-      _png(str(root / cls / f"{i}.png"), _rand(i + 10 * (cls == "fake")))
+      write_png(str(root / cls / f"{i}.png"), random_image(i + 10 * (cls == "fake")))
   datasets.prepare_folder(str(root), str(tmp_path / "out"), fractions=(1, 1, 1))
   with pytest.raises(FileExistsError):
     datasets.prepare_folder(str(root), str(tmp_path / "out"), fractions=(1, 1, 1))

@@ -16,14 +16,16 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from tests.conftest import bad_image_corpus
 from tests.conftest import subprocess_env
+from tests.conftest import write_png
 from fakejax import augment
 from fakejax import datasets
-from fakejax import evaluator
+from fakejax import runs
+from fakejax import scoring
 from fakejax import metrics
 from fakejax import models
 from fakejax import sharding
-from tests import test_datasets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,7 +37,7 @@ def _logits(p_fake):
 
 
 def _verdict(rule, logits, threshold=0.5, theta=0.0):
-  return evaluator.verdict(evaluator.decide(rule, logits, threshold, theta), rule, threshold)
+  return scoring.verdict(scoring.decide(rule, logits, threshold, theta), rule, threshold)
 
 
 def test_vote_majority_and_tie_counts_as_fake():
@@ -73,28 +75,28 @@ def test_attribution_vote():
 def test_views_and_their_plans():
   img = np.arange(70 * 90 * 3, dtype=np.uint32).reshape(70, 90, 3).astype(np.uint8)
   with pytest.raises(ValueError, match="odd"):
-    evaluator.View("random", patch_size=16, k=4)
+    scoring.View("random", patch_size=16, k=4)
   with pytest.raises(ValueError, match="16, 32, 64 or 128"):
-    evaluator.View("grid", patch_size=24)
-  a, _ = evaluator.View("random", patch_size=16, k=5, seed=1).cut(img, 7)
-  b, _ = evaluator.View("random", patch_size=16, k=5, seed=1).cut(img, 7)
+    scoring.View("grid", patch_size=24)
+  a, _ = scoring.View("random", patch_size=16, k=5, seed=1).cut(img, 7)
+  b, _ = scoring.View("random", patch_size=16, k=5, seed=1).cut(img, 7)
   assert a.shape == (5, 16, 16, 3) and np.array_equal(a, b)
-  patches, grid = evaluator.grid_patches(img, 32)
+  patches, grid = scoring.grid_patches(img, 32)
   assert grid == (2, 2) and patches.shape == (4, 32, 32, 3)  # The remainders are left out.
   np.testing.assert_array_equal(patches[1], img[0:32, 32:64])
   np.testing.assert_array_equal(patches[2], img[32:64, 0:32])
-  tiles, tgrid = evaluator.View("tiles", tile=40).cut(img, 0)
+  tiles, tgrid = scoring.View("tiles", tile=40).cut(img, 0)
   assert tgrid == (2, 3) and tiles.shape == (6, 40, 40, 3)
   np.testing.assert_array_equal(tiles[5], img[30:70, 50:90])  # The last tiles end at the edges.
-  for v in (evaluator.View("full", crop=32), evaluator.View("whole"), evaluator.View("grid", patch_size=16),
-            evaluator.View("tiles", tile=40), evaluator.View("whole", resize=48)):
+  for v in (scoring.View("full", crop=32), scoring.View("whole"), scoring.View("grid", patch_size=16),
+            scoring.View("tiles", tile=40), scoring.View("whole", resize=48)):
     shape, n = v.plan(70, 90)  # The plan (from the size alone) is what cut gives.
     got, _ = v.cut(img, 0)
     assert got.shape == (n,) + shape + (3,), v
-  assert evaluator.View("auto", max_whole_pixels=5000, tile=40).kind(70, 90) == "tiles"
-  assert evaluator.View("auto").kind(70, 90) == "whole"
+  assert scoring.View("auto", max_whole_pixels=5000, tile=40).kind(70, 90) == "tiles"
+  assert scoring.View("auto").kind(70, 90) == "whole"
   with pytest.raises(augment.TooSmall):
-    evaluator.View("full", crop=80).plan(70, 90)
+    scoring.View("full", crop=80).plan(70, 90)
 
 
 def _ap(labels, scores):
@@ -168,15 +170,15 @@ def test_each_generator_is_scored_against_its_own_reals(tmp_path):
            "B/0_real": [200, 210, 220, 90], "B/1_fake": [180, 230, 240, 250]}
   for folder, values in level.items():
     for i, v in enumerate(values):
-      test_datasets._png(os.path.join(root, "test", folder, f"{i}.png"),  # pylint: disable=protected-access
-                         np.full((32, 32, 3), v, np.uint8))
+      write_png(os.path.join(root, "test", folder, f"{i}.png"),
+                np.full((32, 32, 3), v, np.uint8))
   ds, _ = datasets.prepare_folder(root, str(tmp_path / "out"))
-  ev = evaluator.Evaluator(_brightness_forward, sharding.make_mesh(), 8, 32)
-  view = evaluator.View("full", crop=32)
+  ev = scoring.Evaluator(_brightness_forward, sharding.make_mesh(), 8, 32)
+  view = scoring.View("full", crop=32)
   idx = ds.index("test")
   for name, sel in ds.test_sets("test", "source"):
-    sizes, load = evaluator.dataset_reader(ds, "test", sel)
-    row = evaluator.set_metrics(ev.run(sizes, load, view), idx["label"][sel], ("real", "fake"), view)
+    sizes, load = scoring.dataset_reader(ds, "test", sel)
+    row = scoring.set_metrics(ev.run(sizes, load, view), idx["label"][sel], ("real", "fake"), view)
     reals = level[f"{name}/0_real"]
     fakes = level[f"{name}/1_fake"]
     want = _ap([0] * 4 + [1] * 4, np.array(reals + fakes) / 255)
@@ -192,8 +194,8 @@ def test_tta_is_the_mean_of_the_separately_scored_copies(tmp_path):
   imgs = [rng.integers(0, 256, (40, 40, 3), dtype=np.uint8) for _ in range(3)]
   imgs[0][:, :20] = 255  # Asymmetric: the flip changes the score.
   forward = jax.jit(lambda x: _brightness_forward(x[:, :, :20]))  # Looks at the left half only.
-  ev = evaluator.Evaluator(forward, sharding.make_mesh(), 8, 40)
-  view = evaluator.View("full", crop=32)
+  ev = scoring.Evaluator(forward, sharding.make_mesh(), 8, 40)
+  view = scoring.View("full", crop=32)
   copies = augment.tta_copies(["flip", "rot=15"])
   assert [c.name for c in copies] == ["identity", "flip", "rot+15", "rot-15"]
   res = ev.run([im.shape[:2] for im in imgs], lambda i: imgs[i], view, copies)
@@ -208,13 +210,13 @@ def test_tta_is_the_mean_of_the_separately_scored_copies(tmp_path):
 # With a trained (tiny) run.
 # ---------------------------------------------------------------------------
 def test_evaluate_counts_every_image_once(tiny_run, tiny_synthetic):
-  run = evaluator.Run(tiny_run)
+  run = runs.Run(tiny_run)
   idx = tiny_synthetic.select("test", sources=("tconv",))[:13]  # Prime: no whole batches.
   labels = tiny_synthetic.index("test")["label"][idx]
-  sizes, load = evaluator.dataset_reader(tiny_synthetic, "test", idx)
+  sizes, load = scoring.dataset_reader(tiny_synthetic, "test", idx)
   for view in (run.view("full"), run.view("grid", patch_size=16)):
     res = run.evaluator.run(sizes, load, view)
-    row = evaluator.set_metrics(res, labels, run.class_names, view)
+    row = scoring.set_metrics(res, labels, run.class_names, view)
     assert len(res) == 13 and row["n_real"] + row["n_fake"] == 13 and row["n_fake"] == int(labels.sum())
     assert row["auc"] == pytest.approx(_auc(labels, [r.score for r in res]))
     assert row.get("n_patches") == (None if view.mode == "full" else 13 * 4)  # 32 px -> 2x2 patches.
@@ -227,7 +229,7 @@ def test_evaluate_counts_every_image_once(tiny_run, tiny_synthetic):
 def test_whole_view_equals_the_plain_forward_and_mixes_sizes(tiny_run):
   """With exact_sizes, the whole image through the model: the plain forward of that image,
   whatever else shares its batches (padding adds only dummy images)."""
-  run = evaluator.Run(tiny_run)
+  run = runs.Run(tiny_run)
   rng = np.random.default_rng(1)
   imgs = [rng.integers(0, 256, s + (3,), dtype=np.uint8) for s in ((48, 40), (32, 32), (48, 40), (64, 32))]
   view = run.view("whole", exact_sizes=True)
@@ -271,7 +273,7 @@ def test_evaluate_cli_writes_reports(tiny_run, tmp_path):
 
 def test_predict_folder_with_bad_files(tiny_run, tiny_synthetic, tmp_path):
   folder = tmp_path / "mixed"
-  corpus = test_datasets._bad_corpus(str(folder))  # pylint: disable=protected-access
+  corpus = bad_image_corpus(str(folder))
   src = tiny_synthetic.source("test")
   for i in range(3):
     Image.fromarray(tiny_synthetic.decode(src[i])).save(folder / f"synthetic_{i}.png")
@@ -315,16 +317,16 @@ def test_predict_folder_with_bad_files(tiny_run, tiny_synthetic, tmp_path):
 # Whole images of many sizes: a handful of programs, logits within the stated bound.
 # ---------------------------------------------------------------------------
 def test_bucket_side():
-  assert [evaluator.bucket_side(n) for n in (1, 32, 33, 48, 49, 64, 65, 96, 97, 129, 193, 257, 385)] \
+  assert [scoring.bucket_side(n) for n in (1, 32, 33, 48, 49, 64, 65, 96, 97, 129, 193, 257, 385)] \
       == [32, 32, 48, 48, 64, 64, 96, 96, 128, 192, 256, 384, 512]
   for n in range(1, 3000):
-    assert n <= evaluator.bucket_side(n) <= max(32, 1.5 * n)
+    assert n <= scoring.bucket_side(n) <= max(32, 1.5 * n)
 
 
 def test_whole_images_of_60_sizes_compile_a_handful_of_programs(tiny_run):
   """300 images of 60 distinct sizes go through 4 size buckets (a handful of programs), and each image's
-  logits equal its exact-size forward's within evaluator.BUCKET_RELATIVE_BOUND of their scale."""
-  run = evaluator.Run(tiny_run)
+  logits equal its exact-size forward's within scoring.BUCKET_RELATIVE_BOUND of their scale."""
+  run = runs.Run(tiny_run)
   rng = np.random.default_rng(0)
   every = sorted({(int(h), int(w)) for h, w in rng.integers(70, 129, (400, 2))})
   sizes = [every[k] for k in rng.permutation(len(every))[:60]]
@@ -334,7 +336,7 @@ def test_whole_images_of_60_sizes_compile_a_handful_of_programs(tiny_run):
   res = run.evaluator.run([im.shape[:2] for im in imgs], lambda i: imgs[i], run.view("whole"))
   programs = run.forward._cache_size() - before  # pylint: disable=protected-access
   view = run.view("whole")
-  keys = {((evaluator.bucket_side(h), evaluator.bucket_side(w)), view.pads(h, w)) for h, w in sizes}
+  keys = {((scoring.bucket_side(h), scoring.bucket_side(w)), view.pads(h, w)) for h, w in sizes}
   assert len({shape for shape, _ in keys}) == 4  # Sides 70..128 fall in the 96 and 128 buckets.
   assert programs == len(keys) <= 6  # (An image of its bucket's exact size is scored unpadded.)
   assert all(not r.error and r.view == "whole" for r in res)
@@ -343,20 +345,19 @@ def test_whole_images_of_60_sizes_compile_a_handful_of_programs(tiny_run):
   exact = run.evaluator.run([imgs[i].shape[:2] for i in sample], lambda k: imgs[sample[k]], exact_view)
   diff = max(float(np.abs(r.patch_logits - res[i].patch_logits).max()) for i, r in zip(sample, exact))
   scale = max(float(np.abs(r.patch_logits).max()) for r in exact)
-  assert diff <= evaluator.BUCKET_RELATIVE_BOUND * scale, (diff, scale)
+  assert diff <= scoring.BUCKET_RELATIVE_BOUND * scale, (diff, scale)
   unpadded = [i for i in sample if imgs[i].shape[:2] in ((96, 96), (96, 128), (128, 96), (128, 128))]
   for i in unpadded:  # An image of its bucket's size: nothing padded, the same program's logits.
     np.testing.assert_allclose(res[i].patch_logits, exact[sample.index(i)].patch_logits, rtol=1e-6)
 
 
 def test_masked_global_pool_is_the_mean_of_the_valid_cells():
-  """Inside valid_region, the pool of each image is the mean of its ceil(h * Hf / H) x
+  """With a valid region, the pool of each image is the mean of its ceil(h * Hf / H) x
   ceil(w * Wf / W) top-left cells (numpy on the cropped map)."""
   from fakejax.models import layers  # pylint: disable=g-import-not-at-top
   x = np.random.default_rng(0).normal(size=(3, 4, 6, 5)).astype(np.float32)  # 128 x 192 input.
   valid = np.array([[128, 192], [70, 100], [33, 31]], np.int32)
-  with layers.valid_region(jnp.asarray(valid), (128, 192)):
-    got = np.asarray(layers.global_avg_pool(jnp.asarray(x)))
+  got = np.asarray(layers.global_avg_pool(jnp.asarray(x), layers.region(jnp.asarray(valid), (128, 192))))
   for b, (rows, cols) in enumerate([(4, 6), (3, 4), (2, 1)]):
     np.testing.assert_allclose(got[b], x[b, :rows, :cols].mean((0, 1)), rtol=1e-6)
   np.testing.assert_allclose(np.asarray(layers.global_avg_pool(jnp.asarray(x))), x.mean((1, 2)), rtol=1e-6)
@@ -368,12 +369,12 @@ def test_grid_results_carry_their_grid_and_the_heatmap_is_drawn(tmp_path):
   from fakejax import report  # pylint: disable=g-import-not-at-top
   img = np.zeros((48, 64, 3), np.uint8)
   img[:, 32:] = 255  # Right half bright: fake patches there.
-  ev = evaluator.Evaluator(_brightness_forward, sharding.make_mesh(), 8, 16)
-  r = ev.run([img.shape[:2]], lambda _: img, evaluator.View("grid", patch_size=16))[0]
+  ev = scoring.Evaluator(_brightness_forward, sharding.make_mesh(), 8, 16)
+  r = ev.run([img.shape[:2]], lambda _: img, scoring.View("grid", patch_size=16))[0]
   assert r.grid == (3, 4) and r.n_inputs == 12
-  tiles = evaluator.View("tiles", tile=32).grid(48, 64)
+  tiles = scoring.View("tiles", tile=32).grid(48, 64)
   assert tiles == (2, 2)
-  assert evaluator.View("full").grid(48, 64) is None
+  assert scoring.View("full").grid(48, 64) is None
   with_grid, without = str(tmp_path / "a.png"), str(tmp_path / "b.png")
   report.plot_patch_heatmaps([("x", img, r)], 16, with_grid, ("real", "fake"))
   report.plot_patch_heatmaps([("x", img, dataclasses.replace(r, grid=None))], 16, without, ("real", "fake"))
@@ -386,8 +387,8 @@ def test_without_a_real_class_there_is_no_p_fake():
   p_fake; the score is NaN and the prediction the arg-max."""
   img = np.full((32, 32, 3), 200, np.uint8)
   for has_real in (True, False):
-    ev = evaluator.Evaluator(_brightness_forward, sharding.make_mesh(), 8, 32, has_real=has_real)
-    r = ev.run([img.shape[:2]], lambda _: img, evaluator.View("full", crop=32))[0]
+    ev = scoring.Evaluator(_brightness_forward, sharding.make_mesh(), 8, 32, has_real=has_real)
+    r = ev.run([img.shape[:2]], lambda _: img, scoring.View("full", crop=32))[0]
     assert r.pred == int(np.argmax(r.probs))
     assert (r.score == pytest.approx(1 - r.probs[0])) if has_real else np.isnan(r.score)
 

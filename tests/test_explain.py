@@ -3,6 +3,7 @@ bilinear resize, the maps of a hand-set detector on its fake content, layer tabl
 published shapes, batching, the command's PNGs, and the spectra of the synthetic families
 against peaks computed from their kernels."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -17,7 +18,8 @@ import pytest
 
 from tests.conftest import subprocess_env
 from fakejax import cli
-from fakejax import evaluator
+from fakejax import runs
+from fakejax import scoring
 from fakejax import explain
 from fakejax import models
 from fakejax import synthetic
@@ -40,7 +42,7 @@ class TinyCNN(nnx.Module):
   def layer_names(self):
     return ("conv1", "conv2", "conv3")
 
-  def __call__(self, x, *, rngs=None, taps=None):
+  def __call__(self, x, *, rngs=None, taps=None, valid=None):
     tap = layers.tapper(taps)
     x = tap("conv1", nnx.relu(self.conv1(x)))
     x = tap("conv2", nnx.relu(self.conv2(x)))
@@ -70,10 +72,10 @@ def _cam(activation, kernel, classes):
 def xception_maps(tiny_run):
   """The tiny run's Xception at its last layer (conv4 -> GAP -> dense), 11 whole 128 px images
   through the evaluator: two batches of 8 on the 8-device mesh, the second padded."""
-  run = evaluator.Run(tiny_run)
-  fwd = explain.gradcam_forward(run.model_def, run.preprocess, "float32", "conv4")
+  run = runs.Run(tiny_run)
+  fwd = explain.gradcam_forward(dataclasses.replace(run.spec, dtype="float32"), "conv4")
   imgs = np.random.default_rng(0).integers(0, 256, (11, 128, 128, 3), dtype=np.uint8)
-  ev = evaluator.Evaluator(lambda x: fwd(run.state, x), run.mesh, 8, 128)
+  ev = scoring.Evaluator(lambda x: fwd(run.state, x), run.mesh, 8, 128)
   res = ev.run([(128, 128)] * 11, lambda i: imgs[i], run.view("whole"))
   return run, fwd, imgs, res, fwd._cache_size()  # pylint: disable=protected-access
 
@@ -153,7 +155,7 @@ class SingleLogitCNN(TinyCNN):
     self.head = nnx.Linear(32, 1, rngs=rngs)
     self.single_logit = True
 
-  def __call__(self, x, *, rngs=None, taps=None):
+  def __call__(self, x, *, rngs=None, taps=None, valid=None):
     z = super().__call__(x, taps=taps)
     return jnp.concatenate([jnp.zeros_like(z), z], -1)
 
@@ -203,7 +205,7 @@ class CheckerDetector(nnx.Module):
   def layer_names(self):
     return ("det",)
 
-  def __call__(self, x, *, rngs=None, taps=None):
+  def __call__(self, x, *, rngs=None, taps=None, valid=None):
     x = layers.tapper(taps)("det", nnx.relu(self.conv(x)))
     return self.head(x.mean((1, 2)))
 
@@ -228,7 +230,7 @@ def test_maps_of_a_detector_fall_on_the_fake_quadrant():
   the response negatively: its map is zero everywhere."""
   graphdef, state = nnx.split(CheckerDetector())
   x, y, quadrant = _quadrant_images(16)
-  out = jax.device_get(explain.gradcam_forward(graphdef, "unit", "float32", "det")(state, x))
+  out = jax.device_get(explain.gradcam_forward(runs.ModelSpec(graphdef, None, "unit", "float32"), "det")(state, x))
   np.testing.assert_array_equal(out["target"], y)
   for i in np.flatnonzero(y):
     qy, qx = divmod(quadrant[i], 2)
@@ -240,7 +242,7 @@ def test_maps_of_a_detector_fall_on_the_fake_quadrant():
     assert (cam[inside] > 0).all() and (cam[~reach] == 0).all(), (i, quadrant[i])
   for i in np.flatnonzero(y == 0):  # Black: no response, no map.
     assert (out["cam"][i] == 0).all()
-  real = jax.device_get(explain.gradcam_forward(graphdef, "unit", "float32", "det", target=0)(state, x))
+  real = jax.device_get(explain.gradcam_forward(runs.ModelSpec(graphdef, None, "unit", "float32"), "det", target=0)(state, x))
   assert (real["cam"] == 0).all() and (real["target"] == 0).all()
 
 

@@ -8,14 +8,14 @@ import pytest
 
 from fakejax import models
 from fakejax.models import cpu_kernels
-from tests.test_models import TINY
-from tests.test_models import tiny
+from tests.conftest import TINY_MODELS
+from tests.conftest import tiny_model
 
 
 
 def _trained_looking(name):
   """A tiny model whose BatchNorms have non-trivial statistics and affine parameters."""
-  model = tiny(name)
+  model = tiny_model(name)
   rng = np.random.default_rng(0)
   for _, m in nnx.iter_modules(model):
     if isinstance(m, nnx.BatchNorm):
@@ -31,7 +31,7 @@ def _rel_err(got, ref):
   return float(np.max(np.abs(np.asarray(got) - np.asarray(ref))) / np.max(np.abs(np.asarray(ref))))
 
 
-@pytest.mark.parametrize("name", sorted(TINY))
+@pytest.mark.parametrize("name", sorted(TINY_MODELS))
 def test_for_inference_gives_the_plain_models_logits(name):
   model = _trained_looking(name)
   x = jax.random.normal(jax.random.key(0), (4, 48, 48, 3))

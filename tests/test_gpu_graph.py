@@ -11,11 +11,12 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from tests.conftest import head_dot
 from fakejax import defaults
-from fakejax import evaluator
+from fakejax import scoring
 from fakejax import models
 from fakejax import sharding
-from fakejax import train
+from fakejax import training
 from fakejax.models import cpu_kernels
 
 ARCHS = {
@@ -39,12 +40,6 @@ def _config(name, kw):
   return c
 
 
-def head_dot(line):
-  """A matmul of the classifier head (forward or backward), float32 by design (models.create):
-  one of its tensors has the head's 1 or 2 outputs as its last dimension."""
-  return "dot_general" in line and re.search(r"tensor<(\d+x)*[12]xf32>", line.rsplit(":", 1)[-1]) is not None
-
-
 def _conv_and_dot_signatures(text):
   """The type signatures of the convolutions and matmuls, but the head's."""
   return [l.rsplit(":", 1)[-1] for l in text.splitlines()
@@ -55,15 +50,15 @@ def _conv_and_dot_signatures(text):
 def test_bf16_train_and_eval_export_for_cuda(name):
   c = _config(name, ARCHS[name])
   mesh = sharding.make_mesh(jax.devices()[:1])
-  ts = train.TrainState(c, 2, 10, mesh)
+  ts = training.TrainState.for_config(c, 2, 10, mesh)
   s = c.data.image_size
   data = sharding.data_sharded(mesh)
   batch = {"image": jax.ShapeDtypeStruct((8, s, s, 3), jnp.uint8, sharding=data),
            "label": jax.ShapeDtypeStruct((8,), jnp.int32, sharding=data)}
-  fold = evaluator.Folder(ts.model_def, ts.preprocess, c.model.dtype)
+  fold = scoring.Folder(ts.model_def, ts.preprocess, c.model.dtype)
   with cpu_kernels.use("auto"):
     stage = ts.stage_at(ts.total_steps - 1)  # DeepFD: its classifier stage.
-    step = jax.export.export(train.make_train_step(ts, stage), platforms=["cuda"])(jax.eval_shape(ts.init), batch)
+    step = jax.export.export(training.make_train_step(ts, stage), platforms=["cuda"])(jax.eval_shape(ts.init), batch)
     forward, folded = fold(nnx.state(models.from_config(c.model, 2)))  # Folding needs values.
     fwd = jax.export.export(forward, platforms=["cuda"])(folded, batch["image"])
   for what, exp in (("train", step), ("eval", fwd)):

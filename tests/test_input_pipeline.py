@@ -6,6 +6,7 @@ import pytest
 from fakejax import augment
 from fakejax import defaults
 from fakejax import input_pipeline
+from fakejax import runs
 
 
 def _cfg(**data):
@@ -112,7 +113,7 @@ def test_train_subset_and_balance(tiny_synthetic):
 
 def test_attribution_labels(tiny_synthetic):
   c = _cfg(task="attribution", train_sources=())
-  assert input_pipeline.num_classes(tiny_synthetic, c.data) == 5
+  assert runs.Task.from_config(c.data, tiny_synthetic).num_classes == 5
   batch = next(input_pipeline.make_train_iter(tiny_synthetic, c.data, c.aug, 64, seed=0))
   assert set(batch["label"]) <= set(range(5)) and len(set(batch["label"])) > 2
 

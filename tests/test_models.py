@@ -6,6 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.conftest import TINY_MODELS
+from tests.conftest import tiny_model
 from fakejax import models
 
 
@@ -86,24 +88,9 @@ def test_layer_names_follow_the_depth():
     models.create("xception", 2, middle_blocks=9)  # block12 is the exit block's name.
 
 
-# Tiny models of each kind, shared by the model, kernel and folding tests.
-TINY = {"xception": dict(width=0.0625, middle_blocks=1), "resnet50": dict(width=0.0625), "resnet_trunc": dict(width=0.0625),
-        "mobilenet_v2": dict(width=0.25), "deepfd": dict(width=0.0625)}
-
-
-def tiny(name, num_classes=3):
-  """A tiny model of kind `name`, without dropout.
-
-  Built with 'rbg' keys: its ~60 initialisers (one program per kernel shape) compile in about a
-  third of the time threefry's take, most of what building a tiny model costs on CPU.
-  """
-  with jax.default_prng_impl("rbg"):
-    return models.create(name, num_classes, dropout=0.0, **TINY[name])
-
-
-@pytest.mark.parametrize("name", sorted(TINY))
+@pytest.mark.parametrize("name", sorted(TINY_MODELS))
 def test_taps_see_every_layer_and_steer_the_forward(name):
-  model = tiny(name)
+  model = tiny_model(name)
   model.eval()
   x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
   shape = models.layer_shapes(model, 32, batch=2)[-1][1]  # The map that is pooled.

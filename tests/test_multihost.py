@@ -10,112 +10,54 @@ one-process report exactly.
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
+from tests.conftest import MULTIHOST_STEPS
+from tests.conftest import ROOT
+from tests.conftest import checkpoint_steps
+from tests.conftest import finish_processes
+from tests.conftest import free_port
+from tests.conftest import multihost_flags
+from tests.conftest import start_processes
 from tests.conftest import subprocess_env
 from fakejax import checkpoint
 from fakejax import train
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HEARTBEAT_S = 10
-STEPS = 8
-
-
-def _port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
-def _flags(data_root, workdir):
-  c = {"model.width": 0.125, "model.middle_blocks": 1, "model.dropout": 0.3, "data.cache_dir": data_root,
-       "data.synthetic.size": 32, "data.synthetic.train": 8, "data.synthetic.val": 4,
-       "data.synthetic.test": 3, "data.image_size": 32, "batch_size": 16, "total_steps": STEPS,
-       "eval_every_steps": 4, "checkpoint_every_steps": 1, "log_every_steps": 1, "keep_checkpoints": 20,
-       "aug.jpg_prob": 0.5, "aug.blur_prob": 0.5,  # Augmentation draws must follow the global example.
-       # SGD: Adam divides by the gradient's running RMS, which turns the last-bit differences of
-       # another reduction order into visible ones on parameters whose gradient is ~0.
-       "optim.name": "sgd", "optim.lr": 0.01}
-  return ["--config", "configs/quick.py", "--workdir", workdir] + [f"--config.{k}={v}" for k, v in c.items()]
-
-
-def _start(module_args, nproc, devices, signal_at=None):
-  """nproc processes of `python -m ...` joined by jax.distributed on a fresh loopback port;
-  signal_at=(step, 'SIGTERM'): the last process sends itself that signal right after that step
-  (tests/signal_at.py)."""
-  port, procs = _port(), []
-  for i in range(nproc):
-    args = module_args
-    if signal_at and i == nproc - 1:
-      args = ["tests.signal_at", str(signal_at[0]), signal_at[1]] + module_args
-    # XLA's default optimisation: at -O0 the in-process and the cross-process (gloo) gradient
-    # all-reduce round differently enough to move BatchNorm biases by ~2e-4 in 8 steps.
-    env = subprocess_env(devices, fast_compile=False, PYTHONUNBUFFERED="1",
-                         FAKEJAX_HEARTBEAT_S=str(HEARTBEAT_S))
-    if nproc > 1:
-      env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(nproc),
-                 JAX_PROCESS_ID=str(i))
-    procs.append(subprocess.Popen([sys.executable, "-m"] + args, cwd=ROOT, env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                  start_new_session=True))
-  return procs
-
-
-def _finish(procs, timeout=300):
-  """(exit codes, outputs); kills whatever is left at the deadline (the test then fails)."""
-  deadline = time.time() + timeout
-  outs = []
-  for p in procs:
-    try:
-      outs.append(p.communicate(timeout=max(deadline - time.time(), 1))[0])
-    except subprocess.TimeoutExpired:
-      for q in procs:
-        q.kill()
-      raise AssertionError("processes did not stop: " + "".join(q.communicate()[0][-2000:] for q in procs))
-  return [p.returncode for p in procs], outs
-
-
 def _model(workdir):
   return checkpoint.load_run_weights(workdir, "latest")
-
-
-def _steps(workdir):
-  return sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
 
 
 @pytest.mark.slow
 def test_two_processes_train_and_evaluate_as_one(tiny_synthetic, data_root, tmp_path):
   del tiny_synthetic
   ref = str(tmp_path / "ref")
-  codes, outs = _finish(_start(["fakejax.train"] + _flags(data_root, ref), 1, 4))
+  codes, outs = finish_processes(start_processes(["fakejax.train"] + multihost_flags(data_root, ref), 1, 4))
   assert codes == [0], outs[0][-3000:]
 
   # Two processes, two devices each; process 0 alone generates the synthetic benchmark in a
   # fresh cache while process 1 waits. SIGTERM to process 1 after its step 3: both processes
   # agree on a stop step (jax.distributed's preemption sync point), checkpoint it and exit 75.
   run, fresh = str(tmp_path / "mh"), str(tmp_path / "fresh_cache")
-  codes, outs = _finish(_start(["fakejax.train"] + _flags(fresh, run), 2, 2, signal_at=(3, "SIGTERM")))
+  codes, outs = finish_processes(start_processes(["fakejax.train"] + multihost_flags(fresh, run), 2, 2, signal_at=(3, "SIGTERM")))
   assert codes == [train.EXIT_PREEMPTED] * 2, [o[-3000:] for o in outs]
-  stopped = _steps(run)[-1]
-  assert 3 <= stopped < STEPS and "SIGTERM: checkpoint written" in outs[0]
+  stopped = checkpoint_steps(run)[-1]
+  assert 3 <= stopped < MULTIHOST_STEPS and "SIGTERM: checkpoint written" in outs[0]
   assert len(os.listdir(fresh)) == 1  # One synthetic dataset, built once.
   rows = [json.loads(l) for l in open(os.path.join(run, "metrics.jsonl"))]
   assert max(r["step"] for r in rows) == stopped  # One process logged, up to the stop.
 
   # Resume; process 1 SIGKILLed after step stopped + 2: process 0 must fail (non-zero) instead of
-  # waiting forever on its peer (_finish's deadline fails the test).
-  codes, _ = _finish(_start(["fakejax.train"] + _flags(fresh, run), 2, 2,
+  # waiting forever on its peer (finish_processes's deadline fails the test).
+  codes, _ = finish_processes(start_processes(["fakejax.train"] + multihost_flags(fresh, run), 2, 2,
                             signal_at=(stopped + 2, "SIGKILL")))
   assert codes[1] == -signal.SIGKILL and codes[0] != 0
 
   # Resume to the end: the same model as one process of four devices.
-  codes, outs = _finish(_start(["fakejax.train"] + _flags(fresh, run), 2, 2))
+  codes, outs = finish_processes(start_processes(["fakejax.train"] + multihost_flags(fresh, run), 2, 2))
   assert codes == [0, 0], [o[-3000:] for o in outs]
   want, got = _model(ref), _model(run)
   assert set(want) == set(got) and any(k.endswith("/mean") for k in want)
@@ -126,7 +68,7 @@ def test_two_processes_train_and_evaluate_as_one(tiny_synthetic, data_root, tmp_
   reports = []
   for nproc, devices in ((1, 4), (2, 2)):
     out = str(tmp_path / f"eval{nproc}")
-    codes, outs = _finish(_start(["fakejax.evaluate", "--workdir", run, "--out", out], nproc, devices))
+    codes, outs = finish_processes(start_processes(["fakejax.evaluate", "--workdir", run, "--out", out], nproc, devices))
     assert set(codes) == {0}, [o[-3000:] for o in outs]
     reports.append(json.load(open(os.path.join(out, "report.json")))["rows"])
   assert reports[0] == reports[1] and reports[0][0]["n_real"] + reports[0][0]["n_fake"] == 18
@@ -172,14 +114,14 @@ def test_a_late_peer_with_another_call_stack_is_waited_for(late):
   call stacks run it together (jax 0.12 keys collectives by the program's fingerprint, source
   locations included: sharding.initialize keeps them the same): both finish with the right sum.
   They do not load multi-process CPU programs from the persistent compilation cache."""
-  port, procs = _port(), []
+  port, procs = free_port(), []
   for i in range(2):
     env = subprocess_env(2, PYTHONUNBUFFERED="1", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
                          JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i))
     procs.append(subprocess.Popen([sys.executable, "-c", _LATE_PEERS, str(late)], cwd=ROOT, env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                   start_new_session=True))
-  codes, outs = _finish(procs, timeout=200 if late else 90)
+  codes, outs = finish_processes(procs, timeout=200 if late else 90)
   assert codes == [0, 0], [o[-2000:] for o in outs]
   assert all("sum [6.0, 6.0, 6.0]" in o and "compilation cache False" in o for o in outs), \
       [o[-2000:] for o in outs]

@@ -4,7 +4,10 @@ import json
 import os
 
 import pytest
-from tests import test_multihost as mh
+from tests.conftest import checkpoint_steps
+from tests.conftest import finish_processes
+from tests.conftest import multihost_flags
+from tests.conftest import start_processes
 
 
 @pytest.mark.slow
@@ -15,15 +18,15 @@ def test_two_processes_checkpoint_by_minutes_at_the_same_steps(tiny_synthetic, d
   del tiny_synthetic
   run = str(tmp_path / "minutes")
   total = 1 + 10 + 4  # The first step (compiles), CALIBRATION_STEPS timed, then 4 more.
-  args = ["fakejax.train"] + [a for a in mh._flags(data_root, run)  # pylint: disable=protected-access
+  args = ["fakejax.train"] + [a for a in multihost_flags(data_root, run)
                               if not a.startswith(("--config.total_steps", "--config.checkpoint_every_steps",
                                                    "--config.eval_every_steps"))]
   args += [f"--config.total_steps={total}", "--config.checkpoint_every_steps=0",
            "--config.eval_every_steps=1000", "--config.checkpoint_every_minutes=1e-6"]
-  codes, outs = mh._finish(mh._start(args, 2, 2))  # pylint: disable=protected-access
+  codes, outs = finish_processes(start_processes(args, 2, 2))
   assert codes == [0, 0], [o[-3000:] for o in outs]
   # Decided at step 11 (interval 1: a microsecond is less than any step): saved from then on.
-  assert mh._steps(run) == [11, 12, 13, 14, 15]  # pylint: disable=protected-access
+  assert checkpoint_steps(run) == [11, 12, 13, 14, 15]
   with open(os.path.join(run, "checkpoints", "15", "meta", "metadata")) as f:
     meta = json.load(f)
   assert meta["checkpoint_interval_steps"] == 1

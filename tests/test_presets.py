@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from fakejax import evaluator
+from fakejax import scoring
 
 
 def _torchvision_center_crop(img, size):
@@ -33,16 +33,16 @@ REFERENCES = {
 
 
 def test_every_preset_has_a_reference():
-  assert set(REFERENCES) == set(evaluator.PRESETS)
+  assert set(REFERENCES) == set(scoring.PRESETS)
 
 
 # Sides whose excess over the crop is odd (3 and 7 mod 4 round up to even, 1 and 5 down),
 # smaller than the crop, and both.
 @pytest.mark.parametrize("h,w", [(300, 301), (259, 263), (229, 231), (200, 250), (215, 199), (333, 480)])
-@pytest.mark.parametrize("name", sorted(evaluator.PRESETS))
+@pytest.mark.parametrize("name", sorted(scoring.PRESETS))
 def test_preset_pixels_are_the_repository_transform(name, h, w):
   img = np.random.default_rng(h * 1000 + w).integers(0, 256, (h, w, 3), np.uint8)
-  view = evaluator.View(**evaluator.PRESETS[name])
+  view = scoring.View(**scoring.PRESETS[name])
   inputs, _ = view.cut(img, 0)
   want = REFERENCES[name](img)
   assert inputs.shape == (1, *want.shape)

@@ -15,7 +15,7 @@ from scripts import torch_nets
 from tests.conftest import assert_bf16_like_amp
 from tests.conftest import subprocess_env
 from fakejax import convert
-from fakejax import evaluator
+from fakejax import runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -58,7 +58,7 @@ def test_cnndetection_resnet50_with_its_one_logit_fc(tmp_path):
   sd = official_truncated_resnet_state_dict(1, blocks=(3, 4, 6, 3), stem=7, head="fc")
   path = str(tmp_path / "blur_jpg_prob0.5.safetensors")
   save_file({f"module.{k}": v for k, v in sd.items()}, path)  # Saved from DataParallel.
-  run = evaluator.Run(convert.convert_published("cnndetection", path, str(tmp_path / "run")))
+  run = runs.Run(convert.convert_published("cnndetection", path, str(tmp_path / "run")))
   assert run.preprocess == "imagenet" and run.info["preset"] == "cnndetection"
   np.testing.assert_array_equal(run.state["head"]["kernel"][...], sd["fc.weight"].T)
   np.testing.assert_array_equal(run.state["stages"][3][2]["conv3"]["conv"]["kernel"][...],
@@ -71,7 +71,7 @@ def test_released_checkpoint_becomes_a_run_with_every_tensor_in_place(name, head
   path = str(tmp_path / f"{name}.safetensors")
   save_file(sd, path)
   out = convert.convert_published(name, path, str(tmp_path / "run"))
-  run = evaluator.Run(out)
+  run = runs.Run(out)
   assert run.preprocess == {"npr": "imagenet+npr", "safe": "unit+safe_dwt"}[name]
   assert run.class_names == ("real", "fake") and run.info["preset"] == {"npr": "npr_forensynths",
                                                                          "safe": "safe"}[name]
@@ -172,7 +172,7 @@ def test_released_detector_scores_like_its_pytorch_network(name, tmp_path):
   sd = ref.state_dict()
   path = str(tmp_path / f"{name}.pth")
   torch.save({"model": sd} if name in ("cnndetection", "safe") else sd, path)
-  run = evaluator.Run(convert.convert_published(name, path, str(tmp_path / "run")))
+  run = runs.Run(convert.convert_published(name, path, str(tmp_path / "run")))
   img = np.random.default_rng(3).integers(0, 256, (3, 64, 64, 3), np.uint8)
   if name == "safe":  # ToTensor only: [0, 1].
     x = img / 255.0
@@ -184,7 +184,7 @@ def test_released_detector_scores_like_its_pytorch_network(name, tmp_path):
     with torch.autocast("cpu", dtype=torch.bfloat16):  # PyTorch's mixed precision: the bf16 bound.
       amp = ref(x).float().numpy()
   got = np.asarray(run.forward(run.inference_state, img))
-  run16 = evaluator.Run(run.workdir, dtype="bfloat16")
+  run16 = runs.Run(run.workdir, dtype="bfloat16")
   got16 = np.asarray(run16.forward(run16.inference_state, img), np.float32)
   if name != "safe":
     assert np.all(got[:, 0] == 0)  # One logit z, scored as [0, z].

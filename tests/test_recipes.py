@@ -12,7 +12,8 @@ import numpy as np
 from fakejax import augment
 from fakejax import defaults
 from fakejax import models
-from fakejax import train
+from fakejax.training import losses
+from fakejax.training import optim as optim_lib
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
@@ -23,16 +24,16 @@ def test_label_smoothed_cross_entropy_by_hand():
   logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
   a = 0.1  # -(1 - a) log p_y - a / K sum_k log p_k, K = 2.
   want = np.mean([-(1 - a) * logp[i, labels[i]] - a / 2 * logp[i].sum() for i in range(2)])
-  np.testing.assert_allclose(float(train.classification_loss(logits, labels, a)), want, rtol=1e-6)
+  np.testing.assert_allclose(float(losses.classification_loss(logits, labels, a)), want, rtol=1e-6)
   plain = np.mean([-logp[i, labels[i]] for i in range(2)])
-  np.testing.assert_allclose(float(train.classification_loss(logits, labels)), plain, rtol=1e-6)
+  np.testing.assert_allclose(float(losses.classification_loss(logits, labels)), plain, rtol=1e-6)
 
 
 def test_npr_schedule_decays_after_epochs_10_20_30_40():
   """NPR's trainer: at the end of 0-based epoch e, lr *= 0.9 if e % 10 == 0 and e != 0."""
   optim = defaults.from_file(os.path.join(CONFIGS, "npr.py")).optim
   spe = 3
-  fn = train.create_learning_rate_fn(optim, 50 * spe, spe)
+  fn = optim_lib.create_learning_rate_fn(optim, 50 * spe, spe)
   lr = 2e-4
   for epoch in range(50):
     for k in range(spe):
@@ -45,7 +46,7 @@ def test_safe_schedule_warms_up_one_epoch_then_cosine_to_min_lr():
   """SAFE's lr_sched: t = it / len + epoch; t < 1: lr t; else min + (lr - min) (1 + cos(pi (t - 1) / 19)) / 2."""
   optim = defaults.from_file(os.path.join(CONFIGS, "safe.py")).optim
   spe, epochs = 4, 20
-  fn = train.create_learning_rate_fn(optim, epochs * spe, spe)
+  fn = optim_lib.create_learning_rate_fn(optim, epochs * spe, spe)
   lr, lo = 5e-3, 1e-6
   for it in range(epochs * spe):
     t = it / spe
@@ -57,7 +58,7 @@ def test_adamw_decays_kernels_not_biases_or_batch_norm():
   optim = ml_collections.ConfigDict(dict(name="adamw", weight_decay=0.5))
   model = models.create("resnet_trunc", 2, width=0.0625)
   params = nnx.state(model, nnx.Param)
-  tx = train.create_optimizer(optim, 0.1)
+  tx = optim_lib.create_optimizer(optim, 0.1)
   zeros = jax.tree.map(np.zeros_like, params)
   updates, _ = tx.update(zeros, tx.init(params), params)
   flat_p, flat_u = jax.tree.leaves(params), jax.tree.leaves(updates)

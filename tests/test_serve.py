@@ -58,10 +58,10 @@ def _still_serving(client, image_files):
 
 
 def test_served_scores_equal_predict(client, tiny_run, image_files):
-  from fakejax import evaluator  # pylint: disable=g-import-not-at-top
+  from fakejax import runs  # pylint: disable=g-import-not-at-top
   from fakejax import predict  # pylint: disable=g-import-not-at-top
   names = sorted(image_files)
-  run = evaluator.Run(tiny_run)
+  run = runs.Run(tiny_run)
   rows = predict.predict(run, [image_files[n] for n in names], run.view("auto"), run.config.threshold)
   # Several files in one multipart request, and each file alone as raw bytes.
   r = client.post("/v1/detect", files=[("images", (n, _read(image_files[n]))) for n in names[:3]])

@@ -9,20 +9,18 @@ import importlib
 import json
 import os
 import re
-import sys
 
 import numpy as np
 import pytest
 
 from fakejax import augment
 from fakejax import datasets
-from fakejax import evaluator
+from fakejax import runs
 from fakejax import input_pipeline
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
+from fakejax import studies as sc
 
-import study_common as sc  # pylint: disable=g-import-not-at-top,wrong-import-position
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 METRICS = ("accuracy", "ap", "auc", "real_acc", "fake_acc", "top1", "patch_acc", "plain_accuracy",
            "plain_ap", "val_patch_accuracy")
@@ -30,7 +28,7 @@ METRICS = ("accuracy", "ap", "auc", "real_acc", "fake_acc", "top1", "patch_acc",
 
 def run_script(module_name, tmp_path, data_root, *extra):
   """Runs scripts/<module_name>.py --quick in this process; returns (out folder, results.json)."""
-  module = importlib.import_module(module_name)
+  module = importlib.import_module(f"scripts.{module_name}")
   out = str(tmp_path / module_name)
   module.main(["--quick", "--out", out, "--data_cache", data_root, *extra])
   with open(os.path.join(out, "results.json")) as f:
@@ -185,7 +183,7 @@ def test_deepfd(tmp_path, data_root):
 # ---------------------------------------------------------------------------
 def test_condition_configs():
   """Study 4's training conditions and study 5's ablations set what they claim."""
-  ra = importlib.import_module("study_resolution_augmentation")
+  ra = importlib.import_module("scripts.study_resolution_augmentation")
   base = sc.defaults.get_config()
   c = ra.condition_config(base, "xception", "blur+JPEG p=0.1", 64, 32)
   assert (c.aug.blur_prob, c.aug.jpg_prob, tuple(c.aug.blur_sig), tuple(c.aug.jpg_qual)) == (0.1, 0.1, (0, 3), (30, 100))
@@ -196,7 +194,7 @@ def test_condition_configs():
   assert c.aug.resize == c.data.eval_resize == c.data.image_size == 32 and base.aug.resize == 0
   with pytest.raises(sc.cli.UserError):
     ra.condition_config(base, "xception", "sharpen", 64, 32)
-  fd = importlib.import_module("study_deepfd")
+  fd = importlib.import_module("scripts.study_deepfd")
   c = fd.condition_config(base, "random frozen D1", 5, 7)
   assert (c.deepfd.stage1_steps, c.deepfd.stage2_steps, c.deepfd.freeze_d1) == (0, 12, True)
 
@@ -217,23 +215,35 @@ def test_train_per_category_subset(tiny_synthetic):
   assert not np.array_equal(input_pipeline.train_indices(tiny_synthetic, c.data), sub)
 
 
-def test_revote_equals_separate_passes(tiny_run):
-  """Re-deciding stored patch logits gives what a separate evaluator pass with that view gives."""
-  run = evaluator.Run(tiny_run)
+def _votes_by_hand(logits, theta=0.0):
+  """p(fake) of binary patch votes at 0.5, keeping the patches whose top-two softmax margin is
+  at least theta (all when none is): written out here, not taken from scoring."""
+  z = np.asarray(logits, np.float64)
+  e = np.exp(z - z.max(-1, keepdims=True))
+  p = e / e.sum(-1, keepdims=True)
+  keep = np.abs(p[:, 1] - p[:, 0]) >= theta
+  p = p[keep] if keep.any() else p
+  return float((p[:, 1] >= 0.5).mean())
+
+
+def test_revote_gives_a_separate_pass_and_the_votes_by_hand(tiny_run):
+  """Re-deciding stored patch logits: the first k of a K-patch random draw are the patches of a
+  k-patch pass (same logits), and the re-decided p(fake) is the vote counted by hand, for the
+  random rule and for the confident rule at two margins over a grid pass's patches."""
+  run = runs.Run(tiny_run)
   ds = datasets.Dataset(run.info["dataset"])
   sets = [("all", ds.select("test")[:6])]
   rand = sc.forward_sets(run, ds, sets, run.view("random", patch_size=16, k=5))["all"][0]
   direct = sc.forward_sets(run, ds, sets, run.view("random", patch_size=16, k=3))["all"][0]
   for a, b in zip(sc.revote(rand, run.view("random", patch_size=16, k=3)), direct):
-    np.testing.assert_allclose(a.probs, b.probs)
-    assert a.pred == b.pred and a.n_inputs == b.n_inputs == 3
+    np.testing.assert_allclose(np.asarray(a.outputs["logits"]), np.asarray(b.patch_logits), rtol=1e-5, atol=1e-5)
+    assert a.score == pytest.approx(_votes_by_hand(b.patch_logits)) and a.n_inputs == b.n_inputs == 3
   grid = sc.forward_sets(run, ds, sets, run.view("grid", patch_size=16))["all"][0]
+  assert len(grid[0].patch_logits) == 4  # 32 px images: a 2 x 2 grid of 16 px patches.
   for theta in (0.0, 0.3):
     v = run.view("confident", patch_size=16, theta=theta)
-    direct = sc.forward_sets(run, ds, sets, v)["all"][0]
-    for a, b in zip(sc.revote(grid, v), direct):
-      np.testing.assert_allclose(a.probs, b.probs)
-      assert a.score == pytest.approx(b.score)
+    for a, r in zip(sc.revote(grid, v), grid):
+      assert a.probs[1] == pytest.approx(_votes_by_hand(r.patch_logits, theta))
 
 
 def test_statistics_rules():
@@ -262,12 +272,12 @@ def test_statistics_rules():
 
 def test_figures_show_every_value(tmp_path, monkeypatch):
   """A bar or point below the default y range (0.4) lowers the axis instead of vanishing under it."""
-  shown = []
-  monkeypatch.setattr(sc.plt, "close", lambda fig: shown.append(fig.axes[0].get_ylim()))
+  made, real = [], sc.report.figure_and_axes
+  monkeypatch.setattr(sc.report, "figure_and_axes", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
   sc.plot_bars(str(tmp_path / "b.png"), ["g"], ["a", "b"], {("g", "a"): [0.39, 0.37], ("g", "b"): [0.9]}, "y")
   sc.plot_series(str(tmp_path / "s.png"), [("a", [1, 2], [[0.8], [0.12]])], "x", "y")
   sc.plot_bars(str(tmp_path / "c.png"), ["g"], ["a"], {("g", "a"): [0.6, 0.7]}, "y")
-  (bars, _), (series, _), (kept, top) = shown
+  (bars, _), (series, _), (kept, top) = [fig.axes[0].get_ylim() for fig, _ in made]
   assert bars <= 0.37 - 0.05 and series <= 0.12 - 0.05
   assert (kept, top) == (0.4, 1.02)  # Nothing below: the range as asked.
 
@@ -277,7 +287,7 @@ def test_leaderboard_on_the_photo_benchmark(tmp_path, data_root):
   out, res = run_script("leaderboard", tmp_path, data_root, "--benchmark", "photo")
   md = check_outputs(out, res, ["leaderboard_nn_conv.png"], ["Trained on nn_conv"])  # photo's default.
   rows = table_rows(md, "Trained on nn_conv")
-  import leaderboard  # pylint: disable=g-import-not-at-top
+  from scripts import leaderboard  # pylint: disable=g-import-not-at-top
   assert [r[0] for r in rows] == list(leaderboard.RECIPES)
   for r in rows:
     assert len(r) == 1 + 5 + 6  # Recipe, the five families' acc / AP, six mean-unseen columns.

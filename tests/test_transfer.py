@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from fakejax import checkpoint
-from fakejax import train
+from fakejax import training
 
 
 def _is_bn_stat(k):
@@ -26,7 +26,7 @@ def pretrained(tiny_run, tmp_path_factory):
 def _train(make_config, tmp_path, init_from, **kw):
   config = make_config(total_steps=3, eval_every_steps=3, **{"model.init_from": init_from}, **kw)
   workdir = str(tmp_path / "run")
-  train.train_and_evaluate(config, workdir)
+  training.train_and_evaluate(config, workdir)
   with open(os.path.join(workdir, "config.json")) as f:
     saved = json.load(f)
   return checkpoint.load_run_weights(workdir, "latest"), saved
@@ -81,4 +81,4 @@ def test_init_from_a_mismatched_model_names_parameters(make_config, tmp_path, pr
   path, _ = pretrained
   config = make_config(**{"model.init_from": path, "model.middle_blocks": 2})
   with pytest.raises(checkpoint.MismatchError, match="middle/1/bns/0/mean: checkpoint missing"):
-    train.train_and_evaluate(config, str(tmp_path / "run"))
+    training.train_and_evaluate(config, str(tmp_path / "run"))

@@ -13,6 +13,7 @@ from fakejax.datasets.builder import synthetic_dataset
 from fakejax.datasets.checks import format_summary
 from fakejax.datasets.images import BadImage
 from fakejax.datasets.images import decode_png
+from fakejax.datasets.images import list_images
 from fakejax.datasets.images import load_rgb
 from fakejax.datasets.images import STORAGES
 from fakejax.datasets.layouts import FAKE
@@ -31,7 +32,7 @@ from fakejax.datasets.reader import GROUP_BY
 
 __all__ = ["BadImage", "Dataset", "DatasetError", "FAKE", "GROUP_BY", "LAYOUT_HELP", "LAYOUTS",
            "LayoutError", "Names", "REAL", "SPLITS", "STORAGES", "decode_png", "format_summary",
-           "hash_split", "load_rgb", "open_dataset", "open_named", "parse_pairs", "photo_dataset",
+           "hash_split", "list_images", "load_rgb", "open_dataset", "open_named", "parse_pairs", "photo_dataset",
            "prepare_folder", "scan", "synthetic_dataset"]
 
 

@@ -300,7 +300,7 @@ def _prepare_out(out):
   os.makedirs(out, exist_ok=True)
 
 
-def prepare_folder(root, out, layout="auto", fractions=(0.56, 0.24, 0.20), seed=0, dedup=False,
+def prepare_folder(root, out, *, layout="auto", fractions=(0.56, 0.24, 0.20), seed=0, dedup=False,
                    max_pixels=1 << 28, min_size=8, storage="png", workers=None, pairs=None,
                    names=layouts.Names()):
   """Turns an image-folder tree into a dataset at `out` (see `fakejax.prepare`).
@@ -451,10 +451,10 @@ def _synthetic_group(task):
   """Worker: one real image of the synthetic benchmark and its fakes, encoded."""
   split_counts, size, seed, categories, families, storage, (split, cat, i) = task
   return [(ex["name"], ex["source"], ex["category"], images.encode(ex["image"], storage),
-           images.pixel_hash(ex["image"])) for ex in synthetic.generate_one(split_counts, size, seed, families, split, cat, i)]
+           images.pixel_hash(ex["image"])) for ex in synthetic.generate_one(split_counts, size, seed, families, (split, cat, i))]
 
 
-def synthetic_dataset(root, size=64, counts=(("train", 200), ("val", 50), ("test", 50)), seed=0,
+def synthetic_dataset(root, size=64, counts=(("train", 200), ("val", 50), ("test", 50)), seed=0, *,
                       categories=synthetic.DEFAULT_CATEGORIES, families=synthetic.FAMILIES, storage="png",
                       workers=None):
   """The synthetic benchmark under `root`, generated on first use.
@@ -527,7 +527,7 @@ def _publish(root, tmp, out):
       raise
 
 
-def photo_dataset(root, size=64, counts=(("train", 2000), ("val", 400), ("test", 400)), seed=0,
+def photo_dataset(root, size=64, counts=(("train", 2000), ("val", 400), ("test", 400)), seed=0, *,
                   families=photo.FAMILIES, postprocess="", gen_steps=photo.GEN_STEPS, storage="png",
                   photos=None, train_all=False):
   """The photo benchmark (fakejax.photo) under `root`, generated on first use.
@@ -568,7 +568,8 @@ def photo_dataset(root, size=64, counts=(("train", 2000), ("val", 400), ("test",
   index = {s: _Index() for s in splits}
   t0 = time.perf_counter()
   rows = photo.generate(dict((s, n) for s, n in counts if n > 0), size, seed, tuple(families),
-                        postprocess, gen_steps, photos, log=logging.warning, train_all=train_all)
+                        pp=postprocess, gen_steps=gen_steps, photos=photos, log=logging.warning,
+                        train_all=train_all)
   pending = {"row": next(rows, None)}
 
   def examples(split):

@@ -128,3 +128,18 @@ def pixel_hash(rgb):
   h.update(np.asarray(rgb.shape, np.int64).tobytes())
   h.update(np.ascontiguousarray(rgb).tobytes())
   return h.hexdigest()
+
+
+def list_images(inputs):
+  """Files named directly, plus every file below named folders (sorted; hidden files skipped)."""
+  files = []
+  for p in inputs:
+    if os.path.isdir(p):
+      for dirpath, dirnames, filenames in os.walk(p):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        files += [os.path.join(dirpath, f) for f in sorted(filenames) if not f.startswith(".")]
+    elif os.path.exists(p):
+      files.append(p)
+    else:
+      raise FileNotFoundError(f"{p} does not exist")
+  return files

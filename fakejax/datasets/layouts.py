@@ -295,7 +295,7 @@ def scan(root, layout="auto", fractions=(0.56, 0.24, 0.20), seed=0, names=Names(
     else:
       splits = bytes(SPLITS.index(hash_split(os.path.join(folder, f), fractions, seed))
                      for f in file_names(files))
-    items.add_folder(folder, files, splits, *fields)
+    items.add_folder(folder, files, splits, fields)
   has_real = name != "attribution" or REAL in items.class_names
   class_names = (REAL,) * has_real + tuple(sorted(items.class_names - {REAL}))
   return name, class_names, items, others
@@ -321,12 +321,13 @@ class Items:
     self._len = 0
     self.class_names, self.counts = set(), collections.Counter()
 
-  def add_folder(self, folder, files, splits, class_name, source, category, group):
-    """`splits`: the folder's split, or one split code (SPLITS.index) a file."""
+  def add_folder(self, folder, files, splits, fields):
+    """`splits`: the folder's split, or one split code (SPLITS.index) a file; `fields`:
+    (class_name, source, category, group) of every file."""
     n = files.count("\0") + 1
-    self._folders.append((folder, files, splits, (class_name, source, category, group)))
+    self._folders.append((folder, files, splits, tuple(fields)))
     self._len += n
-    self.class_names.add(class_name)
+    self.class_names.add(fields[0])
     if isinstance(splits, str):
       self.counts[splits] += n
     else:

@@ -171,11 +171,3 @@ class Dataset:
         raise DatasetError(f"Category {c!r} of {self.path} split {split} has fakes but no real images")
       out.append((prefix + c, np.flatnonzero((fakes | reals) & in_c)))
     return out
-
-
-def hold_out(indices, fraction, seed):
-  """(kept, held out): a seeded `fraction` of `indices` set aside (a validation split from train)."""
-  rng = np.random.default_rng([seed, 7919])
-  held = np.zeros(len(indices), bool)
-  held[rng.permutation(len(indices))[:int(round(len(indices) * fraction))]] = True
-  return np.asarray(indices)[~held], np.asarray(indices)[held]

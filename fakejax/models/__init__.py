@@ -1,4 +1,13 @@
-"""Model registry: every architecture by name, plus the input normalisation."""
+"""Model registry: every architecture by name, plus the input normalisation.
+
+Every model's forward is `model(x, *, rngs=None, taps=None, valid=None)` -> float32 logits:
+  x: (N, H, W, 3) preprocessed images (models.preprocess).
+  rngs: dropout key (train mode).
+  taps: optional `taps(name, activation) -> activation`, called after each layer of
+    model.layer_names() in that order; the forward continues with what it returns.
+  valid: optional (N, 2) sizes of the images before padding: the global pool averages their
+    own cells only (layers.region).
+"""
 
 import functools
 

@@ -95,8 +95,8 @@ class BiT(nnx.Module):
   CAM_LAYER = "block4"
   STAGES = ("block1", "block2", "block3", "block4")  # Attribute names, as the released weights'.
 
-  def __init__(self, depth=50, num_classes=2, dropout=0.0, width=1.0, dtype=jnp.float32,
-               init="reference", remat=False, *, rngs):
+  def __init__(self, depth=50, *, num_classes=2, dropout=0.0, width=1.0, dtype=jnp.float32,
+               init="reference", remat=False, rngs):
     if depth not in DEPTHS:
       raise ValueError(f"Unknown BiT depth {depth}; known: {sorted(DEPTHS)}")
     c = lambda n: max(GROUPS, int(round(n * width / GROUPS)) * GROUPS)
@@ -127,16 +127,10 @@ class BiT(nnx.Module):
       names += [f"{stage}.{j}" for j in range(len(getattr(self, stage)))] + [stage]
     return tuple(names)
 
-  def __call__(self, x, *, rngs=None, taps=None):
-    """Logits (float32) of NHWC images.
-
-    Args:
-      x: (N, H, W, 3) images in [-1, 1].
-      rngs: dropout key (train mode).
-      taps: optional `taps(name, activation) -> activation`, called after each layer of
-        layer_names() in that order; the forward continues with what it returns.
-    """
+  def __call__(self, x, *, rngs=None, taps=None, valid=None):
+    """Logits (float32) of NHWC images in [-1, 1]: the forward of every model (models/__init__.py)."""
     tap = layers.tapper(taps)
+    region = layers.region(valid, x.shape[1:3])
     x = self.root(x)
     # Zero padding, then an unpadded pool: the released weights' root (see the module docstring).
     x = layers.max_pool(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))), padding=((0, 0), (0, 0)))
@@ -145,5 +139,5 @@ class BiT(nnx.Module):
       for j, unit in enumerate(getattr(self, stage)):
         x = tap(f"{stage}.{j}", layers.call_block(unit, x, self.remat))
       x = tap(stage, x)
-    x = layers.global_avg_pool(nnx.relu(self.norm(x)))
+    x = layers.global_avg_pool(nnx.relu(self.norm(x)), region)
     return self.head(self.dropout(x, rngs=rngs)).astype(jnp.float32)

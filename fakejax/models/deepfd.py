@@ -44,13 +44,13 @@ class D1(nnx.Module):
     self.num_features = cin
     self.remat = remat
 
-  def __call__(self, x, taps=None):
+  def __call__(self, x, taps=None, valid_region=None):
     """(256-channel feature map, 128-d embedding); `taps` as DeepFD's, names without 'd1.'."""
     tap = layers.tapper(taps)
     x = tap("stem", self.stem(x))
     for i, b in enumerate(self.blocks):
       x = tap(f"block{i}", layers.call_block(b, x, self.remat))
-    return x, self.embed(layers.global_avg_pool(x)).astype(jnp.float32)
+    return x, self.embed(layers.global_avg_pool(x, valid_region)).astype(jnp.float32)
 
 
 class D2(nnx.Module):
@@ -61,8 +61,8 @@ class D2(nnx.Module):
     self.dropout = nnx.Dropout(dropout)
     self.head = nnx.Linear(max(2, num_classes), num_classes, dtype=jnp.float32, rngs=rngs)
 
-  def __call__(self, features, rngs=None, taps=None):
-    x = layers.global_avg_pool(layers.tapper(taps)("conv", self.conv(features)))
+  def __call__(self, features, rngs=None, taps=None, valid_region=None):
+    x = layers.global_avg_pool(layers.tapper(taps)("conv", self.conv(features)), valid_region)
     return self.head(self.dropout(x, rngs=rngs)).astype(jnp.float32)
 
 
@@ -75,8 +75,8 @@ class DeepFD(nnx.Module):
   stages = ("d1", "d2")  # Parameter groups trained by stage 1 and stage 2.
   CAM_LAYER = "d1.block5"  # D1's last stage, the map D2 classifies.
 
-  def __init__(self, num_classes=2, dropout=0.0, width=1.0, embed_dim=128, dtype=jnp.float32,
-               bn_momentum=0.9, remat=False, *, rngs):
+  def __init__(self, *, num_classes=2, dropout=0.0, width=1.0, embed_dim=128, dtype=jnp.float32,
+               bn_momentum=0.9, remat=False, rngs):
     self.d1 = D1(width, embed_dim, remat, bn=dict(momentum=bn_momentum, epsilon=1e-5), dtype=dtype,
                  rngs=rngs)
     self.d2 = D2(self.d1.num_features, num_classes, dropout, dtype=dtype, rngs=rngs)
@@ -89,15 +89,9 @@ class DeepFD(nnx.Module):
     """The names `taps` sees, in forward order: D1's stages, then D2's class-evidence map."""
     return ("d1.stem", *(f"d1.block{i}" for i in range(len(self.d1.blocks))), "d2.conv")
 
-  def __call__(self, x, *, rngs=None, taps=None):
-    """Logits (float32) of NHWC images.
-
-    Args:
-      x: (N, H, W, 3) preprocessed images.
-      rngs: dropout key (train mode).
-      taps: optional `taps(name, activation) -> activation`, called after each layer of
-        layer_names() in that order; the forward continues with what it returns.
-    """
+  def __call__(self, x, *, rngs=None, taps=None, valid=None):
+    """Logits (float32) of NHWC images: the forward of every model (models/__init__.py)."""
     prefixed = lambda prefix: None if taps is None else lambda name, a: taps(f"{prefix}.{name}", a)
-    features, _ = self.d1(x, taps=prefixed("d1"))
-    return self.d2(features, rngs=rngs, taps=prefixed("d2"))
+    region = layers.region(valid, x.shape[1:3])
+    features, _ = self.d1(x, taps=prefixed("d1"), valid_region=region)
+    return self.d2(features, rngs=rngs, taps=prefixed("d2"), valid_region=region)

@@ -42,13 +42,15 @@ def _set(module, path, value):
     setattr(owner, last, value)
 
 
-def folded(kernel, conv_bias, bn_scale, bn_bias, mean, var, epsilon):
+def folded(kernel, conv_bias, bn, epsilon):
   """(kernel, bias) of the convolution whose output equals BatchNorm(eval) of conv(kernel)'s.
 
   BatchNorm in eval mode is (y - mean) * rsqrt(var + eps) * scale + bias per channel; the factor
   goes into the kernel's output channels (its last axis, depthwise kernels included) and the rest
-  into the bias. `conv_bias`, `bn_scale` and `bn_bias` may be None (absent).
+  into the bias. `bn` is (scale, bias, mean, var); `conv_bias`, the scale and the bias may be None
+  (absent).
   """
+  bn_scale, bn_bias, mean, var = bn
   factor = lax.rsqrt(var + epsilon)
   if bn_scale is not None:
     factor = factor * bn_scale
@@ -63,7 +65,7 @@ def folded(kernel, conv_bias, bn_scale, bn_bias, mean, var, epsilon):
 @functools.partial(jax.jit, static_argnums=1)
 def _fold_all(arrays, epsilons):
   # One compiled program for every pair: folding op by op eagerly compiles each op per shape.
-  return [folded(*a, eps) for a, eps in zip(arrays, epsilons)]
+  return [folded(a[0], a[1], a[2:], eps) for a, eps in zip(arrays, epsilons)]
 
 
 def for_inference(model):

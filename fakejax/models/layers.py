@@ -4,8 +4,6 @@ These say what the networks are. How a convolution or a pool runs on a backend (
 or a CPU formulation) is chosen when it is traced, in fakejax.models.cpu_kernels.
 """
 
-import contextlib
-import contextvars
 
 from flax import nnx
 import jax.numpy as jnp
@@ -38,7 +36,7 @@ def batch_norm(features, *, dtype, rngs, **kwargs):
   return nnx.BatchNorm(features, dtype=dtype, promote_dtype=keep_dtypes, rngs=rngs, **kwargs)
 
 
-def conv(cin, cout, kernel, stride=1, padding="SAME", groups=1, use_bias=False, *, dtype, rngs,
+def conv(cin, cout, kernel, stride=1, padding="SAME", *, groups=1, use_bias=False, dtype, rngs,
          kernel_init=inits.FLAX_KERNEL):
   """A square nnx.Conv whose convolution runs as cpu_kernels chooses at trace time."""
   return nnx.Conv(cin, cout, (kernel, kernel), (stride, stride), padding=padding,
@@ -55,9 +53,9 @@ class ConvBN(nnx.Module):
   # (convolution, the BatchNorm applied directly to its output): what models.fold folds.
   FOLDS = (("conv", "bn"),)
 
-  def __init__(self, cin, cout, kernel, stride=1, padding="SAME", act=nnx.relu, groups=1, *, bn,
+  def __init__(self, cin, cout, kernel, stride=1, padding="SAME", *, act=nnx.relu, groups=1, bn,
                dtype, rngs, kernel_init=inits.FLAX_KERNEL):
-    self.conv = conv(cin, cout, kernel, stride, padding, groups, dtype=dtype, rngs=rngs,
+    self.conv = conv(cin, cout, kernel, stride, padding, groups=groups, dtype=dtype, rngs=rngs,
                      kernel_init=kernel_init)
     self.bn = batch_norm(cout, dtype=dtype, rngs=rngs, **bn)
     self.act = act
@@ -79,34 +77,22 @@ class SeparableConv(nnx.Module):
     return self.pointwise(self.depthwise(x))
 
 
-_VALID_REGION = contextvars.ContextVar("valid_region", default=None)
+def region(valid, input_hw):
+  """What `global_avg_pool` needs to average only each image's own pixels: None (every cell), or
+  (valid (B, 2) int array, each input's (height, width) before padding, the padded (H, W)).
 
-
-@contextlib.contextmanager
-def valid_region(valid, input_hw):
-  """Global pools inside this block average each image's valid feature cells only.
-
-  For whole images padded to a bucket size (evaluator.View): the padded border must not count
-  in the pooled features. Set around a forward while it is traced (evaluator.make_forward).
-
-  Args:
-    valid: (B, 2) int array, each input's (height, width) before padding, or None (no mask).
-    input_hw: the padded inputs' (H, W).
+  For whole images padded to a size bucket (scoring.View): the padded border must not count in
+  the pooled features. A model's forward takes `valid` and passes region(valid, x.shape[1:3]).
   """
-  token = _VALID_REGION.set(None if valid is None else (valid, tuple(input_hw)))
-  try:
-    yield
-  finally:
-    _VALID_REGION.reset(token)
+  return None if valid is None else (valid, tuple(input_hw))
 
 
-def global_avg_pool(x):
-  """Mean over H, W of NHWC; inside `valid_region`, over the cells that cover each image's
-  valid pixels (ceil(h * Hf / H) rows and ceil(w * Wf / W) columns of an Hf x Wf map)."""
-  region = _VALID_REGION.get()
-  if region is None:
+def global_avg_pool(x, valid_region=None):
+  """Mean over H, W of NHWC; with a `valid_region` (region()), over the cells that cover each
+  image's valid pixels (ceil(h * Hf / H) rows and ceil(w * Wf / W) columns of an Hf x Wf map)."""
+  if valid_region is None:
     return jnp.mean(x, axis=(1, 2))
-  valid, (h_in, w_in) = region
+  valid, (h_in, w_in) = valid_region
   hf, wf = x.shape[1:3]
   rows = -(-valid[:, 0] * hf // h_in)
   cols = -(-valid[:, 1] * wf // w_in)

@@ -51,8 +51,8 @@ class MobileNetV2(nnx.Module):
 
   CAM_LAYER = "last"
 
-  def __init__(self, num_classes=2, dropout=0.2, width=1.0, dtype=jnp.float32,
-               bn_momentum=KERAS_MOMENTUM, init="reference", remat=False, *, rngs):
+  def __init__(self, *, num_classes=2, dropout=0.2, width=1.0, dtype=jnp.float32,
+               bn_momentum=KERAS_MOMENTUM, init="reference", remat=False, rngs):
     bn = dict(momentum=bn_momentum, epsilon=KERAS_EPSILON)
     kw = dict(bn=bn, dtype=dtype, rngs=rngs, kernel_init=inits.conv(init, "keras"))
     cin = make_divisible(32 * width)
@@ -75,19 +75,13 @@ class MobileNetV2(nnx.Module):
     """The names `taps` sees, in forward order."""
     return ("stem", *(f"block{i}" for i in range(len(self.blocks))), "last")
 
-  def __call__(self, x, *, rngs=None, taps=None):
-    """Logits (float32) of NHWC images.
-
-    Args:
-      x: (N, H, W, 3) preprocessed images.
-      rngs: dropout key (train mode).
-      taps: optional `taps(name, activation) -> activation`, called after each layer of
-        layer_names() in that order; the forward continues with what it returns.
-    """
+  def __call__(self, x, *, rngs=None, taps=None, valid=None):
+    """Logits (float32) of NHWC images: the forward of every model (models/__init__.py)."""
     tap = layers.tapper(taps)
+    region = layers.region(valid, x.shape[1:3])
     x = tap("stem", self.stem(x))
     for i, blk in enumerate(self.blocks):
       x = tap(f"block{i}", layers.call_block(blk, x, self.remat))
     x = tap("last", self.last(x))
-    x = layers.global_avg_pool(x)
+    x = layers.global_avg_pool(x, region)
     return self.head(self.dropout(x, rngs=rngs)).astype(jnp.float32)

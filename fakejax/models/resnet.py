@@ -48,9 +48,9 @@ class ResNet(nnx.Module):
 
   CAM_LAYER = "layer4"
 
-  def __init__(self, depth=50, num_classes=2, dropout=0.0, width=1.0, dtype=jnp.float32,
+  def __init__(self, depth=50, *, num_classes=2, dropout=0.0, width=1.0, dtype=jnp.float32,
                bn_momentum=TORCH_MOMENTUM, init="reference", remat=False, stages=4, stem_kernel=7,
-               single_logit=False, *, rngs):
+               single_logit=False, rngs):
     """`stages` < 4 keeps the first stages only; `stem_kernel` 3 is NPR/SAFE's 3x3 stem;
     `single_logit`: a 1-output head z (NPR's BCE head) returned as the logits [0, z], whose
     softmax is exactly [1 - sigmoid(z), sigmoid(z)] and whose cross-entropy is BCE on z."""
@@ -89,22 +89,16 @@ class ResNet(nnx.Module):
       names += [f"layer{i + 1}.{j}" for j in range(len(stage))] + [f"layer{i + 1}"]
     return tuple(names)
 
-  def __call__(self, x, *, rngs=None, taps=None):
-    """Logits (float32) of NHWC images.
-
-    Args:
-      x: (N, H, W, 3) preprocessed images.
-      rngs: dropout key (train mode).
-      taps: optional `taps(name, activation) -> activation`, called after each layer of
-        layer_names() in that order; the forward continues with what it returns.
-    """
+  def __call__(self, x, *, rngs=None, taps=None, valid=None):
+    """Logits (float32) of NHWC images: the forward of every model (models/__init__.py)."""
     tap = layers.tapper(taps)
+    region = layers.region(valid, x.shape[1:3])
     x = tap("stem", self.stem(x))
     x = tap("maxpool", layers.max_pool(x, padding=((1, 1), (1, 1))))
     for i, stage in enumerate(self.stages):
       for j, blk in enumerate(stage):
         x = tap(f"layer{i + 1}.{j}", layers.call_block(blk, x, self.remat))
       x = tap(f"layer{i + 1}", x)
-    x = layers.global_avg_pool(x)
+    x = layers.global_avg_pool(x, region)
     logits = self.head(self.dropout(x, rngs=rngs)).astype(jnp.float32)
     return jnp.concatenate([jnp.zeros_like(logits), logits], -1) if self.single_logit else logits

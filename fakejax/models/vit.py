@@ -82,8 +82,8 @@ class ClipViT(nnx.Module):
   1-output head z returned as the logits [0, z] (UnivFD's BCE head).
   """
 
-  def __init__(self, arch="clip_vit_l14", num_classes=2, dropout=0.0, width=1.0, dtype=jnp.float32,
-               init="reference", remat=False, single_logit=False, *, rngs, depth=None, heads=None,
+  def __init__(self, arch="clip_vit_l14", *, num_classes=2, dropout=0.0, width=1.0, dtype=jnp.float32,
+               init="reference", remat=False, single_logit=False, rngs, depth=None, heads=None,
                image_size=None, patch=None, embed_dim=None, hidden=None):
     """`depth`, `heads`, `image_size`, `patch`, `embed_dim`, `hidden` override ARCHS[arch]
     (small encoders for tests)."""
@@ -132,7 +132,9 @@ class ClipViT(nnx.Module):
       x = jnp.concatenate([x[:, :1], grid.reshape(n, self.grid**2, -1)], 1)
     return self.ln_post(x[:, 0]) @ self.proj[...].astype(self.dtype)
 
-  def __call__(self, x, *, rngs=None, taps=None):
-    """Logits (float32) of preprocessed NHWC images; see features()."""
+  def __call__(self, x, *, rngs=None, taps=None, valid=None):
+    """Logits (float32) of preprocessed NHWC images; see features(). `valid` is taken for the
+    interface's sake: the class token has no global pool to mask."""
+    del valid
     logits = self.head(self.dropout(self.features(x, taps), rngs=rngs)).astype(jnp.float32)
     return jnp.concatenate([jnp.zeros_like(logits), logits], -1) if self.single_logit else logits

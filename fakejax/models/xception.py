@@ -82,8 +82,8 @@ class Xception(nnx.Module):
   CAM_LAYER = "block12"  # The last 10x10 map at 299 px before the exit convolutions.
   FOLDS = (("sep14.pointwise", "bn14"), ("sep15.pointwise", "bn15"))
 
-  def __init__(self, num_classes=2, dropout=0.5, width=1.0, middle_blocks=8, dtype=jnp.float32,
-               bn_momentum=KERAS_MOMENTUM, init="reference", remat=False, *, rngs):
+  def __init__(self, *, num_classes=2, dropout=0.5, width=1.0, middle_blocks=8, dtype=jnp.float32,
+               bn_momentum=KERAS_MOMENTUM, init="reference", remat=False, rngs):
     if not 0 <= middle_blocks <= MAX_MIDDLE_BLOCKS:
       raise ValueError(f"middle_blocks must be 0..{MAX_MIDDLE_BLOCKS} (the published model's "
                        f"8 at most), got {middle_blocks}")
@@ -113,16 +113,10 @@ class Xception(nnx.Module):
     return ("conv1", "conv2", "block1", "block2", "block3",
             *(f"block{4 + i}" for i in range(len(self.middle))), "block12", "conv3", "conv4")
 
-  def __call__(self, x, *, rngs=None, taps=None):
-    """Logits (float32) of NHWC images.
-
-    Args:
-      x: (N, H, W, 3) preprocessed images.
-      rngs: dropout key (train mode).
-      taps: optional `taps(name, activation) -> activation`, called after each layer of
-        layer_names() in that order; the forward continues with what it returns.
-    """
+  def __call__(self, x, *, rngs=None, taps=None, valid=None):
+    """Logits (float32) of NHWC images: the forward of every model (models/__init__.py)."""
     tap = layers.tapper(taps)
+    region = layers.region(valid, x.shape[1:3])
     x = tap("conv1", self.conv1(x))
     x = tap("conv2", self.conv2(x))
     block = lambda b, x: layers.call_block(b, x, self.remat)
@@ -134,5 +128,5 @@ class Xception(nnx.Module):
     x = tap("block12", block(self.block13, x))
     x = tap("conv3", nnx.relu(self.bn14(self.sep14(x))))
     x = tap("conv4", nnx.relu(self.bn15(self.sep15(x))))
-    x = layers.global_avg_pool(x)
+    x = layers.global_avg_pool(x, region)
     return self.head(self.dropout(x, rngs=rngs)).astype(jnp.float32)

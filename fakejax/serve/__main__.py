@@ -21,15 +21,10 @@ from fakejax import cli
 
 if __name__ == "__main__":
   # Defined only when this file is the program: LitServe's spawned worker imports it again.
-  _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder written by fakejax.train.")
-  _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
-  _DTYPE = cli.define_dtype_flag()
+  _F = cli.define_scoring_flags("serve")
   _HOST = flags.DEFINE_enum("host", "127.0.0.1", ["127.0.0.1", "0.0.0.0", "::"],
                             "Interface to listen on (0.0.0.0 / :: : every interface).")
   _PORT = flags.DEFINE_integer("port", 8000, "TCP port (1024-65535).")
-  _MODE = flags.DEFINE_string("mode", "auto", "View and decision rule, as in fakejax.predict.")
-  _PATCH = flags.DEFINE_integer("patch_size", 32, "Patch side for the patch modes.")
-  _THRESHOLD = flags.DEFINE_float("threshold", None, "p_fake threshold (default: the run's config).")
   _MAX_BATCH = flags.DEFINE_integer("max_batch_size", 16, "Most requests scored together; 1 turns "
                                     "batching off.")
   _BATCH_TIMEOUT = flags.DEFINE_float("batch_timeout", 0.05, "Seconds the batcher waits for more "
@@ -66,7 +61,7 @@ def _on_sigterm(main_pid):
 def main(argv):
   if len(argv) > 1:
     raise cli.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
-  workdir = _WORKDIR.value
+  workdir = _F.workdir.value
   if not os.path.exists(os.path.join(workdir, "run.json")):
     raise cli.UserError(f"{workdir} is not a fakejax run (no run.json); train one with "
                         "`python -m fakejax.train`")
@@ -77,8 +72,9 @@ def main(argv):
   except ImportError as e:
     raise cli.UserError(f"serving needs the serve extra: pip install -e '.[serve]' ({e})") from None
   settings = app.Settings(
-      workdir=os.path.abspath(workdir), checkpoint=_CHECKPOINT.value, dtype=_DTYPE.value, mode=_MODE.value,
-      patch_size=_PATCH.value, threshold=_THRESHOLD.value, max_batch_size=_MAX_BATCH.value,
+      workdir=os.path.abspath(workdir), checkpoint=_F.checkpoint.value, dtype=_F.dtype.value, mode=_F.mode.value,
+      view=tuple(cli.view_settings(_F).items()), tta=tuple(_F.tta.value), threads=_F.threads.value,
+      threshold=_F.threshold.value, max_batch_size=_MAX_BATCH.value,
       batch_timeout=_BATCH_TIMEOUT.value, eval_batch=_EVAL_BATCH.value,
       max_body_bytes=_MAX_BODY.value, max_pixels=_MAX_PIXELS.value, max_images=_MAX_IMAGES.value,
       timeout=_TIMEOUT.value, max_in_flight=_MAX_IN_FLIGHT.value, max_shapes=_MAX_SHAPES.value)

@@ -56,9 +56,11 @@ class Settings:
   """What a server serves and its limits (the flags of `python -m fakejax.serve`)."""
   workdir: str
   checkpoint: str = "best"
-  dtype: str = ""  # '' the run's, 'auto', 'float32', 'bfloat16' (evaluator.Run).
+  dtype: str = ""  # '' the run's, 'auto', 'float32', 'bfloat16' (runs.Run).
   mode: str = "auto"
-  patch_size: int = 32
+  view: tuple = ()               # The View's other settings, (key, value) pairs (cli.view_settings).
+  tta: tuple = ()                # Test-time copies (augment.tta_copies specs).
+  threads: int = 0               # Decoding threads (0: the run's eval_threads).
   threshold: float = None        # None: the run's config.threshold.
   max_batch_size: int = 16       # Requests per model call (LitServe's adaptive batch).
   batch_timeout: float = 0.05    # Seconds the batcher waits for a batch to fill.
@@ -132,18 +134,21 @@ class DetectAPI(ls.LitAPI):
 
   def _load(self):
     from absl import logging  # pylint: disable=g-import-not-at-top
-    from fakejax import evaluator  # pylint: disable=g-import-not-at-top  (JAX: this process only)
+    from fakejax import augment  # pylint: disable=g-import-not-at-top  (JAX: this process only)
+    from fakejax import runs  # pylint: disable=g-import-not-at-top
+    from fakejax import scoring  # pylint: disable=g-import-not-at-top
     logging.set_verbosity(logging.WARNING)
     import jax  # pylint: disable=g-import-not-at-top
     s = self.settings
     # The evaluator pads every forward pass to its batch: free on an accelerator, but on a CPU
     # padding costs as much as images, and a served batch is rarely full (docs/performance.md).
     batch = s.eval_batch or (jax.device_count() if jax.default_backend() == "cpu" else 0)
-    self.run = evaluator.Run(s.workdir, s.checkpoint, batch_size=batch, dtype=s.dtype)
-    self.view = self.run.view(s.mode, patch_size=s.patch_size)
+    self.run = runs.Run(s.workdir, s.checkpoint, batch_size=batch, threads=s.threads, dtype=s.dtype)
+    self.view = self.run.view(s.mode, **dict(s.view))
+    self.copies = augment.tta_copies(list(s.tta))
     self.threshold = self.run.config.threshold if s.threshold is None else s.threshold
     self._shapes = set()
-    side = max(self.run.config.data.image_size, evaluator.MIN_WHOLE)
+    side = max(self.run.config.data.image_size, scoring.MIN_WHOLE)
     self.score([np.zeros((side, side, 3), np.uint8)])  # Compile the usual shape before serving.
     try:
       from fakejax import explain  # pylint: disable=g-import-not-at-top
@@ -212,7 +217,7 @@ class DetectAPI(ls.LitAPI):
       return out
     self._bound_compiled_shapes([self.view.plan(*arrays[i].shape[:2])[0] for i in usable])
     results = self.run.evaluator.run([arrays[i].shape[:2] for i in usable],
-                                     lambda k: arrays[usable[k]], self.view, threshold=self.threshold)
+                                     lambda k: arrays[usable[k]], self.view, self.copies, threshold=self.threshold)
     for i, r in zip(usable, results):
       if r.error:  # Decoded and planned above: any error here is a bug (a 500), not bad input.
         raise RuntimeError(f"image {i} could not be scored: {r.error}")

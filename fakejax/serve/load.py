@@ -210,7 +210,7 @@ def bad_files():
 # ---------------------------------------------------------------------------
 # The load test.
 # ---------------------------------------------------------------------------
-async def _load(url, clients, seconds, seed, rss_of, cpu_of, sizes):
+async def _load(url, clients, seconds, seed, sizes, *, rss_of, cpu_of):
   import httpx  # pylint: disable=g-import-not-at-top
   goods = good_files(sizes)
   bads = bad_files()
@@ -338,8 +338,8 @@ def run_load(url, clients=32, seconds=30.0, seed=0, pgid=None, sizes=SIZES):
     pgid: the server's process group, for its memory (RSS) and CPU time; None: not measured.
     sizes: (height, width) of the good test images (each is compiled once, before the clock).
   """
-  return asyncio.run(_load(url, clients, seconds, seed, lambda: rss_bytes(pgid) if pgid else 0,
-                           lambda: cpu_seconds(pgid) if pgid else 0.0, sizes))
+  return asyncio.run(_load(url, clients, seconds, seed, sizes, rss_of=lambda: rss_bytes(pgid) if pgid else 0,
+                           cpu_of=lambda: cpu_seconds(pgid) if pgid else 0.0))
 
 
 def main():

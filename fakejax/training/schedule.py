@@ -6,26 +6,21 @@ A wall-clock rule (checkpoint_every_minutes) is turned into a step interval once
 hosts can then never decide differently and block each other inside orbax's collective save.
 """
 
-import ctypes.util
-import importlib.util
 import math
 
-from absl import logging
-import jax
 import numpy as np
 
 from fakejax import cli
 from fakejax import metrics as metrics_lib
+from fakejax import runs
 from fakejax import sharding
+
+TrainingError = runs.TrainingError
 
 # Validation metrics where lower is better; every other one keeps its highest value.
 LOWER_IS_BETTER = ("loss", "eer")
 # Steps timed (after the first, which compiles) to turn minutes into a step interval.
 CALIBRATION_STEPS = 10
-
-
-class TrainingError(cli.UserError):
-  """Training cannot go on (NaN loss or metric, a changed config, ...); the message says why."""
 
 
 def itstime(step, every, total, last=True):
@@ -44,27 +39,6 @@ def parse_steps(spec):
   if not 0 <= first < last:
     raise cli.UserError(f"profile_steps {spec!r}: expected 0 <= FIRST < LAST")
   return first, last
-
-
-def has_cupti():
-  """Whether CUPTI, which records GPU kernels in a profile, can load: the pip package or the library."""
-  try:
-    if importlib.util.find_spec("nvidia.cuda_cupti"):
-      return True
-  except ModuleNotFoundError:  # No nvidia.* package at all.
-    pass
-  return bool(ctypes.util.find_library("cupti"))
-
-
-def start_trace(path):
-  """jax.profiler's trace into `path`. On a GPU its kernels are recorded through CUPTI: when
-  neither the pip package nor the system library is found, the trace would hold host events
-  only, so say what to install (once, when the trace starts)."""
-  if jax.default_backend() == "gpu" and not has_cupti():
-    logging.warning("profile_steps: CUPTI not found, so the trace will hold no GPU kernels. Install it "
-                    "(pip install nvidia-cuda-cupti-cu12, or -cu13 for CUDA 13) or put CUDA's "
-                    "extras/CUPTI/lib64 on LD_LIBRARY_PATH.")
-  jax.profiler.start_trace(path)
 
 
 class Schedule:
@@ -147,7 +121,7 @@ class BestTracker:
     if metric not in available:
       raise TrainingError(f"best_metric {metric!r} is not a metric of this task; it reports: "
                           f"{', '.join(available)}")
-    self.metric, self.lower_better = metric, metric in LOWER_IS_BETTER
+    self.metric, self.lower_better, self.available = metric, metric in LOWER_IS_BETTER, tuple(available)
     meta = meta or {}
     self.best, self.best_step = meta.get("best"), meta.get("best_step")
     self.bad_evals, self.best_val = meta.get("bad_evals", 0), meta.get("best_val")

@@ -1,5 +1,6 @@
-"""What the study scripts (scripts/study_*.py) share: flags, configs, the seeds loop, test sets,
-scoring through the one evaluation path, mean +- std tables, error-bar figures, the verdict rule.
+"""What the study scripts (scripts/study_*.py, scripts/leaderboard.py) share: flags, configs, the
+seeds loop, test sets, scoring through fakejax.scoring, mean +- std tables, error-bar figures,
+the verdict rule.
 
 A study script builds configs, calls `Study.train` once per (point, seed), scores each run with
 `score`, `Study.add`s one record per (point, seed, test set) and ends with `Study.finish`, which
@@ -26,23 +27,18 @@ import shlex
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import flags
+from absl import logging
+import jax
+from matplotlib import colormaps
+import numpy as np
 
-from absl import flags  # pylint: disable=g-import-not-at-top
-from absl import logging  # pylint: disable=g-import-not-at-top
-import jax  # pylint: disable=g-import-not-at-top
-import matplotlib  # pylint: disable=g-import-not-at-top
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-import numpy as np  # pylint: disable=g-import-not-at-top
-
-from fakejax import cli  # pylint: disable=g-import-not-at-top
-from fakejax import datasets  # pylint: disable=g-import-not-at-top
-from fakejax import defaults  # pylint: disable=g-import-not-at-top
-from fakejax import evaluate  # pylint: disable=g-import-not-at-top
-from fakejax import evaluator  # pylint: disable=g-import-not-at-top
-from fakejax import report  # pylint: disable=g-import-not-at-top
-from fakejax import train  # pylint: disable=g-import-not-at-top
+from fakejax import cli
+from fakejax import datasets
+from fakejax import defaults
+from fakejax import report
+from fakejax import scoring
+from fakejax import training
 
 # The one tiny shape every --quick run uses (that of tests/conftest.py's tiny_config), so the
 # smoke runs of all studies and the other tests share compiled programs through the cache.
@@ -229,7 +225,7 @@ class Study:
     self._by_digest[digest] = workdir
     t = time.time()
     print(f"[{self.name}] {label} seed {seed} -> {workdir}", flush=True)
-    out = train.train_and_evaluate(config, workdir)
+    out = training.train_and_evaluate(config, workdir)
     self.runs[workdir] = {"label": label, "seed": seed, "seconds": round(time.time() - t, 1),
                           "reused": bool(out.get("finished"))}  # Finished by an earlier invocation.
     return workdir
@@ -240,11 +236,11 @@ class Study:
 
   def add_rows(self, rows, means=None, **keys):
     """One record per scored set ({set: report row}, numbers only) with the point's `keys`;
-    `means` {name: [set names]} adds the mean over those sets (evaluate.mean_row) as a set."""
+    `means` {name: [set names]} adds the mean over those sets (scoring.mean_row) as a set."""
     for name, row in rows.items():
       self.add(**keys, set=name, **{k: v for k, v in row.items() if isinstance(v, (int, float))})
     for name, members in (means or {}).items():
-      row = evaluate.mean_row([rows[m] for m in members], name)
+      row = scoring.mean_row([rows[m] for m in members], name)
       self.add(**keys, set=name, **{k: v for k, v in row.items() if isinstance(v, (int, float))})
 
   def select(self, **match):
@@ -338,26 +334,11 @@ def categories_of(dataset, split="test"):
   return sorted(str(c) for c in set(dataset.index(split)["category"]) if c)
 
 
-def label_key(run):
-  return "label" if run.info["task"] == "binary" else "class_label"
-
-
-def forward_sets(run, dataset, sets, view, split="test", copies=None, perturbation=None):
-  """Scores the union of the sets' images once; returns {name: (results, labels)}.
-
-  `copies` are test-time copies (augment.tta_copies), `perturbation` an augment.Perturbation
-  applied to every image first (the robustness protocol).
-
-  Sets often share images (each generator's fakes are scored against the same reals), so each
-  image goes through the model once.
-  """
-  union = np.unique(np.concatenate([idx for _, idx in sets]))
-  sizes_, load = evaluator.dataset_reader(dataset, split, union)
+def forward_sets(run, dataset, sets, view, split="test", *, copies=None, perturbation=None):
+  """{name: (results, labels)} of the (name, record indices) `sets` of one dataset, each image
+  scored once (runs.Run.score_sets)."""
   kw = {"copies": copies} if copies else {}
-  res = run.evaluator.run(sizes_, load, view, perturbation=perturbation, threshold=run.config.threshold, **kw)
-  labels = dataset.index(split)[label_key(run)]
-  pos = {int(i): k for k, i in enumerate(union)}
-  return {name: ([res[pos[int(i)]] for i in idx], labels[idx]) for name, idx in sets}
+  return run.score_sets([(dataset, name, idx) for name, idx in sets], view, split, perturbation=perturbation, **kw)
 
 
 def load_step(run, step):
@@ -372,13 +353,13 @@ def eval_steps(workdir):
 
 
 def metrics_of(run, view, results, labels):
-  """The report row of some scored images (evaluator.set_metrics)."""
-  return evaluator.set_metrics(results, labels, run.class_names, view, run.config.threshold)
+  """The report row of some scored images (scoring.set_metrics)."""
+  return scoring.set_metrics(results, labels, run.class_names, view, run.config.threshold)
 
 
-def score(run, dataset, sets, view, split="test", copies=None, perturbation=None):
+def score(run, dataset, sets, view, split="test", *, copies=None, perturbation=None):
   """{set name: report row} of a run under one view (optional test-time copies, perturbation)."""
-  scored = forward_sets(run, dataset, sets, view, split, copies, perturbation)
+  scored = forward_sets(run, dataset, sets, view, split, copies=copies, perturbation=perturbation)
   return {name: metrics_of(run, view, res, labels) for name, (res, labels) in scored.items()}
 
 
@@ -388,13 +369,13 @@ def revote(results, view, threshold=0.5):
   The 'confident' and 'mean_*' rules use the grid patches of a 'grid' run; 'random' with k
   patches uses the first k of a 'random' run with more (augment.random_patches draws them in
   order, so they are exactly the k patches a k-patch run draws). The decisions are
-  evaluator.decide / evaluator.verdict, as in any evaluation.
+  scoring.decide / scoring.verdict, as in any evaluation.
   """
   out = []
   for r in results:
     logits = r.patch_logits[:view.k] if view.mode == "random" else r.patch_logits
-    p = evaluator.decide(view.rule, logits, threshold, view.theta)
-    score_, pred = evaluator.verdict(p, view.rule, threshold)
+    p = scoring.decide(view.rule, logits, threshold, view.theta)
+    score_, pred = scoring.verdict(p, view.rule, threshold)
     out.append(dataclasses.replace(r, probs=p, score=score_, pred=pred, copy_scores=(score_,),
                                    n_inputs=len(logits), outputs={"logits": logits}))
   return out
@@ -459,7 +440,7 @@ def word(sign, up="higher", down="lower", none="no difference"):
 # ---------------------------------------------------------------------------
 # Figures.
 # ---------------------------------------------------------------------------
-def plot_series(path, series, xlabel, ylabel, title="", trend_lines=False, xticks=None, ylim=(0.4, 1.02),
+def plot_series(path, series, xlabel, ylabel, title="", *, trend_lines=False, xticks=None, ylim=(0.4, 1.02),
                 logx=False, hline=None):
   """Mean +- std error bars against x, one line per series, each seed's value as a faint dot.
 
@@ -473,8 +454,8 @@ def plot_series(path, series, xlabel, ylabel, title="", trend_lines=False, xtick
     logx: logarithmic x axis (base 2).
     hline: (y, label) of a reference line, e.g. chance.
   """
-  fig, ax = plt.subplots(figsize=(5.6, 3.8))
-  colours = plt.cm.tab10(np.arange(max(len(series), 1)) % 10)
+  fig, ax = report.figure_and_axes(figsize=(5.6, 3.8))
+  colours = colormaps["tab10"](np.arange(max(len(series), 1)) % 10)
   for (label, x, per_point), colour in zip(series, colours):
     stats = [mean_std(v) for v in per_point]
     for xv, v in zip(x, per_point):
@@ -503,7 +484,6 @@ def plot_series(path, series, xlabel, ylabel, title="", trend_lines=False, xtick
   ax.set_title(title, fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=80)
-  plt.close(fig)
 
 
 def _room_for(ylim, values):
@@ -514,7 +494,7 @@ def _room_for(ylim, values):
   return (min(ylim[0], np.floor(low * 10 - 0.5) / 10), ylim[1])
 
 
-def plot_bars(path, groups, conditions, values, ylabel, title="", ylim=(0.4, 1.02), hline=None):
+def plot_bars(path, groups, conditions, values, ylabel, title="", *, ylim=(0.4, 1.02), hline=None):
   """Grouped bars of mean +- std with each seed as a dot.
 
   Args:
@@ -526,9 +506,9 @@ def plot_bars(path, groups, conditions, values, ylabel, title="", ylim=(0.4, 1.0
     ylim: y range.
     hline: (y, label) of a reference line.
   """
-  fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(groups) * max(len(conditions), 1) ** 0.5 + 2) + 1.8, 3.8))
+  fig, ax = report.figure_and_axes(figsize=(max(5.0, 1.1 * len(groups) * max(len(conditions), 1) ** 0.5 + 2) + 1.8, 3.8))
   width = 0.8 / max(len(conditions), 1)
-  colours = plt.cm.tab10(np.arange(max(len(conditions), 1)) % 10)
+  colours = colormaps["tab10"](np.arange(max(len(conditions), 1)) % 10)
   for j, (cond, colour) in enumerate(zip(conditions, colours)):
     xs = np.arange(len(groups)) + (j - (len(conditions) - 1) / 2) * width
     stats = [mean_std(values.get((g, cond), [])) for g in groups]
@@ -548,4 +528,3 @@ def plot_bars(path, groups, conditions, values, ylabel, title="", ylim=(0.4, 1.0
   ax.set_title(title, fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=80)
-  plt.close(fig)

@@ -1,0 +1,121 @@
+"""How a model trains, plugged into the one loop: its stages, what each trains, with which loss.
+
+  Standard     one stage, cross-entropy; model.transfer picks what trains ('finetune': all,
+               'linear_probe': the head on frozen BatchNorm statistics, 'freeze_bn': all but
+               the statistics).
+  Staged       DeepFD: stage 1 trains D1 with the pairwise contrastive loss, stage 2 D2 (and D1
+               unless deepfd.freeze_d1) with cross-entropy; each stage its own optimizer.
+  CachedProbe  the head alone on the frozen backbone's features, computed once and cached
+               (UnivFD; training.probe): no step loop at all.
+
+`for_config` picks one; the loop (training.loop.run_steps), TrainState and the step ask it, and
+none of them branches on the model.
+"""
+
+from flax import nnx
+import jax.numpy as jnp
+
+from fakejax import cli
+from fakejax import models
+from fakejax.training import loop
+from fakejax.training import losses
+from fakejax.training import optim as optim_lib
+from fakejax.training import probe
+
+
+def freeze_batch_norm(model):
+  """Every BatchNorm normalises with, and keeps, its running statistics (the rest unchanged)."""
+  for _, m in nnx.iter_modules(model):
+    if isinstance(m, nnx.BatchNorm):
+      m.eval()
+
+
+class Standard:
+  """One stage (0) of `total_steps`, cross-entropy, model.transfer's parameters."""
+
+  def __init__(self, config, total_steps):
+    self.config = config
+    self.transfer = config.model.transfer
+    if self.transfer not in optim_lib.TRANSFER_MODES:
+      raise cli.UserError(f"Unknown model.transfer {self.transfer!r}; known: "
+                          f"{', '.join(optim_lib.TRANSFER_MODES)}")
+    self.stages = {0: total_steps}
+
+  @property
+  def final_stage(self):
+    """The stage whose model is validated for the best checkpoint (an earlier one has no classifier yet)."""
+    return max(self.stages)
+
+  def wrt(self, stage):
+    """The parameters stage `stage` trains."""
+    del stage
+    return nnx.All(nnx.Param, nnx.PathContains("head")) if self.transfer == "linear_probe" else nnx.Param
+
+  def set_train_modes(self, model, stage):
+    """Puts the model in the train/eval modes of `stage` (BatchNorm statistics that stay frozen)."""
+    del stage
+    model.train()
+    if self.transfer in ("linear_probe", "freeze_bn"):
+      freeze_batch_norm(model)
+
+  def loss(self, stage, model, x, labels, key):
+    """(mean loss, metrics) of preprocessed inputs `x` at `stage`; `key` seeds the dropout."""
+    del stage
+    logits = model(x, rngs=key)
+    loss = losses.classification_loss(logits, labels, self.config.label_smoothing)
+    return loss, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
+
+  def train(self, ctx):
+    """Trains from ctx.meta['step']; returns (state, step, stop reason or None)."""
+    return loop.run_steps(ctx, self)
+
+
+class Staged(Standard):
+  """DeepFD's two stages (configs/deepfd.py; deepfd.stage1_steps, stage2_steps replace the run's
+  length): the contrastive D1, then D2 on D1's features."""
+
+  def __init__(self, config, total_steps):
+    super().__init__(config, total_steps)
+    if self.transfer != "finetune":
+      raise cli.UserError("model.transfer applies to single-stage models; DeepFD freezes D1 with "
+                          "deepfd.freeze_d1")
+    fd = config.deepfd
+    self.first, self.second = models.deepfd.DeepFD.stages
+    self.stages = {1: fd.stage1_steps, 2: fd.stage2_steps}
+
+  def wrt(self, stage):
+    if stage == 1:
+      return nnx.All(nnx.Param, nnx.PathContains(self.first))
+    return nnx.All(nnx.Param, nnx.PathContains(self.second)) if self.config.deepfd.freeze_d1 else nnx.Param
+
+  def set_train_modes(self, model, stage):
+    model.train()
+    if stage == 2 and self.config.deepfd.freeze_d1:
+      model.d1.eval()  # Frozen: D1's BatchNorm statistics must not move either.
+
+  def loss(self, stage, model, x, labels, key):
+    if stage == 1:
+      loss, d_same, d_other = losses.contrastive_loss(model.embed(x), labels, self.config.deepfd.margin)
+      return loss, {"dist_same": d_same, "dist_other": d_other}
+    return super().loss(stage, model, x, labels, key)
+
+
+class CachedProbe(Standard):
+  """model.cached_features: the head trained on cached backbone features (training.probe)."""
+
+  def __init__(self, config, total_steps):
+    super().__init__(config, total_steps)
+    if self.transfer != "linear_probe":
+      raise cli.UserError("model.cached_features trains the head alone: set model.transfer='linear_probe'")
+
+  def train(self, ctx):
+    return probe.train(ctx)
+
+
+def for_config(config, total_steps):
+  """The strategy a config trains with."""
+  if config.model.cached_features:
+    return CachedProbe(config, total_steps)
+  if models.get(config.model.name) is models.deepfd.DeepFD:
+    return Staged(config, total_steps)
+  return Standard(config, total_steps)
