@@ -300,25 +300,34 @@ def benchmark(config, steps=10, warmup=2, input_mode="device", workers=2, patch_
     finally:
       it.close()
 
-  # --- Patch voting versus a plain forward of the same pixels -------------------------
   if patch_size:
-    n_patch = (s // patch_size) ** 2
-    patches = np.concatenate([scoring.grid_patches(img, patch_size)[0] for img in host_batch["image"]])
-    pb = sharding.to_global(mesh, patches[: len(patches) // jax.device_count() * jax.device_count()])
-    fwd_p = fwd.lower(fast_state, pb).compile()
-
-    def vote():
-      logits = sharding.to_host(fwd_p(fast_state, pb))
-      for i in range(0, len(logits), n_patch):
-        scoring.decide("grid", logits[i:i + n_patch])
-
-    plain = statistics.median(_times(lambda: sharding.to_host(fwd_c(fast_state, batch["image"])), steps,
-                                     warmup))
-    voted = statistics.median(_times(vote, steps, warmup))
-    rows.append({"kind": "patch_vote", "model": config.model.name, "image_size": s, "batch": b,
-                 "patch_size": patch_size, "patches_per_s": pb.shape[0] / voted,
-                 "plain_images_per_s": b / plain, "overhead_vs_plain": voted / plain - 1})
+    rows.append(_patch_vote_row(config, fwd, fwd_c, fast_state, host_batch, patch_size=patch_size,
+                                timing=(steps, warmup)))
   return rows
+
+
+def _patch_vote_row(config, fwd, fwd_c, fast_state, host_batch, *, patch_size, timing):
+  """Patch voting (grid patches, each scored, then the vote) against a plain forward (`fwd_c`)
+  of the same images."""
+  mesh = sharding.make_mesh()
+  steps, warmup = timing
+  b, s = config.batch_size, config.data.image_size
+  images = sharding.to_global(mesh, host_batch["image"])
+  n_patch = (s // patch_size) ** 2
+  patches = np.concatenate([scoring.grid_patches(img, patch_size)[0] for img in host_batch["image"]])
+  pb = sharding.to_global(mesh, patches[: len(patches) // jax.device_count() * jax.device_count()])
+  fwd_p = fwd.lower(fast_state, pb).compile()
+
+  def vote():
+    logits = sharding.to_host(fwd_p(fast_state, pb))
+    for i in range(0, len(logits), n_patch):
+      scoring.decide("grid", logits[i:i + n_patch])
+
+  plain = statistics.median(_times(lambda: sharding.to_host(fwd_c(fast_state, images)), steps, warmup))
+  voted = statistics.median(_times(vote, steps, warmup))
+  return {"kind": "patch_vote", "model": config.model.name, "image_size": s, "batch": b,
+          "patch_size": patch_size, "patches_per_s": pb.shape[0] / voted,
+          "plain_images_per_s": b / plain, "overhead_vs_plain": voted / plain - 1}
 
 
 # ---------------------------------------------------------------------------
@@ -384,16 +393,8 @@ def gpu_suite(quick=False, workdir="/tmp/fakejax_gpu_check", steps=20, warmup=3)
   """
   cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
   n_dev = jax.device_count()
-  if quick:
-    size = {"resnet50": 32, "xception": 32, "clip_vit_tiny": 64, "resnet_trunc": 32}
-    extra = {"width": 0.125, "middle_blocks": 1}  # Every model narrow; Xception one middle block.
-    batch, npr_batch, mm, pipe = 2 * n_dev, 2 * n_dev, 256, dict(image_size=32, batch=2 * n_dev, batches=5)
-    clip, steps, warmup, scale = "clip_vit_tiny", 2, 1, 0.25
-  else:
-    size = {"resnet50": 224, "xception": 299, "clip_vit_l14": 224, "resnet_trunc": 224}
-    extra = {}
-    batch, npr_batch, mm, pipe = 256, 32, 8192, dict(image_size=224, batch=256, batches=50)
-    clip, scale = "clip_vit_l14", 1.0
+  size, extra, batch, npr_batch, mm, pipe, clip, scale = _suite_sizes(quick, n_dev)
+  steps, warmup = (2, 1) if quick else (steps, warmup)
 
   def model_task(name, dtype, b, train_step=True, needs_s=60.0, **model_kw):
     def fn(batch):
@@ -420,19 +421,10 @@ def gpu_suite(quick=False, workdir="/tmp/fakejax_gpu_check", steps=20, warmup=3)
 
   def training_task():
     def fn():
-      c = defaults.from_file(os.path.join(ROOT, "configs", "quick.py"))
-      c.model.dtype = "bfloat16"
-      c.data.cache_dir = os.path.join(workdir, "data")
-      if quick:
-        c.model.width, c.model.middle_blocks, c.data.image_size, c.data.synthetic.size = 0.125, 1, 32, 32
-        c.data.synthetic.train, c.data.synthetic.val, c.data.synthetic.test = 8, 4, 3
-        c.batch_size, c.total_steps, c.log_every_steps, c.eval_every_steps = 2 * n_dev, 8, 1, 8
-      else:
-        c.batch_size, c.total_steps, c.log_every_steps, c.eval_every_steps = 256, 300, 10, 300
       run_dir = os.path.join(workdir, "quick_bf16")
       if os.path.exists(run_dir):
         shutil.rmtree(run_dir)
-      return training_run(c, run_dir)
+      return training_run(_training_run_config(quick, workdir, n_dev), run_dir)
     return deadline.Task("jax:training_run", measured(fn), needs_s=90.0 * scale)
 
   matmul = lambda dtype: deadline.Task(f"jax:matmul:{jnp.dtype(dtype)}", lambda: matmul_ceiling(mm, dtype),
@@ -449,6 +441,33 @@ def gpu_suite(quick=False, workdir="/tmp/fakejax_gpu_check", steps=20, warmup=3)
       pipeline_task("raw"), pipeline_task("png"),
       training_task(),
   ]
+
+
+def _suite_sizes(quick, n_dev):
+  """(image size per model, extra model keys, batch, NPR's batch, matmul side, pipeline sizes,
+  the CLIP model, the time-estimate scale) of the full GPU check, or of its quick CPU rehearsal
+  (tiny models, sizes and batches)."""
+  if quick:
+    return ({"resnet50": 32, "xception": 32, "clip_vit_tiny": 64, "resnet_trunc": 32},
+            {"width": 0.125, "middle_blocks": 1},  # Every model narrow; Xception one middle block.
+            2 * n_dev, 2 * n_dev, 256, dict(image_size=32, batch=2 * n_dev, batches=5), "clip_vit_tiny", 0.25)
+  return ({"resnet50": 224, "xception": 299, "clip_vit_l14": 224, "resnet_trunc": 224}, {},
+          256, 32, 8192, dict(image_size=224, batch=256, batches=50), "clip_vit_l14", 1.0)
+
+
+def _training_run_config(quick, workdir, n_dev):
+  """configs/quick.py in bf16 for the GPU check's real run: 300 steps at batch 256 (quick: 8 tiny
+  steps for the CPU rehearsal)."""
+  c = defaults.from_file(os.path.join(ROOT, "configs", "quick.py"))
+  c.model.dtype = "bfloat16"
+  c.data.cache_dir = os.path.join(workdir, "data")
+  if quick:
+    c.model.width, c.model.middle_blocks, c.data.image_size, c.data.synthetic.size = 0.125, 1, 32, 32
+    c.data.synthetic.train, c.data.synthetic.val, c.data.synthetic.test = 8, 4, 3
+    c.batch_size, c.total_steps, c.log_every_steps, c.eval_every_steps = 2 * n_dev, 8, 1, 8
+  else:
+    c.batch_size, c.total_steps, c.log_every_steps, c.eval_every_steps = 256, 300, 10, 300
+  return c
 
 
 def torch_peer(model, image_size, batch, steps, warmup, python, *, kinds="train,eval"):

@@ -17,7 +17,38 @@ def get_config():
   """All keys with their defaults (Xception on the synthetic benchmark, binary)."""
   c = ml_collections.ConfigDict()
   c.seed = 0
+  _model(c)
+  _data(c)
+  _aug(c)
+  _optim(c)
 
+  c.deepfd = ml_collections.ConfigDict()  # model.name = 'deepfd' only.
+  c.deepfd.stage1_steps = 1000        # Contrastive training of D1 (replaces num_epochs/total_steps).
+  c.deepfd.stage2_steps = 1000        # Cross-entropy training of D2.
+  c.deepfd.margin = 2.0               # Contrastive margin m.
+  c.deepfd.freeze_d1 = True           # Stage 2 leaves D1 (parameters and BN statistics) untouched.
+
+  c.eval_every_steps = 0              # 0: once per epoch.
+  c.log_every_steps = 20
+  c.best_metric = "accuracy"          # Validation metric that picks the best checkpoint (loss and eer:
+                                      #   lowest; accuracy, ap, auc, top1, real_acc, fake_acc: highest).
+  c.early_stop_patience = 0           # Stop after this many evals without improvement (0: never).
+  c.probe = ml_collections.ConfigDict()  # model.cached_features only (training.probe, UnivFD's rule):
+  c.probe.lr_drop_patience = 0        #   epochs without a gain before the lr drops 10x (0: never).
+  c.keep_checkpoints = 2
+  c.checkpoint_every_steps = 0        # Also checkpoint between evaluations (0: only at evaluations),
+  c.checkpoint_every_minutes = 0.0    #   or about this many minutes (a step interval set by process 0
+                                      #   after 10 timed steps, kept on resume): a kill loses little work.
+  c.eval_batch_size = 0               # 0: same as batch_size.
+  c.eval_threads = 0                  # Image-decoding threads of evaluation per process (0: one per core).
+  c.threshold = 0.5                   # p_fake decision threshold.
+  c.profile_steps = ""                # 'A:B': a jax.profiler trace of steps A+1..B into WORKDIR/profile
+                                      #   (TensorBoard's profile plugin or Perfetto opens it).
+  return c
+
+
+def _model(c):
+  """The model keys of get_config."""
   c.model = ml_collections.ConfigDict()
   c.model.name = "xception"          # A key of fakejax.models.MODELS.
   c.model.dropout = 0.5               # Dropout before the classifier.
@@ -47,6 +78,9 @@ def get_config():
                                       #   computed once per dataset and cached (training.probe; CLIP ViTs).
   c.model.backbone_lr = 1.0           # Learning-rate multiplier of everything but the head.
 
+
+def _data(c):
+  """The data keys of get_config."""
   c.data = ml_collections.ConfigDict()
   c.data.dir = ""                     # A dataset made by `fakejax.prepare`; '' = synthetic;
                                       #   'photo' = the embedded photo benchmark (data.photo).
@@ -95,6 +129,9 @@ def get_config():
   c.data.photo.train_all = False      # train/val hold every family (each with its own reals), so that
                                       #   data.train_sources can pick any (the cross-GAN matrix).
 
+
+def _aug(c):
+  """The aug keys of get_config."""
   c.aug = ml_collections.ConfigDict()
   c.aug.crop = "random"               # 'random' or 'center'.
   c.aug.flip = 0.5                    # Horizontal flip probability.
@@ -119,6 +156,9 @@ def get_config():
   c.num_epochs = 50
   c.total_steps = 0                   # > 0 overrides num_epochs.
 
+
+def _optim(c):
+  """The optim keys of get_config."""
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adam"               # 'adam', 'adamw' or 'sgd'.
   c.optim.lr = 1e-3
@@ -134,30 +174,6 @@ def get_config():
   c.optim.weight_decay = 0.0          # AdamW (on kernels, ndim >= 2; biases and BatchNorm undecayed).
   c.optim.accumulate_steps = 1        # > 1: each step's batch runs as this many micro-batches whose
                                       #   gradients are averaged (less memory, same batch).
-
-  c.deepfd = ml_collections.ConfigDict()  # model.name = 'deepfd' only.
-  c.deepfd.stage1_steps = 1000        # Contrastive training of D1 (replaces num_epochs/total_steps).
-  c.deepfd.stage2_steps = 1000        # Cross-entropy training of D2.
-  c.deepfd.margin = 2.0               # Contrastive margin m.
-  c.deepfd.freeze_d1 = True           # Stage 2 leaves D1 (parameters and BN statistics) untouched.
-
-  c.eval_every_steps = 0              # 0: once per epoch.
-  c.log_every_steps = 20
-  c.best_metric = "accuracy"          # Validation metric that picks the best checkpoint (loss and eer:
-                                      #   lowest; accuracy, ap, auc, top1, real_acc, fake_acc: highest).
-  c.early_stop_patience = 0           # Stop after this many evals without improvement (0: never).
-  c.probe = ml_collections.ConfigDict()  # model.cached_features only (training.probe, UnivFD's rule):
-  c.probe.lr_drop_patience = 0        #   epochs without a gain before the lr drops 10x (0: never).
-  c.keep_checkpoints = 2
-  c.checkpoint_every_steps = 0        # Also checkpoint between evaluations (0: only at evaluations),
-  c.checkpoint_every_minutes = 0.0    #   or about this many minutes (a step interval set by process 0
-                                      #   after 10 timed steps, kept on resume): a kill loses little work.
-  c.eval_batch_size = 0               # 0: same as batch_size.
-  c.eval_threads = 0                  # Image-decoding threads of evaluation per process (0: one per core).
-  c.threshold = 0.5                   # p_fake decision threshold.
-  c.profile_steps = ""                # 'A:B': a jax.profiler trace of steps A+1..B into WORKDIR/profile
-                                      #   (TensorBoard's profile plugin or Perfetto opens it).
-  return c
 
 
 def from_file(path, arg=None):

@@ -325,83 +325,109 @@ def prepare_folder(root, out, *, layout="auto", fractions=(0.56, 0.24, 0.20), se
   if storage not in images.STORAGES:
     raise layouts.LayoutError(f"Unknown storage {storage!r}; known: {', '.join(images.STORAGES)}")
   layout, class_names, items, ignored = layouts.scan(root, layout, fractions, seed, names)
-  pairs = dict(pairs or {})
-  unknown = sorted({g for gs in pairs.values() for g in gs} - items.groups(REAL))
-  if unknown:
-    raise layouts.LayoutError(f"--pair names real folder(s) {unknown} that hold no real images; "
-                              f"real folders found: {sorted(g for g in items.groups(REAL) if g) or 'none'}")
+  pairs = _checked_pairs(pairs, items)
   _prepare_out(out)
   workers = default_workers(len(items)) if workers is None else workers
-  skipped, removed = [], []
   index = {s: _Index() for s in items.counts}
-  seen = _Seen(index)  # The hashes of the splits already written (leakage, --dedup).
-  leaked, leaks = set(), {}  # Hashes in several splits; their paths (the first 20, without --dedup).
+  build = _FolderBuild(root, items, class_names, index, storage=storage, max_pixels=max_pixels,
+                       min_size=min_size, dedup=dedup, workers=workers)
   t0 = time.perf_counter()
-  bar = tqdm.tqdm(total=len(items), desc="prepare", unit="img", dynamic_ncols=True)
-
-  def examples(split, pool):
-    def gen():
-      tasks = ((os.path.join(root, it.path), storage, max_pixels, min_size) for it in items.in_split(split))
-      ix = index[split]
-      for it, res in zip(items.in_split(split), _in_order(_decode_file, tasks, pool, 64 * max(workers, 1))):
-        bar.update()
-        if res[0] == "bad":
-          skipped.append({"path": it.path, "reason": res[1]})
-          continue
-        _, data, shape, digest, fmt = res
-        digest = bytes.fromhex(digest)
-        first = seen.find(digest)
-        if first is not None:  # The same pixels in an earlier split.
-          leaked.add(digest)
-          if dedup:
-            removed.append(it.path)
-            continue
-          if digest in leaks or len(leaks) < 20:
-            leaks.setdefault(digest, [index[first[0]].path(first[1])]).append(it.path)
-        label, class_label = int(it.class_name != REAL), class_names.index(it.class_name)
-        ix.add(label=label, class_label=class_label, source=it.source, category=it.category,
-               group=it.group, path=it.path, hash=digest, height=shape[0], width=shape[1], format=fmt)
-        yield {"image": data, "shape": np.asarray(shape, np.int32), "label": label,
-               "class_label": class_label}
-      seen.add(split)
-    return gen
-
   meta = {"kind": "folder", "layout": layout, "classes": list(class_names),
           "root": os.path.abspath(root), "fractions": list(fractions), "seed": seed, "dedup": dedup,
           "pairs": pairs}
   splits = [s for s in SPLITS if s in items.counts]
   try:
     with _workers(workers) as pool:
-      meta = _write(out, {s: examples(s, pool) for s in splits}, class_names, storage, meta,
+      meta = _write(out, {s: build.examples(s, pool) for s in splits}, class_names, storage, meta,
                     {s: index[s] for s in splits})
   except BaseException:
     shutil.rmtree(os.path.join(out, "fakejax_images"), ignore_errors=True)
     raise
   finally:
-    bar.close()
+    build.bar.close()
   seconds = time.perf_counter() - t0
   empty = [s for s in splits if not len(index[s])]
   if empty:
     shutil.rmtree(os.path.join(out, "fakejax_images"), ignore_errors=True)
     os.remove(os.path.join(out, "fakejax.json"))
     raise layouts.LayoutError(f"Split(s) {empty} of {root} have no usable image (see the skipped "
-                              f"files: {skipped[:3]})")
-  stats = {c: checks.class_stats(*_class_columns(index, splits, class_names.index(c)))
-           for c in class_names}
-  summary = {
-      "root": os.path.abspath(root), "layout": layout, "classes": list(class_names),
-      "storage": storage, "pairs": pairs,
-      "counts": {s: len(index[s]) for s in splits},
-      "skipped": skipped, "ignored_non_image_files": ignored,
-      "class_stats": stats, "warnings": checks.format_bias_warnings(stats),
-      "leakage": {"n_hashes_in_several_splits": len(leaked), "examples": list(leaks.values())[:20],
-                  "removed_by_dedup": removed},
-      "speed": {"images": len(items), "seconds": seconds, "images_per_s": len(items) / seconds,
-                "workers": max(workers, 1), "bytes_on_disk": _disk_bytes(builder_dir(out))},
-  }
+                              f"files: {build.skipped[:3]})")
+  summary = {"root": os.path.abspath(root), "layout": layout, "classes": list(class_names),
+             "storage": storage, "pairs": pairs, **build.summary(splits, ignored),
+             "speed": {"images": len(items), "seconds": seconds, "images_per_s": len(items) / seconds,
+                       "workers": max(workers, 1), "bytes_on_disk": _disk_bytes(builder_dir(out))}}
   with open(os.path.join(out, "build_summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
   return reader.Dataset(out, meta), summary
+
+
+def _checked_pairs(pairs, items):
+  """`pairs` as a dict, once every real folder it names holds real images."""
+  pairs = dict(pairs or {})
+  unknown = sorted({g for gs in pairs.values() for g in gs} - items.groups(REAL))
+  if unknown:
+    raise layouts.LayoutError(f"--pair names real folder(s) {unknown} that hold no real images; "
+                              f"real folders found: {sorted(g for g in items.groups(REAL) if g) or 'none'}")
+  return pairs
+
+
+class _FolderBuild:
+  """A folder's examples, split by split, and what the build met on the way: files skipped,
+  pixels already written to an earlier split (leakage; dropped with `dedup`)."""
+
+  def __init__(self, root, items, class_names, index, *, storage, max_pixels, min_size, dedup, workers):
+    self.root, self.items, self.class_names, self.index = root, items, class_names, index
+    self.storage, self.max_pixels, self.min_size = storage, max_pixels, min_size
+    self.dedup, self.workers = dedup, workers
+    self.skipped, self.removed = [], []
+    self.seen = _Seen(index)  # The hashes of the splits already written (leakage, --dedup).
+    self.leaked, self.leaks = set(), {}  # Hashes in several splits; their paths (the first 20, without --dedup).
+    self.bar = tqdm.tqdm(total=len(items), desc="prepare", unit="img", dynamic_ncols=True)
+
+  def examples(self, split, pool):
+    """A generator function of `split`'s examples, decoded in `pool`."""
+    def gen():
+      tasks = ((os.path.join(self.root, it.path), self.storage, self.max_pixels, self.min_size)
+               for it in self.items.in_split(split))
+      for it, res in zip(self.items.in_split(split),
+                         _in_order(_decode_file, tasks, pool, 64 * max(self.workers, 1))):
+        self.bar.update()
+        example = self._record(split, it, res)
+        if example is not None:
+          yield example
+      self.seen.add(split)
+    return gen
+
+  def _record(self, split, it, res):
+    """Indexes one decoded file; its example, or None when it is skipped or dropped."""
+    if res[0] == "bad":
+      self.skipped.append({"path": it.path, "reason": res[1]})
+      return None
+    _, data, shape, digest, fmt = res
+    digest = bytes.fromhex(digest)
+    first = self.seen.find(digest)
+    if first is not None:  # The same pixels in an earlier split.
+      self.leaked.add(digest)
+      if self.dedup:
+        self.removed.append(it.path)
+        return None
+      if digest in self.leaks or len(self.leaks) < 20:
+        self.leaks.setdefault(digest, [self.index[first[0]].path(first[1])]).append(it.path)
+    label, class_label = int(it.class_name != REAL), self.class_names.index(it.class_name)
+    self.index[split].add(label=label, class_label=class_label, source=it.source, category=it.category,
+                          group=it.group, path=it.path, hash=digest, height=shape[0], width=shape[1],
+                          format=fmt)
+    return {"image": data, "shape": np.asarray(shape, np.int32), "label": label, "class_label": class_label}
+
+  def summary(self, splits, ignored):
+    """The build summary's counts, skipped files, class statistics and leakage."""
+    stats = {c: checks.class_stats(*_class_columns(self.index, splits, self.class_names.index(c)))
+             for c in self.class_names}
+    return {"counts": {s: len(self.index[s]) for s in splits},
+            "skipped": self.skipped, "ignored_non_image_files": ignored,
+            "class_stats": stats, "warnings": checks.format_bias_warnings(stats),
+            "leakage": {"n_hashes_in_several_splits": len(self.leaked),
+                        "examples": list(self.leaks.values())[:20], "removed_by_dedup": self.removed}}
 
 
 class _Seen:
@@ -475,10 +501,7 @@ def synthetic_dataset(root, size=64, counts=(("train", 200), ("val", 50), ("test
   """
   params = {"size": size, "counts": [list(c) for c in counts], "seed": seed,
             "categories": list(categories), "families": list(families), "version": FORMAT_VERSION}
-  if storage != "png":
-    params["storage"] = storage
-  key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
-  out = os.path.join(root, f"synthetic_{size}px_{key}")
+  out = _cache_folder(root, "synthetic", params, storage)
   if os.path.exists(os.path.join(out, "fakejax.json")):
     return reader.Dataset(out)
   class_names = (REAL,) + tuple(families)
@@ -517,6 +540,15 @@ def synthetic_dataset(root, size=64, counts=(("train", 200), ("val", 50), ("test
   return reader.Dataset(out)
 
 
+def _cache_folder(root, kind, params, storage):
+  """ROOT/<kind>_<size>px_<key of the parameters>: one folder per parameter set; the storage
+  joins `params` (and the key) when it is not the default PNG."""
+  if storage != "png":
+    params["storage"] = storage
+  key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
+  return os.path.join(root, f"{kind}_{params['size']}px_{key}")
+
+
 def _publish(root, tmp, out):
   """Renames a complete benchmark build into place (a crash never leaves a half cache)."""
   os.makedirs(root, exist_ok=True)
@@ -525,6 +557,27 @@ def _publish(root, tmp, out):
   except OSError:  # Another process finished the same cache first.
     if not os.path.exists(os.path.join(out, "fakejax.json")):
       raise
+
+
+def _split_streams(rows, index, class_names, storage):
+  """`examples(split)`: a generator function of the split's examples, taken in turn from one
+  stream of (split, example) `rows` whose splits come in order, each indexed as it passes."""
+  pending = {"row": next(rows, None)}
+
+  def examples(split):
+    def gen():
+      while pending["row"] is not None and pending["row"][0] == split:
+        ex = pending["row"][1]
+        h, w = ex["image"].shape[:2]
+        label, class_label = int(ex["source"] != REAL), class_names.index(ex["source"])
+        index[split].add(label=label, class_label=class_label, source=ex["source"],
+                         category=ex["category"], group=ex["group"], path=ex["name"],
+                         hash=images.pixel_hash(ex["image"]), height=h, width=w, format="PNG")
+        yield {"image": images.encode(ex["image"], storage), "shape": np.asarray((h, w, 3), np.int32),
+               "label": label, "class_label": class_label}
+        pending["row"] = next(rows, None)
+    return gen
+  return examples
 
 
 def photo_dataset(root, size=64, counts=(("train", 2000), ("val", 400), ("test", 400)), seed=0, *,
@@ -552,12 +605,9 @@ def photo_dataset(root, size=64, counts=(("train", 2000), ("val", 400), ("test",
   params = {"size": size, "counts": [list(c) for c in counts], "seed": seed, "families": list(families),
             "postprocess": postprocess, "gen_steps": gen_steps, "version": FORMAT_VERSION,
             "generation": photo.GENERATION, "photos": [[p.name, os.path.getsize(p.path)] for p in photos]}
-  if storage != "png":
-    params["storage"] = storage
   if train_all:  # Only when set: the default's folder (its key) stays what it was.
     params["train_all"] = True
-  key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
-  out = os.path.join(root, f"photo_{size}px_{key}")
+  out = _cache_folder(root, "photo", params, storage)
   if os.path.exists(os.path.join(out, "fakejax.json")):
     return reader.Dataset(out)
   logging.warning("Generating the photo benchmark in %s (%d photographs)", out, len(photos))
@@ -570,21 +620,7 @@ def photo_dataset(root, size=64, counts=(("train", 2000), ("val", 400), ("test",
   rows = photo.generate(dict((s, n) for s, n in counts if n > 0), size, seed, tuple(families),
                         pp=postprocess, gen_steps=gen_steps, photos=photos, log=logging.warning,
                         train_all=train_all)
-  pending = {"row": next(rows, None)}
-
-  def examples(split):
-    def gen():
-      while pending["row"] is not None and pending["row"][0] == split:
-        ex = pending["row"][1]
-        label, class_label = int(ex["source"] != REAL), class_names.index(ex["source"])
-        index[split].add(label=label, class_label=class_label, source=ex["source"],
-                         category=ex["category"], group=ex["group"], path=ex["name"],
-                         hash=images.pixel_hash(ex["image"]), height=size, width=size, format="PNG")
-        yield {"image": images.encode(ex["image"], storage), "shape": np.asarray((size, size, 3), np.int32),
-               "label": label, "class_label": class_label}
-        pending["row"] = next(rows, None)
-    return gen
-
+  examples = _split_streams(rows, index, class_names, storage)
   meta = {"kind": "photo", "layout": "photo", "classes": list(class_names), "pairs": {}, **params}
   try:
     order = sorted(splits)  # photo.generate yields the splits in sorted order.

@@ -378,56 +378,72 @@ def build(s):
   # LitServe's own routes: keep its /healthz (200 once the model is loaded); drop its "/"
   # ("litserve running"), /info and the model API route (only /v1/detect reaches the model).
   app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) == "/healthz"]
-  handler = RegularRequestHandler(api, server)
-  metrics = _Metrics()
-  page = importlib.resources.files("fakejax.serve").joinpath("static/index.html").read_text()
-  state = {"in_flight": 0, "card": None, "card_lock": asyncio.Lock()}
-  limits = {k: getattr(s, k) for k in ("max_body_bytes", "max_pixels", "max_images", "timeout",
-                                       "max_in_flight")}
+  routes = _Routes(s, RegularRequestHandler(api, server), card_queue)
+  app.post("/v1/detect")(routes.detect)
+  app.get("/v1/model")(routes.model)
+  app.get("/metrics")(routes.prometheus)
+  app.get("/")(routes.index)
+  return server
 
-  def refuse(e):
-    metrics.errors.labels(e.kind).inc()
-    metrics.requests.labels(str(e.status)).inc()
+
+class _Routes:
+  """The service's routes: /v1/detect, /v1/model, /metrics and the page."""
+
+  def __init__(self, s, handler, card_queue):
+    self.s, self.handler, self.card_queue = s, handler, card_queue
+    self.metrics = _Metrics()
+    self.page = importlib.resources.files("fakejax.serve").joinpath("static/index.html").read_text()
+    self.in_flight, self.card_info, self.card_lock = 0, None, asyncio.Lock()
+    self.limits = {k: getattr(s, k) for k in ("max_body_bytes", "max_pixels", "max_images", "timeout",
+                                              "max_in_flight")}
+
+  def refuse(self, e):
+    self.metrics.errors.labels(e.kind).inc()
+    self.metrics.requests.labels(str(e.status)).inc()
     body = {"error": e.kind, "detail": e.detail}
     if e.images:
       body["images"] = e.images
     return JSONResponse(body, status_code=e.status, headers={"connection": "close"} if e.close else None)
 
-  @app.post("/v1/detect")
-  async def detect(request: Request):
-    t0 = time.perf_counter()
-    if state["in_flight"] >= s.max_in_flight:
-      return refuse(Rejected("overloaded", f"{s.max_in_flight} requests in flight; retry later", 503))
-    state["in_flight"] += 1
+  async def detect(self, request: Request):
+    s, t0 = self.s, time.perf_counter()
+    if self.in_flight >= s.max_in_flight:
+      return self.refuse(Rejected("overloaded", f"{s.max_in_flight} requests in flight; retry later", 503))
+    self.in_flight += 1
     try:
       uploads = await _read_uploads(request, s)  # First: a refusal leaves no unread body behind.
       explain = _explain_wanted(request)
-      if explain and not (await card()).get("explain"):
+      if explain and not (await self.card()).get("explain"):
         raise Rejected("explain_unavailable", "explain not available: this build has no "
                        "fakejax.explain (Grad-CAM); ask without explain=true", 501)
       names = [name for name, _ in uploads]
       arrays = await asyncio.to_thread(_decode_all, uploads, s.max_pixels)
       del uploads
       # LitServe's timeout bounds only the time queued; this bounds the whole answer.
-      out = await asyncio.wait_for(handler.handle_request({"images": arrays, "explain": explain}, dict),
+      out = await asyncio.wait_for(self.handler.handle_request({"images": arrays, "explain": explain}, dict),
                                    s.timeout - (time.perf_counter() - t0))
     except Rejected as e:
-      return refuse(e)
+      return self.refuse(e)
     except (asyncio.TimeoutError, TimeoutError):
-      return refuse(Rejected("timeout", f"not answered within {s.timeout} s", 504))
+      return self.refuse(Rejected("timeout", f"not answered within {s.timeout} s", 504))
     except HTTPException as e:  # From LitServe: 504 queued too long, 500 the model failed.
       if e.status_code == 504:
-        return refuse(Rejected("timeout", f"queued for over {s.timeout} s", 504))
-      return refuse(Rejected("internal", "the model failed on this batch (see the server log)", 500))
+        return self.refuse(Rejected("timeout", f"queued for over {s.timeout} s", 504))
+      return self.refuse(Rejected("internal", "the model failed on this batch (see the server log)", 500))
     finally:
-      state["in_flight"] -= 1
+      self.in_flight -= 1
+    return self._answer(out, names, t0)
+
+  def _answer(self, out, names, t0):
+    """The response to a scored request: its results, or a 422 naming the bad images."""
+    metrics = self.metrics
     if out["batch"]:
       metrics.batch_requests.observe(out["batch"]["requests"])
       metrics.batch_images.observe(out["batch"]["images"])
     bad = [(i, name, r["error"], r["detail"], 422)
            for i, (name, r) in enumerate(zip(names, out["results"])) if "error" in r]
     if bad:
-      return refuse(_bad_images(bad))
+      return self.refuse(_bad_images(bad))
     latency_ms = round(1e3 * (time.perf_counter() - t0), 2)
     metrics.requests.labels("200").inc()
     metrics.images.inc(len(out["results"]))
@@ -436,31 +452,26 @@ def build(s):
                         for i, (n, r) in enumerate(zip(names, out["results"]))],
             "latency_ms": latency_ms}
 
-  async def card():
+  async def card(self):
     """The worker's model card (put on the queue before /healthz turns 200)."""
-    async with state["card_lock"]:
-      if state["card"] is None:
+    async with self.card_lock:
+      if self.card_info is None:
         try:
-          state["card"] = await asyncio.to_thread(card_queue.get, True, 30)
+          self.card_info = await asyncio.to_thread(self.card_queue.get, True, 30)
         except queue.Empty:
           raise Rejected("not_ready", "the model is still loading", 503) from None
-    return state["card"]
+    return self.card_info
 
-  @app.get("/v1/model")
-  async def model():
+  async def model(self):
     try:
-      info = await card()
+      info = await self.card()
     except Rejected as e:
       return JSONResponse({"error": e.kind, "detail": e.detail}, e.status)
-    return {**info, "limits": limits,
-            "batching": {"max_batch_size": s.max_batch_size, "batch_timeout": s.batch_timeout}}
+    return {**info, "limits": self.limits,
+            "batching": {"max_batch_size": self.s.max_batch_size, "batch_timeout": self.s.batch_timeout}}
 
-  @app.get("/metrics")
-  async def prometheus():
-    return Response(prom.generate_latest(metrics.registry), media_type=prom.CONTENT_TYPE_LATEST)
+  async def prometheus(self):
+    return Response(prom.generate_latest(self.metrics.registry), media_type=prom.CONTENT_TYPE_LATEST)
 
-  @app.get("/")
-  async def index():
-    return HTMLResponse(page)
-
-  return server
+  async def index(self):
+    return HTMLResponse(self.page)

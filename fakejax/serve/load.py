@@ -107,29 +107,31 @@ def group_pids(pgid):
   return pids
 
 
-def rss_bytes(pgid):
-  """Resident memory of a process group: the sum of its processes' RSS."""
+def _group_sum(pgid, name, value):
+  """The sum over a process group's live processes of `value(text of /proc/PID/name)`; a process
+  gone or unreadable meanwhile counts 0."""
   total = 0
   for pid in group_pids(pgid):
     try:
-      with open(f"/proc/{pid}/status") as f:
-        total += next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
-    except (OSError, StopIteration):
+      with open(f"/proc/{pid}/{name}") as f:
+        total += value(f.read())
+    except (OSError, StopIteration, IndexError, ValueError):
       pass
   return total
 
 
+def rss_bytes(pgid):
+  """Resident memory of a process group: the sum of its processes' RSS."""
+  return _group_sum(pgid, "status", lambda text: next(
+      int(line.split()[1]) * 1024 for line in text.splitlines() if line.startswith("VmRSS:")))
+
+
 def cpu_seconds(pgid):
   """CPU time (user + system) used so far by the live processes of a process group."""
-  ticks = 0
-  for pid in group_pids(pgid):
-    try:
-      with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-      ticks += int(fields[11]) + int(fields[12])  # utime, stime
-    except (OSError, IndexError, ValueError):
-      pass
-  return ticks / os.sysconf("SC_CLK_TCK")
+  def ticks(text):
+    fields = text.rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime, stime
+  return _group_sum(pgid, "stat", ticks) / os.sysconf("SC_CLK_TCK")
 
 
 def stop(server, grace=20):
@@ -224,9 +226,8 @@ async def _load(url, clients, seconds, seed, sizes, *, rss_of, cpu_of):
       ref[name] = r.json()["results"][0]
     eval_batch = (await c.get("/v1/model")).json()["eval_batch"]
     metrics_before = (await c.get("/metrics")).text
-    stats = collections.Counter()
-    latencies, rss = [], [rss_of()]
-    mismatches = []
+    run = _LoadRun(rss=[rss_of()])
+    stats, latencies, rss, mismatches = run.stats, run.latencies, run.rss, run.mismatches
     t_end = time.perf_counter() + seconds
 
     async def sample_rss():
@@ -249,22 +250,7 @@ async def _load(url, clients, seconds, seed, sizes, *, rss_of, cpu_of):
     async def client(k):
       rng = np.random.default_rng([seed, k])
       while time.perf_counter() < t_end:
-        u = rng.random()
-        headers, files, content, sent, expect = None, None, None, [], 200
-        if u < 0.05:
-          name, content, ctype, expect = bads[rng.integers(len(bads))]
-          headers = {"content-type": ctype}
-        elif u < 0.15:
-          k = rng.integers(2, min(3, len(names)) + 1)
-          sent = [names[i] for i in rng.choice(len(names), k, replace=False)]
-          files = [("images", (n, goods[n])) for n in sent]
-        elif u < 0.55:
-          sent = [names[rng.integers(len(names))]]
-          files = {"image": (sent[0], goods[sent[0]])}
-        else:
-          sent = [names[rng.integers(len(names))]]
-          content = goods[sent[0]]
-          headers = {"content-type": "image/png" if sent[0].endswith("png") else "image/jpeg"}
+        headers, files, content, sent, expect = _random_request(rng, names, goods, bads)
         t = time.perf_counter()
         try:
           r = await c.post("/v1/detect", files=files, content=content, headers=headers)
@@ -285,30 +271,66 @@ async def _load(url, clients, seconds, seed, sizes, *, rss_of, cpu_of):
     await asyncio.gather(sample_rss(), *[client(k) for k in range(clients)])
     elapsed, cpu = time.perf_counter() - t0, cpu_of() - cpu0
     metrics_after = (await c.get("/metrics")).text
-  lat = np.sort(latencies) if latencies else np.array([np.nan])
-  calls = _metric(metrics_after, "fakejax_serve_batch_requests_count") - _metric(
-      metrics_before, "fakejax_serve_batch_requests_count")
-  batched = _metric(metrics_after, "fakejax_serve_batch_requests_sum") - _metric(
-      metrics_before, "fakejax_serve_batch_requests_sum")
-  codes = {k: v for k, v in stats.items() if k != "images"}
-  return {"eval_batch_used": eval_batch, "clients": clients, "seconds": round(elapsed, 1),
-          "ok_requests": len(latencies), "images": stats["images"],
-          "requests_per_s": round(len(latencies) / elapsed, 1),
-          "images_per_s": round(stats["images"] / elapsed, 1),
-          # Robust to other work on the machine, unlike throughput: the server's CPU per image.
-          "server_cpu_ms_per_image": round(1e3 * cpu / max(stats["images"], 1), 1),
-          "p50_ms": round(1e3 * float(np.percentile(lat, 50)), 1),
-          "p99_ms": round(1e3 * float(np.percentile(lat, 99)), 1),
-          # The server's own view (receipt to answer), without the client's queueing: bucket edges.
-          "server_p50_p99_ms_at_most": _server_quantiles(metrics_before, metrics_after),
-          "codes": {str(k): v for k, v in sorted(codes.items(), key=str)},
-          "5xx": sum(v for k, v in codes.items() if isinstance(k, int) and k >= 500),
-          "lost": sum(v for k, v in codes.items() if str(k).startswith("transport:")),
-          "mismatches": len(mismatches), "mismatch_examples": mismatches[:3],
-          "mean_requests_per_batch": round(batched / calls, 2) if calls else None,
-          "rss_mib": {"start": round(rss[0] / 2**20), "max": round(max(rss) / 2**20),
-                      "end": round(rss[-1] / 2**20)},
-          "load_average_1min": round(os.getloadavg()[0], 1)}  # Other work on the machine.
+  return run.summary(eval_batch, clients, elapsed, cpu, metrics_before, metrics_after)
+
+
+def _random_request(rng, names, goods, bads):
+  """One client request: (headers, files, content, the good images sent, the status expected).
+  5 % bad files, 10 % several images, 40 % one multipart image, 45 % a raw image body."""
+  u = rng.random()
+  headers, files, content, sent, expect = None, None, None, [], 200
+  if u < 0.05:
+    _, content, ctype, expect = bads[rng.integers(len(bads))]
+    headers = {"content-type": ctype}
+  elif u < 0.15:
+    k = rng.integers(2, min(3, len(names)) + 1)
+    sent = [names[i] for i in rng.choice(len(names), k, replace=False)]
+    files = [("images", (n, goods[n])) for n in sent]
+  elif u < 0.55:
+    sent = [names[rng.integers(len(names))]]
+    files = {"image": (sent[0], goods[sent[0]])}
+  else:
+    sent = [names[rng.integers(len(names))]]
+    content = goods[sent[0]]
+    headers = {"content-type": "image/png" if sent[0].endswith("png") else "image/jpeg"}
+  return headers, files, content, sent, expect
+
+
+@dataclasses.dataclass
+class _LoadRun:
+  """What the load test's clients saw: status counts, latencies, RSS samples, wrong answers."""
+  stats: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+  latencies: list = dataclasses.field(default_factory=list)
+  rss: list = dataclasses.field(default_factory=list)
+  mismatches: list = dataclasses.field(default_factory=list)
+
+  def summary(self, eval_batch, clients, elapsed, cpu, metrics_before, metrics_after):
+    """The load test's report (run_load_test's return value)."""
+    stats, latencies, rss = self.stats, self.latencies, self.rss
+    lat = np.sort(latencies) if latencies else np.array([np.nan])
+    calls = _metric(metrics_after, "fakejax_serve_batch_requests_count") - _metric(
+        metrics_before, "fakejax_serve_batch_requests_count")
+    batched = _metric(metrics_after, "fakejax_serve_batch_requests_sum") - _metric(
+        metrics_before, "fakejax_serve_batch_requests_sum")
+    codes = {k: v for k, v in stats.items() if k != "images"}
+    return {"eval_batch_used": eval_batch, "clients": clients, "seconds": round(elapsed, 1),
+            "ok_requests": len(latencies), "images": stats["images"],
+            "requests_per_s": round(len(latencies) / elapsed, 1),
+            "images_per_s": round(stats["images"] / elapsed, 1),
+            # Robust to other work on the machine, unlike throughput: the server's CPU per image.
+            "server_cpu_ms_per_image": round(1e3 * cpu / max(stats["images"], 1), 1),
+            "p50_ms": round(1e3 * float(np.percentile(lat, 50)), 1),
+            "p99_ms": round(1e3 * float(np.percentile(lat, 99)), 1),
+            # The server's own view (receipt to answer), without the client's queueing: bucket edges.
+            "server_p50_p99_ms_at_most": _server_quantiles(metrics_before, metrics_after),
+            "codes": {str(k): v for k, v in sorted(codes.items(), key=str)},
+            "5xx": sum(v for k, v in codes.items() if isinstance(k, int) and k >= 500),
+            "lost": sum(v for k, v in codes.items() if str(k).startswith("transport:")),
+            "mismatches": len(self.mismatches), "mismatch_examples": self.mismatches[:3],
+            "mean_requests_per_batch": round(batched / calls, 2) if calls else None,
+            "rss_mib": {"start": round(rss[0] / 2**20), "max": round(max(rss) / 2**20),
+                        "end": round(rss[-1] / 2**20)},
+            "load_average_1min": round(os.getloadavg()[0], 1)}  # Other work on the machine.
 
 
 def _server_quantiles(before, after, qs=(0.5, 0.99)):

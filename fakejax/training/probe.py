@@ -158,26 +158,9 @@ def train_head(head, train, val, config, *, class_names, best, log=None):
   if config.optim.schedule != "constant":
     raise cli.UserError("model.cached_features: the head's learning rate follows UnivFD's plateau rule "
                         f"(probe.lr_drop_patience); set optim.schedule='constant', not {config.optim.schedule!r}")
-  single = config.model.single_logit
   plateau = _Plateau(config.probe.lr_drop_patience, config.optim.lr)
   opt = nnx.Optimizer(head, optim_lib.create_adjustable_optimizer(config.optim, config.optim.lr), wrt=nnx.Param)
-
-  def logits_of(head, x):
-    z = head(x).astype(jnp.float32)
-    return jnp.concatenate([jnp.zeros_like(z), z], -1) if single else z
-
-  @nnx.jit
-  def update(head, opt, x, y, lr):
-    loss, grads = nnx.value_and_grad(
-        lambda h: losses.classification_loss(logits_of(h, x), y, config.label_smoothing))(head)
-    opt.opt_state.hyperparams["learning_rate"][...] = lr
-    opt.update(head, grads)
-    return loss
-
-  @nnx.jit
-  def probabilities(head, x):
-    return jax.nn.softmax(logits_of(head, x), -1)
-
+  update, probabilities = _head_programs(config)
   kept, reason, step, n, bs = None, "num_epochs", 0, len(x_train), config.batch_size
   for epoch in range(1, config.num_epochs + 1):
     order = np.random.default_rng([config.data.seed, epoch]).permutation(n)
@@ -200,3 +183,27 @@ def train_head(head, train, val, config, *, class_names, best, log=None):
       break
   nnx.update(head, kept)
   return step, reason
+
+
+def _head_programs(config):
+  """The head's jitted update (one batch at a learning rate; returns the loss) and its class
+  probabilities; a single-logit head z scores as [0, z]."""
+  single = config.model.single_logit
+
+  def logits_of(head, x):
+    z = head(x).astype(jnp.float32)
+    return jnp.concatenate([jnp.zeros_like(z), z], -1) if single else z
+
+  @nnx.jit
+  def update(head, opt, x, y, lr):
+    loss, grads = nnx.value_and_grad(
+        lambda h: losses.classification_loss(logits_of(h, x), y, config.label_smoothing))(head)
+    opt.opt_state.hyperparams["learning_rate"][...] = lr
+    opt.update(head, grads)
+    return loss
+
+  @nnx.jit
+  def probabilities(head, x):
+    return jax.nn.softmax(logits_of(head, x), -1)
+
+  return update, probabilities
