@@ -260,7 +260,7 @@ def benchmark(config, steps=10, warmup=2, input_mode="device", workers=2, patch_
   mesh = sharding.make_mesh()
   peak = peak or gpu_check.known_peak(jax.devices()[0].device_kind, config.model.dtype) * jax.device_count()
   b, s = config.batch_size, config.data.image_size
-  ts = training.TrainState(config, training.strategy_for(config, 1000), 2, mesh)
+  ts = training.TrainState.for_config(config, 2, 1000, mesh)
   rng = np.random.default_rng(0)
   host_batch = {"image": rng.integers(0, 256, (b, s, s, 3), dtype=np.uint8),
                 "label": rng.integers(0, 2, (b,), dtype=np.int32)}

@@ -14,8 +14,7 @@
 from fakejax.training.loop import TrainingError
 from fakejax.training.state import TrainState
 from fakejax.training.step import make_train_step
-from fakejax.training.strategies import for_config as strategy_for
 from fakejax.training.trainer import open_data
 from fakejax.training.trainer import train_and_evaluate
 
-__all__ = ["TrainState", "TrainingError", "make_train_step", "open_data", "strategy_for", "train_and_evaluate"]
+__all__ = ["TrainState", "TrainingError", "make_train_step", "open_data", "train_and_evaluate"]
