@@ -12,11 +12,19 @@ A dataset directory looks like::
     OUT/fakejax.json              what was built (layout, classes, storage, pairs, parameters)
     OUT/build_summary.json        skipped files, format-bias and leakage report, build speed
     OUT/fakejax_images/2.0.0/     the TFDS array_record files + index.npz
+
+A folder build (`prepare_folder`) resumes: killed at any point, the same command keeps every shard
+it had closed and goes on from the first image after them, decoding none of them again; the result
+is the same, byte for byte, as an uninterrupted build's. While it runs, `_Checkpoints` keeps in
+OUT/fakejax_images/2.0.0/.resume/ what it is made from and what each closed shard holds; the folder
+goes once the dataset is complete. A build made with other parameters (or from a changed tree) is
+cleared instead.
 """
 
 import array
 import collections
 import contextlib
+import functools
 import hashlib
 import itertools
 import json
@@ -90,52 +98,94 @@ class FakejaxImages(tfds.core.GeneratorBasedBuilder):
 # 256-px image to 74 / 41 KiB but read 3-4x slower than the 192 KiB as they are
 # (docs/performance.md).
 RECORD_OPTIONS = "group_size:1,uncompressed"
-# A new shard after this many bytes of records: files of a size that copies and syncs well.
+# A new shard once this many bytes of records are in the current one: files of a size that copies
+# and syncs well. The environment variable FAKEJAX_SHARD_BYTES overrides it (read when a split's
+# writer is created; tests make tiny shards with it). A build resumes only with the shard size it
+# started with: the shards' boundaries depend on it.
 SHARD_BYTES = 1 << 30
+
+
+def shard_bytes():
+  """The shard size in effect: FAKEJAX_SHARD_BYTES, else SHARD_BYTES."""
+  return int(os.environ.get("FAKEJAX_SHARD_BYTES") or SHARD_BYTES)
+
+
+def _fsync(path):
+  fd = os.open(path, os.O_RDONLY)
+  try:
+    os.fsync(fd)
+  finally:
+    os.close(fd)
 
 
 class _RecordWriter:
   """One split's records, written in order as they come to array_record shards.
 
   Nothing of the split stays in memory: each record is serialized with the dataset's features
-  (the bytes `as_data_source` decodes) and written at once. Shards get their final
-  `{name}-{split}.array_record-0000i-of-0000n` names when the split is complete.
+  (the bytes `as_data_source` decodes) and written at once. A shard is closed as soon as it holds
+  `shard_bytes()` of records (the same records, the same shards). Shards are written as
+  `.{split}.shard{i}` and get their final `{name}-{split}.array_record-0000i-of-0000n` names when
+  the split is complete.
   """
 
-  def __init__(self, directory, split, features):
+  def __init__(self, directory, split, features, *, done=(), on_shard=None):
+    """`done`: (records, bytes) of the split's shards already on disk (a resumed build), which this
+    writer continues; `on_shard(i, records, bytes)`: called once shard i is closed and synced."""
     self._template = naming.ShardedFileTemplate(
         data_dir=epath.Path(directory), dataset_name=FakejaxImages.name, split=split,
         filetype_suffix="array_record")
     self._features = features
     self._serializer = example_serializer.ExampleSerializer(features.get_serialized_info())
     self._directory, self._split = directory, split
-    self._writer, self._paths = None, []
-    self.shard_lengths, self.num_bytes, self._shard_bytes = [], 0, 0
+    self._writer, self._on_shard, self._limit = None, on_shard, shard_bytes()
+    self._paths = [self._temp_path(i) for i in range(len(done))]
+    self.shard_lengths = [n for n, _ in done]
+    self.num_bytes, self._shard_bytes = sum(b for _, b in done), 0
 
-  def _next_shard(self):
-    if self._writer is not None:
-      self._writer.close()
-    self._paths.append(os.path.join(self._directory, f".{self._split}.shard{len(self._paths)}"))
+  def _temp_path(self, i):
+    return os.path.join(self._directory, f".{self._split}.shard{i}")
+
+  def _open_shard(self):
+    self._paths.append(self._temp_path(len(self._paths)))
     self._writer = array_record_module.ArrayRecordWriter(self._paths[-1], RECORD_OPTIONS)
     self.shard_lengths.append(0)
     self._shard_bytes = 0
 
+  def _close_shard(self):
+    self._writer.close()
+    self._writer = None
+    if self._on_shard is not None:
+      _fsync(self._paths[-1])  # On disk before a checkpoint vouches for it.
+      self._on_shard(len(self._paths) - 1, self.shard_lengths[-1], self._shard_bytes)
+
   def write(self, example):
-    data = self._serializer.serialize_example(self._features.encode_example(example))
-    if self._writer is None or self._shard_bytes >= SHARD_BYTES:
-      self._next_shard()
+    # deterministic: the features in key order. Else a map's order varies from process to process
+    # (string hashing), and so would the bytes of the same record (a resumed build's shards).
+    data = self._serializer.get_tf_example(self._features.encode_example(example)).SerializeToString(
+        deterministic=True)
+    if self._writer is None:
+      self._open_shard()
     self._writer.write(data)
     self.shard_lengths[-1] += 1
     self._shard_bytes += len(data)
     self.num_bytes += len(data)
+    if self._shard_bytes >= self._limit:
+      self._close_shard()
+
+  def close(self):
+    """Closes the last shard (an empty split still gets its empty one)."""
+    if not self._paths:
+      self._open_shard()
+    if self._writer is not None:
+      self._close_shard()
 
   def finish(self):
     """Closes the last shard, names the shards, returns the split's tfds.core.SplitInfo."""
-    if self._writer is None:  # An empty split still gets its (empty) file.
-      self._next_shard()
-    self._writer.close()
+    self.close()
     for i, path in enumerate(self._paths):
-      os.replace(path, self._template.sharded_filepath(shard_index=i, num_shards=len(self._paths)))
+      final = self._template.sharded_filepath(shard_index=i, num_shards=len(self._paths))
+      if os.path.exists(path) or not os.path.exists(final):  # A resumed split may be named already.
+        os.replace(path, final)
     return tfds.core.SplitInfo(name=self._split, shard_lengths=self.shard_lengths,
                                num_bytes=self.num_bytes, filename_template=self._template)
 
@@ -215,7 +265,7 @@ def _save_index(path, index, chunk=4096):
             f.write(ix.column(k, i, i + chunk).astype(dtype).tobytes())
 
 
-def _write(out, examples, class_names, storage, meta, index):
+def _write(out, examples, class_names, storage, meta, index, *, resume=None):
   """Builds the dataset at `out`: records, then the side index and the metadata (last).
 
   Args:
@@ -226,18 +276,14 @@ def _write(out, examples, class_names, storage, meta, index):
     storage: 'png' or 'raw'.
     meta: what fakejax.json records besides the format.
     index: {split: _Index}.
+    resume: None, or what continues a killed build and checkpoints this one (`_write_split`).
   """
   builder = FakejaxImages(class_names=class_names, storage=storage, data_dir=out,
                           file_format="array_record")
   directory = builder_dir(out)
   os.makedirs(directory, exist_ok=True)
   features = builder.info.features
-  splits = []
-  for split, gen in examples.items():
-    writer = _RecordWriter(directory, split, features)
-    for example in gen():
-      writer.write(example)
-    splits.append(writer.finish())
+  splits = [_write_split(directory, split, gen, features, resume) for split, gen in examples.items()]
   builder.info.set_splits(tfds.core.SplitDict(splits))
   builder.info.write_to_directory(directory)
   _save_index(os.path.join(directory, "index.npz"), index)
@@ -247,6 +293,28 @@ def _write(out, examples, class_names, storage, meta, index):
     json.dump(meta, f, indent=2)
   os.replace(tmp, os.path.join(out, "fakejax.json"))
   return meta
+
+
+def _write_split(directory, split, gen, features, resume=None):
+  """One split's records; its tfds.core.SplitInfo.
+
+  `resume` (a `_FolderBuild`) has `shards[split]`, the (records, bytes) of the split's shards a
+  killed build closed (the generator then starts after their images), `complete`, the splits it
+  finished (their generator is not run), and is told of every shard closed (`shard_closed`) and
+  of the split's end (`split_closed`), before the shards are renamed.
+  """
+  if resume is None:
+    writer = _RecordWriter(directory, split, features)
+  else:
+    writer = _RecordWriter(directory, split, features, done=resume.shards[split],
+                           on_shard=functools.partial(resume.shard_closed, split))
+  if resume is None or split not in resume.complete:
+    for example in gen():
+      writer.write(example)
+    writer.close()
+    if resume is not None:
+      resume.split_closed(split)
+  return writer.finish()
 
 
 def _in_order(fn, tasks, pool, window):
@@ -290,20 +358,44 @@ def _decode_file(task):
   return ("ok", images.encode(rgb, storage), rgb.shape, images.pixel_hash(rgb), fmt)
 
 
-def _prepare_out(out):
-  """Refuses to overwrite a dataset; clears what a crashed build left."""
+def _prepare_out(out, params):
+  """Refuses to overwrite a dataset. What a killed build left is resumed when it was made from the
+  same `params` (`_build_params`), else cleared. Returns the build's `_Checkpoints`."""
   if os.path.exists(os.path.join(out, "fakejax.json")):
     raise FileExistsError(f"{out} already holds a dataset; choose another --out or delete it first")
+  checkpoints = _Checkpoints(builder_dir(out))
   if os.path.isdir(os.path.join(out, "fakejax_images")):
-    logging.warning("Removing the incomplete build in %s", out)
+    found = checkpoints.params()
+    if found == params:
+      logging.warning("Resuming the incomplete build in %s", out)
+      return checkpoints
+    logging.warning("Removing the incomplete build in %s%s", out,
+                    "" if found is None else " (made with other parameters or from another tree)")
     shutil.rmtree(os.path.join(out, "fakejax_images"))
-  os.makedirs(out, exist_ok=True)
+  checkpoints.start(params)
+  return checkpoints
+
+
+def _build_params(items, meta, **args):
+  """What a folder build is made from, as JSON: a fingerprint of the scan (every file with its
+  split, class and roles, in order), `meta` (fakejax.json's fields), the other arguments that
+  shape the records and the shard size. A killed build resumes only when these are the same
+  (files whose bytes changed under the same names are not noticed)."""
+  h = hashlib.sha256()
+  for it in items:
+    h.update("\0".join((it.path, it.split, it.class_name, it.source, it.category, it.group, "\n")).encode())
+  params = {"format_version": FORMAT_VERSION, "shard_bytes": shard_bytes(), "n_files": len(items),
+            "scan_sha256": h.hexdigest(), **meta, **args}
+  return json.loads(json.dumps(params))  # As read back (lists, not tuples).
 
 
 def prepare_folder(root, out, *, layout="auto", fractions=(0.56, 0.24, 0.20), seed=0, dedup=False,
                    max_pixels=1 << 28, min_size=8, storage="png", workers=None, pairs=None,
                    names=layouts.Names()):
   """Turns an image-folder tree into a dataset at `out` (see `fakejax.prepare`).
+
+  A build killed before its end resumes when run again with the same arguments (module docstring);
+  `workers` may differ.
 
   Args:
     root: the image folder.
@@ -326,39 +418,50 @@ def prepare_folder(root, out, *, layout="auto", fractions=(0.56, 0.24, 0.20), se
     raise layouts.LayoutError(f"Unknown storage {storage!r}; known: {', '.join(images.STORAGES)}")
   layout, class_names, items, ignored = layouts.scan(root, layout, fractions, seed, names)
   pairs = _checked_pairs(pairs, items)
-  _prepare_out(out)
-  workers = default_workers(len(items)) if workers is None else workers
-  index = {s: _Index() for s in items.counts}
-  build = _FolderBuild(root, items, class_names, index, storage=storage, max_pixels=max_pixels,
-                       min_size=min_size, dedup=dedup, workers=workers)
-  t0 = time.perf_counter()
   meta = {"kind": "folder", "layout": layout, "classes": list(class_names),
           "root": os.path.abspath(root), "fractions": list(fractions), "seed": seed, "dedup": dedup,
           "pairs": pairs}
+  checkpoints = _prepare_out(out, _build_params(items, meta, storage=storage, max_pixels=max_pixels,
+                                                min_size=min_size))
+  workers = default_workers(len(items)) if workers is None else workers
+  index = {s: _Index() for s in items.counts}
+  build = _FolderBuild(root, items, class_names, index, storage=storage, max_pixels=max_pixels,
+                       min_size=min_size, dedup=dedup, workers=workers, checkpoints=checkpoints)
+  t0 = time.perf_counter()
   splits = [s for s in SPLITS if s in items.counts]
   try:
     with _workers(workers) as pool:
       meta = _write(out, {s: build.examples(s, pool) for s in splits}, class_names, storage, meta,
-                    {s: index[s] for s in splits})
+                    {s: index[s] for s in splits}, resume=build)
   except BaseException:
-    shutil.rmtree(os.path.join(out, "fakejax_images"), ignore_errors=True)
+    logging.warning("The build in %s stopped; the same command resumes it", out)
     raise
   finally:
     build.bar.close()
-  seconds = time.perf_counter() - t0
-  empty = [s for s in splits if not len(index[s])]
+  checkpoints.remove()
+  summary = _folder_summary(out, build, meta, splits, ignored, time.perf_counter() - t0)
+  return reader.Dataset(out, meta), summary
+
+
+def _folder_summary(out, build, meta, splits, ignored, seconds):
+  """The build summary of a folder build (fakejax.json's `meta`), saved as OUT/build_summary.json;
+  a LayoutError (and no dataset) when a split has no usable image."""
+  empty = [s for s in splits if not len(build.index[s])]
   if empty:
     shutil.rmtree(os.path.join(out, "fakejax_images"), ignore_errors=True)
     os.remove(os.path.join(out, "fakejax.json"))
-    raise layouts.LayoutError(f"Split(s) {empty} of {root} have no usable image (see the skipped "
-                              f"files: {build.skipped[:3]})")
-  summary = {"root": os.path.abspath(root), "layout": layout, "classes": list(class_names),
-             "storage": storage, "pairs": pairs, **build.summary(splits, ignored),
-             "speed": {"images": len(items), "seconds": seconds, "images_per_s": len(items) / seconds,
-                       "workers": max(workers, 1), "bytes_on_disk": _disk_bytes(builder_dir(out))}}
+    raise layouts.LayoutError(f"Split(s) {empty} of {meta['root']} have no usable image (see the "
+                              f"skipped files: {build.skipped[:3]})")
+  n, workers = len(build.items), max(build.workers, 1)
+  summary = {**{k: meta[k] for k in ("root", "layout", "classes", "storage", "pairs")},
+             **build.summary(splits, ignored),
+             # images_per_s: of the files this run decoded (not those a killed build had).
+             "speed": {"images": n, "resumed_images": build.resumed, "seconds": seconds,
+                       "images_per_s": (n - build.resumed) / seconds, "workers": workers,
+                       "bytes_on_disk": _disk_bytes(builder_dir(out))}}
   with open(os.path.join(out, "build_summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
-  return reader.Dataset(out, meta), summary
+  return summary
 
 
 def _checked_pairs(pairs, items):
@@ -373,30 +476,100 @@ def _checked_pairs(pairs, items):
 
 class _FolderBuild:
   """A folder's examples, split by split, and what the build met on the way: files skipped,
-  pixels already written to an earlier split (leakage; dropped with `dedup`)."""
+  pixels already written to an earlier split (leakage; dropped with `dedup`).
 
-  def __init__(self, root, items, class_names, index, *, storage, max_pixels, min_size, dedup, workers):
+  It also keeps the build's checkpoints (`_Checkpoints`): the state after each closed shard, as
+  what changed since the one before, so that a killed build resumes where its last shard ended.
+  """
+
+  def __init__(self, root, items, class_names, index, *, storage, max_pixels, min_size, dedup, workers,
+               checkpoints):
     self.root, self.items, self.class_names, self.index = root, items, class_names, index
     self.storage, self.max_pixels, self.min_size = storage, max_pixels, min_size
-    self.dedup, self.workers = dedup, workers
+    self.dedup, self.workers, self.checkpoints = dedup, workers, checkpoints
     self.skipped, self.removed = [], []
     self.seen = _Seen(index)  # The hashes of the splits already written (leakage, --dedup).
     self.leaked, self.leaks = set(), {}  # Hashes in several splits; their paths (the first 20, without --dedup).
-    self.bar = tqdm.tqdm(total=len(items), desc="prepare", unit="img", dynamic_ncols=True)
+    self.consumed = {s: 0 for s in index}  # Files of each split taken (written, skipped or dropped).
+    self.shards = {s: [] for s in index}  # (records, bytes) of each split's closed shards.
+    self.complete = set()  # The splits whose every shard is closed.
+    self._new_leaked, self._marks = [], None
+    self.resumed = self._restore()
+    self.bar = tqdm.tqdm(total=len(items), initial=self.resumed, desc="prepare", unit="img",
+                         dynamic_ncols=True)
 
   def examples(self, split, pool):
-    """A generator function of `split`'s examples, decoded in `pool`."""
+    """A generator function of `split`'s examples, decoded in `pool`, after those resumed."""
     def gen():
+      start = self.consumed[split]
+      todo = lambda: itertools.islice(self.items.in_split(split), start, None)
       tasks = ((os.path.join(self.root, it.path), self.storage, self.max_pixels, self.min_size)
-               for it in self.items.in_split(split))
-      for it, res in zip(self.items.in_split(split),
-                         _in_order(_decode_file, tasks, pool, 64 * max(self.workers, 1))):
+               for it in todo())
+      for it, res in zip(todo(), _in_order(_decode_file, tasks, pool, 64 * max(self.workers, 1))):
         self.bar.update()
+        self.consumed[split] += 1
         example = self._record(split, it, res)
         if example is not None:
           yield example
       self.seen.add(split)
     return gen
+
+  def shard_closed(self, split, i, records, nbytes):
+    """Checkpoints shard i of `split`, closed and on disk: a rerun keeps it."""
+    self.shards[split].append((records, nbytes))
+    self.checkpoints.save(f"{split}.shard{i}", {"records": records, "bytes": nbytes, **self._delta(split)})
+
+  def split_closed(self, split):
+    """Checkpoints the end of `split` (what its last files met after its last shard closed)."""
+    self.complete.add(split)
+    self.checkpoints.save(f"{split}.done", self._delta(split))
+
+  def _delta(self, split):
+    """What the build met since the last checkpoint, as JSON (`_apply` replays it)."""
+    rows, skipped, removed, leaks = self._marks
+    ix = self.index[split]
+    delta = {"consumed": self.consumed[split],
+             "rows": {k: ix.column(k, rows.get(split, 0)).tolist() for k in INDEX_COLUMNS},
+             "skipped": self.skipped[skipped:], "removed": self.removed[removed:],
+             "leaked": [d.hex() for d in self._new_leaked],
+             "leaks": {d.hex(): paths[leaks.get(d, 0):] for d, paths in self.leaks.items()
+                       if len(paths) > leaks.get(d, 0)}}
+    self._mark()
+    return delta
+
+  def _mark(self):
+    """Notes how far the build's state is checkpointed."""
+    self._marks = ({s: len(ix) for s, ix in self.index.items()}, len(self.skipped), len(self.removed),
+                   {d: len(paths) for d, paths in self.leaks.items()})
+    self._new_leaked = []
+
+  def _apply(self, split, delta):
+    """Replays a checkpoint's `_delta`."""
+    rows = delta["rows"]
+    for values in zip(*(rows[k] for k in INDEX_COLUMNS)):
+      self.index[split].add(**dict(zip(INDEX_COLUMNS, values)))
+    self.consumed[split] = delta["consumed"]
+    self.skipped += delta["skipped"]
+    self.removed += delta["removed"]
+    self.leaked.update(bytes.fromhex(d) for d in delta["leaked"])
+    for d, paths in delta["leaks"].items():
+      self.leaks.setdefault(bytes.fromhex(d), []).extend(paths)
+
+  def _restore(self):
+    """The state of a killed build from its checkpoints (none for a new build): closed shards,
+    index rows, skipped files, leakage; removes the shards no checkpoint vouches for. Returns the
+    number of files already taken."""
+    for split in (s for s in SPLITS if s in self.index):
+      shards, done = self.checkpoints.entries(split)
+      for delta in shards + [done] * (done is not None):
+        self._apply(split, delta)
+      self.shards[split] = [(e["records"], e["bytes"]) for e in shards]
+      if done is not None:
+        self.complete.add(split)
+        self.seen.add(split)
+      self.checkpoints.remove_shards(split, start=len(shards))
+    self._mark()
+    return sum(self.consumed.values())
 
   def _record(self, split, it, res):
     """Indexes one decoded file; its example, or None when it is skipped or dropped."""
@@ -407,7 +580,9 @@ class _FolderBuild:
     digest = bytes.fromhex(digest)
     first = self.seen.find(digest)
     if first is not None:  # The same pixels in an earlier split.
-      self.leaked.add(digest)
+      if digest not in self.leaked:
+        self.leaked.add(digest)
+        self._new_leaked.append(digest)
       if self.dedup:
         self.removed.append(it.path)
         return None
@@ -428,6 +603,69 @@ class _FolderBuild:
             "class_stats": stats, "warnings": checks.format_bias_warnings(stats),
             "leakage": {"n_hashes_in_several_splits": len(self.leaked),
                         "examples": list(self.leaks.values())[:20], "removed_by_dedup": self.removed}}
+
+
+class _Checkpoints:
+  """A folder build's progress on disk, so that a killed build resumes (`_FolderBuild`).
+
+  In BUILDER_DIR/.resume/, each file JSON, written whole (temporary file, fsync, rename):
+
+    params.json            what the build is made from (`_build_params`), written first
+    {split}.shard{i}.json  written once shard i (BUILDER_DIR/.{split}.shard{i}) is closed and synced:
+                           its records and bytes, the files of the split taken through it, and
+                           what they added since the previous checkpoint: index rows (hashes in
+                           hex), skipped files, files removed by --dedup, leaked hashes and paths
+    {split}.done.json      the split's end (what its last files added), written before its
+                           shards are renamed to their final names
+
+  A shard without its checkpoint is the one being written when the build was killed: removed.
+  The folder is removed once the dataset is complete.
+  """
+
+  def __init__(self, directory):
+    self.directory = directory
+    self.path = os.path.join(directory, ".resume")
+
+  def params(self):
+    """The parameters of the build that left these checkpoints, or None."""
+    return self._load("params")
+
+  def start(self, params):
+    os.makedirs(self.path, exist_ok=True)
+    self.save("params", params)
+
+  def save(self, name, obj):
+    tmp = os.path.join(self.path, f"{name}.json.tmp")
+    with open(tmp, "w") as f:
+      json.dump(obj, f)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(self.path, f"{name}.json"))
+
+  def _load(self, name):
+    try:
+      with open(os.path.join(self.path, f"{name}.json")) as f:
+        return json.load(f)
+    except FileNotFoundError:
+      return None
+
+  def entries(self, split):
+    """([checkpoint of each closed shard, in order], the split's end or None)."""
+    shards = []
+    while (entry := self._load(f"{split}.shard{len(shards)}")) is not None:
+      shards.append(entry)
+    return shards, self._load(f"{split}.done")
+
+  def remove_shards(self, split, start):
+    """Removes the split's temporary shard files from number `start` on."""
+    prefix = f".{split}.shard"
+    for name in os.listdir(self.directory):
+      number = name[len(prefix):]
+      if name.startswith(prefix) and number.isdigit() and int(number) >= start:
+        os.remove(os.path.join(self.directory, name))
+
+  def remove(self):
+    shutil.rmtree(self.path, ignore_errors=True)
 
 
 class _Seen:
