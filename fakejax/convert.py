@@ -9,6 +9,7 @@ r"""ImageNet weights from the files users already have: Keras H5, torchvision st
   python -m fakejax.convert --from cnndetection blur_jpg_prob0.5.pth RUN
   python -m fakejax.convert --from univfd fc_weights.pth RUN --clip open_clip_model.safetensors
   python -m fakejax.convert --from clip --model clip_vit_l14 open_clip_model.safetensors OUT
+  python -m fakejax.convert --from timm_dinov2 --model dinov2_vit_l14 model.safetensors|.pth OUT
 
 OUT is a weights folder that `--config.model.init_from=OUT` loads into a fresh
 model (`keras:FILE` / `torchvision:FILE` / `bit:FILE` load a file directly, and a training
@@ -49,9 +50,10 @@ from fakejax import models
 from fakejax import runs
 
 ORIGINS = {"keras": "minus_one_one", "torchvision": "imagenet", "bit": "minus_one_one",
-           "clip": "clip"}  # -> preprocessing
+           "clip": "clip", "timm_dinov2": "imagenet"}  # -> preprocessing
 SUPPORTED = {"keras": ("xception", "mobilenet_v2"), "torchvision": ("resnet50", "resnet101"),
-             "bit": ("bit_resnet50",), "clip": tuple(models.vit.ARCHS)}
+             "bit": ("bit_resnet50",), "clip": tuple(models.vit.ARCHS),
+             "timm_dinov2": tuple(models.dinov2.ARCHS)}
 KERAS_TOPS = ("predictions", "Logits")  # ImageNet classifiers of Keras applications: dropped.
 
 
@@ -304,12 +306,216 @@ def from_clip(sd):
 
 
 # ---------------------------------------------------------------------------
+# DINOv2 (timm, the facebookresearch hub, Hugging Face; DDA's LoRA checkpoints).
+# ---------------------------------------------------------------------------
+# Hugging Face's Dinov2(WithRegisters)Model names -> the hub's / timm's (q, k, v are fused after).
+_HF_DINOV2 = ((r"^embeddings\.cls_token$", "cls_token"), (r"^embeddings\.mask_token$", "mask_token"),
+              (r"^embeddings\.register_tokens$", "register_tokens"),
+              (r"^embeddings\.position_embeddings$", "pos_embed"),
+              (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
+              (r"^encoder\.layer\.(\d+)\.", r"blocks.\1."), (r"\.attention\.attention\.", ".attn."),
+              (r"\.attention\.output\.dense\.", ".attn.proj."),
+              (r"\.layer_scale(\d)\.lambda1$", r".ls\1.gamma"), (r"^layernorm\.", "norm."))
+_DINOV2_TOP = {"patch_embed.proj.bias": "patch_embed/bias", "norm.weight": "norm/scale",
+               "norm.bias": "norm/bias", "fc.weight": "head/kernel", "fc.bias": "head/bias"}  # fc: DDA's head.
+_DINOV2_LEAVES = {"weight": "kernel", "bias": "bias", "lora.lora_A": "lora_a", "lora.lora_B": "lora_b"}
+_DINOV2_DROPPED = ("mask_token", "head.weight", "head.bias", "classifier.weight", "classifier.bias")
+
+
+def _dinov2_timm_names(sd):
+  """The state dict with timm's / the hub's names: Hugging Face's renamed (its query, key and value
+  fused into qkv), the wrappers' prefixes (DataParallel, HF's classifier, DDA's LoRA model) gone."""
+  out, qkv = {}, {}
+  for key, value in sd.items():
+    for prefix in ("module.", "base_model.model.", "base_model.", "dinov2."):
+      key = key.removeprefix(prefix)
+    for pattern, repl in _HF_DINOV2:
+      key = re.sub(pattern, repl, key)
+    key = key.replace(".original_layer.", ".")  # DDA's LoRALinear around the frozen layer.
+    m = re.fullmatch(r"(blocks\.\d+\.attn\.)(query|key|value)\.(weight|bias)", key)
+    if m:
+      qkv.setdefault(m[1] + "qkv." + m[3], {})[m[2]] = np.asarray(value)
+    else:
+      out[key] = np.asarray(value)
+  for key, parts in qkv.items():
+    out[key] = np.concatenate([parts[k] for k in ("query", "key", "value")], 0)
+  return out
+
+
+def _dinov2_tokens(sd):
+  """cls_token (C,), reg_token (R, C) and pos_embed (h * w, C) of a timm / hub state dict: the
+  positional embedding of the class (and register) tokens, where it has one, added to them."""
+  cls = np.asarray(sd.pop("cls_token")).reshape(-1)
+  regs = sd.pop("reg_token", sd.pop("register_tokens", None))
+  regs = None if regs is None else np.asarray(regs).reshape(-1, cls.shape[0])
+  pos = np.asarray(sd.pop("pos_embed")).reshape(-1, cls.shape[0])
+  prefix = len(pos) - int(np.sqrt(len(pos))) ** 2
+  if prefix not in (0, 1, 1 + (0 if regs is None else len(regs))):
+    raise ConversionError(f"A DINOv2 positional embedding of {len(pos)} rows: not a square grid plus "
+                          "the class (and register) tokens")
+  out = {"cls_token": cls + pos[0] if prefix else cls, "pos_embed": pos[prefix:]}
+  if regs is not None:
+    out["reg_token"] = regs + pos[1:prefix] if prefix > 1 else regs
+  return out
+
+
+def from_timm_dinov2(sd):
+  """{our parameter path: array} of a DINOv2 ViT (models.dinov2) from a state dict of timm's
+  `vit_*_patch14_dinov2` / `*_reg4_dinov2`, of the facebookresearch hub's `dinov2_vit*14_pretrain.pth`
+  / `*_reg4_pretrain.pth`, of Hugging Face's Dinov2Model / Dinov2WithRegistersModel, or of DDA's
+  checkpoint (its LoRA factors and its `fc` head included). Classifiers other than DDA's are left out."""
+  sd = _dinov2_timm_names(sd)
+  if "cls_token" not in sd or "pos_embed" not in sd:
+    raise ConversionError("Not a DINOv2 ViT state dict: no cls_token / pos_embed (nor Hugging Face's "
+                          "embeddings.cls_token / position_embeddings)")
+  out, unknown = _dinov2_tokens(sd), []
+  for key, value in sd.items():
+    m = re.fullmatch(r"blocks\.(\d+)\.(norm[12]|attn\.qkv|attn\.proj|mlp\.fc[12]|ls[12])\.(.+)", key)
+    layer = m and m[2].split(".")[-1]
+    if key in _DINOV2_DROPPED:
+      continue
+    if key == "patch_embed.proj.weight":
+      out["patch_embed/kernel"] = value.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+    elif key in _DINOV2_TOP:
+      out[_DINOV2_TOP[key]] = value.T if key == "fc.weight" else value
+    elif m and layer.startswith("norm") and m[3] in ("weight", "bias"):
+      out[f"blocks/{m[1]}/{layer}/{'scale' if m[3] == 'weight' else 'bias'}"] = value
+    elif m and layer.startswith("ls") and m[3] == "gamma":
+      out[f"blocks/{m[1]}/{layer}"] = value
+    elif m and m[3] in _DINOV2_LEAVES and not layer.startswith(("norm", "ls")):
+      out[f"blocks/{m[1]}/{layer}/{_DINOV2_LEAVES[m[3]]}"] = value if m[3] == "bias" else value.T
+    else:
+      unknown.append(key)
+  if unknown:
+    raise ConversionError(f"Not a DINOv2 ViT (models.dinov2): {len(unknown)} unexpected key(s): "
+                          f"{', '.join(unknown[:20])}")
+  return out
+
+
+# ---------------------------------------------------------------------------
+# Stable Diffusion's autoencoder (models.vae): diffusers folders and single files.
+# ---------------------------------------------------------------------------
+_DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+# Older diffusers files name the mid-block attention as LDM's AttnBlock did.
+_OLD_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
+# The original (LDM / CompVis / Stability single-file) names -> diffusers', after the level indices.
+_LDM_NAMES = (("nin_shortcut", "conv_shortcut"), ("norm_out", "conv_norm_out"),
+              ("mid.block_1", "mid_block.resnets.0"), ("mid.block_2", "mid_block.resnets.1"),
+              ("mid.attn_1.norm", "mid_block.attentions.0.group_norm"),
+              ("mid.attn_1.q", "mid_block.attentions.0.to_q"), ("mid.attn_1.k", "mid_block.attentions.0.to_k"),
+              ("mid.attn_1.v", "mid_block.attentions.0.to_v"),
+              ("mid.attn_1.proj_out", "mid_block.attentions.0.to_out.0"))
+_VAE_NORMS = ("norm1", "norm2", "group_norm", "conv_norm_out")
+
+
+def read_diffusers_vae(path, scaling_factor=None):
+  """(diffusers config dict, {diffusers key: array}) of an autoencoder.
+
+  Args:
+    path: a diffusers folder (config.json + diffusion_pytorch_model.safetensors or .bin, or a
+      pipeline folder with a vae/ subfolder), or one .safetensors / .ckpt file: diffusers' keys,
+      or the original single-file keys (`encoder.down.0.block.0...`, alone or under
+      `first_stage_model.` in a whole Stable Diffusion checkpoint); the config then comes from
+      the shapes (GroupNorm: 32 groups, as every SD autoencoder).
+    scaling_factor: for single files (which do not record it): SD 1.x/2.x 0.18215 (default), SDXL 0.13025.
+  """
+  if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")) \
+     and os.path.isfile(os.path.join(path, "vae", "config.json")):
+    path = os.path.join(path, "vae")
+  if os.path.isdir(path):
+    with open(os.path.join(path, "config.json")) as f:
+      config = json.load(f)
+    files = [os.path.join(path, n) for n in _DIFFUSERS_WEIGHTS if os.path.isfile(os.path.join(path, n))]
+    if not files:
+      raise ConversionError(f"{path} has no {' or '.join(_DIFFUSERS_WEIGHTS)}")
+    return config, _diffusers_keys(read_torch_state_dict(files[0]))
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"No autoencoder folder or file {path}")
+  sd = _diffusers_keys(read_torch_state_dict(path))
+  levels = sorted({int(k.split(".")[2]) for k in sd if k.startswith("encoder.down_blocks.")})
+  if not levels:
+    raise ConversionError(f"{os.path.basename(path)} holds no autoencoder (no encoder.down_blocks / encoder.down keys)")
+  config = {"block_out_channels": [int(sd[f"encoder.down_blocks.{i}.resnets.0.conv1.weight"].shape[0])
+                                   for i in levels],
+            "layers_per_block": len({k.split(".")[4] for k in sd if k.startswith("encoder.down_blocks.0.resnets.")}),
+            "latent_channels": int(sd["decoder.conv_in.weight"].shape[1]),
+            "norm_num_groups": 32,  # Not in the weights; every Stable Diffusion autoencoder's.
+            "scaling_factor": 0.18215 if scaling_factor is None else scaling_factor,
+            "use_quant_conv": "quant_conv.weight" in sd, "use_post_quant_conv": "post_quant_conv.weight" in sd,
+            "mid_block_add_attention": "encoder.mid_block.attentions.0.to_q.weight" in sd}
+  return config, sd
+
+
+def _diffusers_keys(sd):
+  """A state dict in diffusers' key names, from diffusers' own (old or new) or the original ones."""
+  if any(k.startswith("first_stage_model.") for k in sd):
+    sd = {k.removeprefix("first_stage_model."): v for k, v in sd.items() if k.startswith("first_stage_model.")}
+  if not any(k.startswith("encoder.down.") for k in sd):
+    return {re.sub(r"attentions\.0\.(query|key|value|proj_attn)\.",
+                   lambda m: f"attentions.0.{_OLD_ATTENTION[m[1]]}.", k): v for k, v in sd.items()}
+  ups = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("decoder.up."))
+  out = {}
+  for key, value in sd.items():
+    k = re.sub(r"^encoder\.down\.(\d+)\.block\.", r"encoder.down_blocks.\1.resnets.", key)
+    k = re.sub(r"^encoder\.down\.(\d+)\.downsample\.", r"encoder.down_blocks.\1.downsamplers.0.", k)
+    k = re.sub(r"^decoder\.up\.(\d+)\.(block|upsample)\.",  # LDM counts the decoder's levels upwards.
+               lambda m: f"decoder.up_blocks.{ups - 1 - int(m[1])}."
+                         f"{'resnets' if m[2] == 'block' else 'upsamplers.0'}.", k)
+    for old, new in _LDM_NAMES:
+      k = k.replace(f".{old}.", f".{new}.")
+    value = np.asarray(value)
+    out[k] = value[:, :, 0, 0] if ".attentions.0.to_" in k and value.ndim == 4 else value  # 1x1 convs there.
+  return out
+
+
+def from_diffusers_vae(sd):
+  """{our parameter path (models.vae): array} of a diffusers-keyed autoencoder state dict."""
+  out = {}
+  for key, value in sd.items():
+    k = key.replace(".downsamplers.0.conv.", ".conv.").replace(".upsamplers.0.conv.", ".conv.")
+    k = k.replace(".to_out.0.", ".to_out.")
+    *module, leaf = k.split(".")
+    value = np.asarray(value, np.float32)
+    if leaf == "weight" and value.ndim == 4:
+      leaf, value = "kernel", value.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+    elif leaf == "weight" and value.ndim == 2:
+      leaf, value = "kernel", value.T
+    elif leaf == "weight" and module[-1] in _VAE_NORMS:
+      leaf = "scale"
+    out["/".join(module + [leaf])] = value
+  return out
+
+
+def load_diffusers_vae(path, *, dtype="float32", scaling_factor=None):
+  """A models.vae.AutoencoderKL with the weights of a diffusers autoencoder (read_diffusers_vae).
+
+  Raises:
+    ConversionError: naming every parameter that is missing, extra or of another shape.
+  """
+  from fakejax.models import vae  # pylint: disable=g-import-not-at-top
+  config, sd = read_diffusers_vae(path, scaling_factor)
+  try:
+    model = vae.from_diffusers_config(config, dtype=np.dtype(dtype) if dtype != "bfloat16" else jax.numpy.bfloat16)
+  except ValueError as e:
+    raise ConversionError(f"{path}: {e}") from None
+  state = nnx.state(model)
+  weights = from_diffusers_vae(sd)
+  checkpoint.check_compatible(weights, nnx.to_pure_dict(state), path)
+  pure = jax.tree_util.tree_map_with_path(
+      lambda p, x: np.asarray(weights[checkpoint.path_name(p)], x.dtype), nnx.to_pure_dict(state))
+  nnx.replace_by_pure_dict(state, pure)
+  nnx.update(model, state)
+  return model
+
+
+# ---------------------------------------------------------------------------
 # Loading into a model.
 # ---------------------------------------------------------------------------
 _READERS = {"keras": lambda model, path: from_keras(model, read_keras_h5(path)),
             "torchvision": lambda model, path: from_torchvision_resnet(read_torch_state_dict(path)),
             "bit": lambda model, path: from_bit(read_npz(path)),
-            "clip": lambda model, path: from_clip(read_clip(path))}
+            "clip": lambda model, path: from_clip(read_clip(path)),
+            "timm_dinov2": lambda model, path: from_timm_dinov2(read_torch_state_dict(path))}
 
 
 def convert(origin, model, path):
@@ -357,16 +563,17 @@ def load_pretrained(spec, model):
 def init_model_state(model_state, weights, what):
   """Copies `weights` into an nnx.State of a model (in place); returns it.
 
-  The head is taken only where the weights have one of the same shape (a run of
-  the same task); every other parameter and BatchNorm statistic must be there
-  with the right shape, else a MismatchError names each one.
+  The head is taken only where the weights have one of the same shape (a run of the same task);
+  LoRA adapters (models.lora) the weights lack keep their initial values; every other parameter
+  and BatchNorm statistic must be there with the right shape, else a MismatchError names each one.
   """
   pure = nnx.to_pure_dict(model_state)
   want = checkpoint.flat(pure)
   head = lambda k: k.startswith("head/")
   weights = {k: v for k, v in weights.items()
              if not head(k) or (k in want and tuple(want[k].shape) == tuple(np.shape(v)))}
-  target = {k: v for k, v in want.items() if not head(k) or k in weights}
+  # LoRA adapters the weights lack (a backbone's file) keep their initial values.
+  target = {k: v for k, v in want.items() if not (head(k) or models.lora.is_lora(k)) or k in weights}
   checkpoint.check_compatible(weights, target, what)
   name = checkpoint.path_name
   pure = jax.tree_util.tree_map_with_path(

@@ -20,6 +20,7 @@ from fakejax import cli
 
 from fakejax.models import bit
 from fakejax.models import deepfd
+from fakejax.models import dinov2
 from fakejax.models import fold
 from fakejax.models import fronts
 from fakejax.models import mobilenet
@@ -38,9 +39,11 @@ MODELS = {
     "resnet_trunc": functools.partial(resnet.ResNet, 50, stages=2, stem_kernel=3),
     # CLIP's image encoders (UnivFD: ViT-L/14 and a linear head): vit.py.
     **{name: functools.partial(vit.ClipViT, name) for name in vit.ARCHS},
+    # DINOv2 ViTs, with registers as '_reg4' (DDA: ViT-L/14 + LoRA; B-Free): dinov2.py.
+    **{name: functools.partial(dinov2.DinoV2, name) for name in dinov2.ARCHS},
 }
 # Architectures without BatchNorm (no bn_momentum).
-NO_BATCH_NORM = ("bit_resnet50",) + tuple(vit.ARCHS)
+NO_BATCH_NORM = ("bit_resnet50",) + tuple(vit.ARCHS) + tuple(dinov2.ARCHS)
 
 # The model inference runs (eval mode, BatchNorm folded, forward-only kernels): fold.py.
 for_inference = fold.for_inference
@@ -55,7 +58,7 @@ PREPROCESS = ("minus_one_one", "imagenet", "unit", "clip")
 NATIVE_PREPROCESS = {"xception": "minus_one_one", "mobilenet_v2": "minus_one_one",
                      "resnet50": "imagenet", "resnet101": "imagenet", "deepfd": "unit",
                      "bit_resnet50": "minus_one_one", "resnet_trunc": "imagenet",
-                     **{name: "clip" for name in vit.ARCHS}}
+                     **{name: "clip" for name in vit.ARCHS}, **{name: "imagenet" for name in dinov2.ARCHS}}
 
 
 DTYPES = ("auto", "float32", "bfloat16")

@@ -1,0 +1,383 @@
+"""DINOv2 ViTs (models.dinov2), LoRA (models.lora) and their weight files (convert --from timm_dinov2).
+
+Without PyTorch: LoRA against its formula by hand, the frozen backbone under lora.TRAINABLE, the
+shapes at DDA's 336 and B-Free's 504 px, and the converter's layouts (timm, the facebookresearch
+hub, Hugging Face, DDA's checkpoint) against each other on hand-written state dicts. Against timm
+itself (random weights; make test-torch): the tokens after the final norm at the native size and
+at interpolated ones, with and without registers, the positional-embedding resampling against
+timm's and the hub's F.interpolate, and DDA's LoRA layers.
+"""
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from safetensors.numpy import save_file
+
+from tests.conftest import assert_bf16_like_amp
+from fakejax import checkpoint
+from fakejax import convert
+from fakejax import models
+from fakejax.models import dinov2
+from fakejax.models import lora
+
+TINY = dict(depth=2, heads=4, hidden=64, patch=14, image_size=126)  # dinov2_vit_tiny's: grid 9.
+
+
+def _tiny(registers=0, seed=0, **kw):
+  return dinov2.DinoV2("dinov2_vit_tiny", registers=registers, rngs=nnx.Rngs(seed), **kw)
+
+
+def timm_state_dict(width=64, depth=2, patch=14, grid=9, registers=0, seed=0, embed_class=None):
+  """A DINOv2 state dict with timm's names, written by hand: random everything (LayerScale, tokens
+  and norms included). `embed_class`: pos_embed has a row for the class token (timm's layout
+  without registers; default: when there are none)."""
+  rng = np.random.default_rng(seed)
+  r = lambda *shape: rng.normal(0, 0.1, shape).astype(np.float32)
+  embed_class = not registers if embed_class is None else embed_class
+  sd = {"cls_token": r(1, 1, width), "pos_embed": r(1, grid * grid + embed_class, width),
+        "patch_embed.proj.weight": r(width, 3, patch, patch), "patch_embed.proj.bias": r(width),
+        "norm.weight": 1 + r(width), "norm.bias": r(width)}
+  if registers:
+    sd["reg_token"] = r(1, registers, width)
+  for i in range(depth):
+    for name, cout, cin in (("attn.qkv", 3 * width, width), ("attn.proj", width, width),
+                            ("mlp.fc1", 4 * width, width), ("mlp.fc2", width, 4 * width)):
+      sd[f"blocks.{i}.{name}.weight"], sd[f"blocks.{i}.{name}.bias"] = r(cout, cin), r(cout)
+    for j in (1, 2):
+      sd[f"blocks.{i}.norm{j}.weight"], sd[f"blocks.{i}.norm{j}.bias"] = 1 + r(width), r(width)
+      sd[f"blocks.{i}.ls{j}.gamma"] = r(width)
+  return sd
+
+
+def _load(model, weights):
+  nnx.update(model, convert.init_model_state(nnx.state(model), weights, "test"))
+  return model
+
+
+def _images(n, h, w=None, seed=0):
+  return jnp.asarray(np.random.default_rng(seed).normal(size=(n, h, w or h, 3)).astype(np.float32))
+
+
+# ---------------------------------------------------------------------------
+# LoRA.
+# ---------------------------------------------------------------------------
+def test_lora_with_zero_b_is_the_base_model():
+  """B starts at zero: the adapted model computes what the base model does, at any input size;
+  the converted base weights load into it (the adapters keep their initial values)."""
+  weights = convert.from_timm_dinov2(timm_state_dict(registers=4))
+  base = _load(_tiny(registers=4), weights)
+  adapted = _load(_tiny(registers=4, lora_rank=4, lora_alpha=2.0), weights)
+  assert np.all(np.asarray(adapted.blocks[0].fc2.lora_b[...]) == 0)
+  assert np.abs(np.asarray(adapted.blocks[0].qkv.lora_a[...])).max() > 0
+  for x in (_images(2, 126), _images(1, 70, 98)):
+    np.testing.assert_array_equal(np.asarray(adapted.features(x)), np.asarray(base.features(x)))
+
+
+def test_lora_delta_is_alpha_over_rank_x_a_b():
+  """One adapted layer: its output minus the base layer's is alpha / rank * x @ A @ B (numpy)."""
+  model = _tiny(lora_rank=3, lora_alpha=1.5, lora_targets=("qkv", "fc1"))
+  assert isinstance(model.blocks[1].qkv, lora.LoRALinear)
+  assert not isinstance(model.blocks[1].proj, lora.LoRALinear)
+  layer = model.blocks[1].fc1
+  rng = np.random.default_rng(0)
+  layer.lora_b[...] = jnp.asarray(rng.normal(size=(3, 256)).astype(np.float32))
+  x = rng.normal(size=(2, 5, 64)).astype(np.float32)
+  a, b = np.asarray(layer.lora_a[...], np.float64), np.asarray(layer.lora_b[...], np.float64)
+  kernel, bias = np.asarray(layer.kernel[...], np.float64), np.asarray(layer.bias[...], np.float64)
+  want = x @ kernel + bias + 1.5 / 3 * (x @ a @ b)
+  np.testing.assert_allclose(np.asarray(layer(jnp.asarray(x))), want, rtol=1e-5, atol=1e-5)
+  bound = 64**-0.5  # kaiming_uniform_(a=sqrt(5)) of (rank, in): +-1/sqrt(in).
+  assert np.abs(a).max() <= bound and np.abs(a).max() > 0.8 * bound
+
+
+def test_a_frozen_backbone_trains_only_lora_and_the_head():
+  """wrt=lora.TRAINABLE: gradients and updates reach the adapters and the head, nothing else."""
+  model = _tiny(registers=4, lora_rank=2, single_logit=True)
+  frozen = lambda m: checkpoint.flat(nnx.to_pure_dict(nnx.state(m, nnx.Not(lora.TRAINABLE))))
+  before, x = frozen(model), _images(2, 70)
+  opt = nnx.Optimizer(model, optax.sgd(0.5), wrt=lora.TRAINABLE)
+  loss = lambda m: jnp.mean(optax.sigmoid_binary_cross_entropy(m(x)[:, 1], jnp.array([0.0, 1.0])))
+  grads = nnx.grad(loss, argnums=nnx.DiffState(0, lora.TRAINABLE))(model)
+  names = set(checkpoint.flat(nnx.to_pure_dict(grads)))
+  assert names == {k for k in checkpoint.flat(nnx.to_pure_dict(nnx.state(model))) if lora.is_lora(k)
+                   or k.startswith("head/")} and len(names) == 2 * 4 * 2 + 2
+  b_before = np.asarray(model.blocks[0].proj.lora_b[...]).copy()
+  opt.update(model, grads)
+  after = frozen(model)
+  assert before.keys() == after.keys() and "blocks/0/qkv/kernel" in after
+  for k in before:
+    np.testing.assert_array_equal(np.asarray(after[k]), np.asarray(before[k]), err_msg=k)
+  assert np.abs(np.asarray(model.blocks[0].proj.lora_b[...]) - b_before).max() > 0
+
+
+# ---------------------------------------------------------------------------
+# Shapes and positional embeddings.
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("name, size, tokens", [
+    ("dinov2_vit_l14", 336, 24), ("dinov2_vit_l14_reg4", 504, 36), ("dinov2_vit_s14", 224, 16),
+    ("dinov2_vit_b14_reg4", 518, 37)])
+def test_the_published_sizes_take_any_multiple_of_14(name, size, tokens):
+  model = nnx.eval_shape(lambda: models.create(name, 2, lora_rank=8))
+  width, depth = dinov2.ARCHS[name][:2]
+  shapes = models.layer_shapes(model, size, batch=2)
+  assert shapes[0] == ("patch_embed", (2, tokens, tokens, width)) and len(shapes) == depth + 1
+  assert shapes[-1] == (f"blocks.{depth - 1}", (2, tokens, tokens, width))
+  graphdef, state = nnx.split(model)
+  out = jax.eval_shape(lambda s, x: nnx.merge(graphdef, s).tokens(x), state,
+                       jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32))
+  assert out.shape == (2, 1 + dinov2.ARCHS[name][3] + tokens**2, width)
+  assert models.resolve_preprocess(name, "auto") == "imagenet" and name in models.NO_BATCH_NORM
+
+
+def test_resampling_matrices():
+  """Rows of weights that sum to 1; the same grid is left alone; 'hub' samples further out."""
+  for n_in, n_out in ((37, 24), (37, 36), (9, 13), (37, 16)):
+    for mode in dinov2.POS_INTERP:
+      m = dinov2.resample_matrix(n_in, n_out, mode)
+      assert m.shape == (n_out, n_in)
+      np.testing.assert_allclose(m.sum(1), 1.0, atol=1e-6)  # Weights in float32, as torch
+  np.testing.assert_allclose(dinov2.resample_matrix(9, 9, "timm"), np.eye(9), atol=1e-12)
+  pos = jnp.asarray(np.random.default_rng(0).normal(size=(81, 8)).astype(np.float32))
+  for mode in dinov2.POS_INTERP:
+    assert dinov2.resample_pos_embed(pos, (9, 9), (9, 9), mode) is pos
+  with pytest.raises(ValueError, match="pos_interp"):
+    _tiny(pos_interp="bilinear")
+  weights = convert.from_timm_dinov2(timm_state_dict())
+  timm_like, hub_like = _load(_tiny(), weights), _load(_tiny(pos_interp="hub"), weights)
+  for size, same in ((126, True), (70, False)):
+    x = _images(1, size)
+    assert np.array_equal(np.asarray(timm_like.features(x)), np.asarray(hub_like.features(x))) == same
+
+
+# ---------------------------------------------------------------------------
+# Weight files.
+# ---------------------------------------------------------------------------
+def _hub_layout(sd, rng):
+  """timm's register layout as the facebookresearch hub saves it: pos_embed with a class row (the
+  hub adds it to the class token), 'register_tokens', a mask token."""
+  pos0 = rng.normal(0, 0.1, (1, 1, sd["cls_token"].shape[-1])).astype(np.float32)
+  hub = {k: v for k, v in sd.items() if k not in ("cls_token", "pos_embed", "reg_token")}
+  hub.update(cls_token=sd["cls_token"] - pos0, pos_embed=np.concatenate([pos0, sd["pos_embed"]], 1),
+             register_tokens=sd["reg_token"], mask_token=np.zeros_like(pos0[0]))
+  return hub
+
+
+def _hf_layout(hub):
+  """The hub's names as Hugging Face's Dinov2WithRegistersModel has them (q, k, v apart)."""
+  names = {"cls_token": "embeddings.cls_token", "pos_embed": "embeddings.position_embeddings",
+           "register_tokens": "embeddings.register_tokens", "mask_token": "embeddings.mask_token",
+           "patch_embed.proj.weight": "embeddings.patch_embeddings.projection.weight",
+           "patch_embed.proj.bias": "embeddings.patch_embeddings.projection.bias",
+           "norm.weight": "layernorm.weight", "norm.bias": "layernorm.bias"}
+  hf = {}
+  for k, v in hub.items():
+    if ".attn.qkv." in k:
+      for part, chunk in zip(("query", "key", "value"), np.split(v, 3, 0)):
+        name = k.removeprefix("blocks.").replace("attn.qkv", f"attention.attention.{part}")
+        hf[f"encoder.layer.{name}"] = chunk
+      continue
+    k = names.get(k, k).replace("attn.proj", "attention.output.dense").replace("blocks.", "encoder.layer.")
+    hf[k.replace("ls1.gamma", "layer_scale1.lambda1").replace("ls2.gamma", "layer_scale2.lambda1")] = v
+  return {f"dinov2.{k}": v for k, v in hf.items()} | {"classifier.weight": np.zeros((3, 128), np.float32)}
+
+
+def test_timm_hub_and_hugging_face_layouts_convert_alike():
+  rng = np.random.default_rng(1)
+  sd = timm_state_dict(registers=4)
+  want = convert.from_timm_dinov2(sd)
+  assert want["reg_token"].shape == (4, 64) and want["pos_embed"].shape == (81, 64)
+  np.testing.assert_array_equal(want["blocks/1/qkv/kernel"], sd["blocks.1.attn.qkv.weight"].T)
+  np.testing.assert_array_equal(want["patch_embed/kernel"],
+                                sd["patch_embed.proj.weight"].transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(want["blocks/0/ls2"], sd["blocks.0.ls2.gamma"])
+  hub = _hub_layout(sd, rng)
+  for layout in (hub, _hf_layout(hub)):
+    got = convert.from_timm_dinov2(layout)
+    assert got.keys() == want.keys()
+    for k in want:
+      np.testing.assert_allclose(got[k], want[k], rtol=0, atol=1e-7, err_msg=k)
+  # Without registers timm's pos_embed has the class row (the hub's layout): it joins the class token.
+  plain = timm_state_dict()
+  got = convert.from_timm_dinov2(plain)
+  np.testing.assert_array_equal(got["cls_token"], plain["cls_token"][0, 0] + plain["pos_embed"][0, 0])
+  np.testing.assert_array_equal(got["pos_embed"], plain["pos_embed"][0, 1:])
+  # Registers with positional rows too (timm's no_embed_class=False): both fold in.
+  both = timm_state_dict(registers=2, embed_class=True)
+  rows = rng.normal(size=(1, 2, 64)).astype(np.float32)
+  both["pos_embed"] = np.concatenate([both["pos_embed"][:, :1], rows, both["pos_embed"][:, 1:]], 1)
+  got = convert.from_timm_dinov2(both)
+  np.testing.assert_array_equal(got["reg_token"], both["reg_token"][0] + both["pos_embed"][0, 1:3])
+
+
+def test_dda_checkpoint_converts_with_its_adapters_and_head():
+  """DDA's DINOv2ModelWithLoRA state dict: 'base_model.model.' + LoRALinear's original_layer and
+  lora.lora_A (rank, in) / lora_B (out, rank), the head 'base_model.fc'."""
+  rng = np.random.default_rng(2)
+  sd = timm_state_dict()
+  dda = {}
+  for k, v in sd.items():
+    m = k.rsplit(".", 1)
+    if any(t in k for t in ("attn.qkv.", "attn.proj.", "mlp.fc1.", "mlp.fc2.")):
+      dda[f"base_model.model.{m[0]}.original_layer.{m[1]}"] = v
+      if m[1] == "weight":
+        dda[f"base_model.model.{m[0]}.lora.lora_A"] = rng.normal(size=(8, v.shape[1])).astype(np.float32)
+        dda[f"base_model.model.{m[0]}.lora.lora_B"] = rng.normal(size=(v.shape[0], 8)).astype(np.float32)
+    else:
+      dda[f"base_model.model.{k}"] = v
+  dda.update({"base_model.model.mask_token": np.zeros((1, 64), np.float32),
+              "base_model.fc.weight": rng.normal(size=(1, 64)).astype(np.float32),
+              "base_model.fc.bias": np.array([0.5], np.float32)})
+  got = convert.from_timm_dinov2(dda)
+  prefix = "base_model.model.blocks.1."
+  np.testing.assert_array_equal(got["blocks/1/fc2/lora_a"], dda[prefix + "mlp.fc2.lora.lora_A"].T)
+  np.testing.assert_array_equal(got["blocks/0/qkv/kernel"], sd["blocks.0.attn.qkv.weight"].T)
+  np.testing.assert_array_equal(got["head/kernel"], dda["base_model.fc.weight"].T)
+  with pytest.raises(ValueError, match="lora_a"):  # Adapters are never dropped silently.
+    _load(_tiny(single_logit=True), got)
+  model = _load(_tiny(lora_rank=8, single_logit=True), got)  # Every adapter and the head taken.
+  np.testing.assert_array_equal(model.blocks[1].proj.lora_b[...], dda[prefix + "attn.proj.lora.lora_B"].T)
+  assert float(model.head.bias[0]) == 0.5
+
+
+def test_timm_dinov2_origin_reads_safetensors_and_names_bad_keys(tmp_path):
+  sd = timm_state_dict(registers=4)
+  save_file(sd, str(tmp_path / "model.safetensors"))
+  weights, info = convert.convert("timm_dinov2", "dinov2_vit_tiny", str(tmp_path / "model.safetensors"))
+  assert info["preprocess"] == "imagenet" and "dinov2_vit_l14_reg4" in convert.SUPPORTED["timm_dinov2"]
+  model = _load(_tiny(registers=4), weights)
+  np.testing.assert_array_equal(model.reg_token[...], sd["reg_token"][0])
+  with pytest.raises(ValueError, match="reg_token"):  # A register file into a model without registers.
+    _load(_tiny(), weights)
+  sd["blocks.0.attn.q_norm.weight"] = np.ones(64, np.float32)
+  with pytest.raises(convert.ConversionError, match="q_norm"):
+    convert.from_timm_dinov2(sd)
+
+
+# ---------------------------------------------------------------------------
+# Against timm (make test-torch).
+# ---------------------------------------------------------------------------
+def _timm_tiny(registers, seed=0):
+  """timm's VisionTransformer with DINOv2's options at dinov2_vit_tiny's size (random weights, the
+  LayerScale, class and register tokens and norms moved off their initial values)."""
+  torch = pytest.importorskip("torch")
+  timm = pytest.importorskip("timm")
+  torch.manual_seed(seed)
+  model = timm.models.vision_transformer.VisionTransformer(
+      img_size=126, patch_size=14, embed_dim=64, depth=2, num_heads=4, init_values=1e-5, num_classes=0,
+      reg_tokens=registers, no_embed_class=bool(registers), dynamic_img_size=True)
+  return torch, _randomize(torch, model)
+
+
+def _randomize(torch, model):
+  """LayerScale, tokens, norms and the positional embedding off their initial values, so that each
+  counts (timm starts LayerScale at 1e-5, the tokens at ~1e-6, the embedding at std 0.02)."""
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      if name == "pos_embed":
+        p.copy_(torch.randn_like(p))
+      elif "gamma" in name or "token" in name or "norm" in name:
+        p.copy_((1.0 if "norm" in name and name.endswith("weight") else 0.0) + 0.3 * torch.randn_like(p))
+  return model.eval()
+
+
+def _timm_tokens(torch, model, x):
+  with torch.no_grad():
+    return model.forward_features(torch.from_numpy(np.asarray(x)).permute(0, 3, 1, 2)).numpy()
+
+
+def _ours_from(torch, ref, registers, **kw):
+  weights = convert.from_timm_dinov2({k: v.numpy() for k, v in ref.state_dict().items()})
+  return _load(_tiny(registers=registers, **kw), weights)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("registers", [0, 4])
+def test_tokens_match_timm_at_native_and_interpolated_sizes(registers):
+  """All tokens after the final norm, float32: within 1e-5 of the largest, at the native 126 px
+  (grid 9), downsampled (70: 5), upsampled (182: 13) and non-square (98x140) embeddings; bfloat16
+  within twice torch.autocast's error (on the last size)."""
+  torch, ref = _timm_tiny(registers)
+  model = _ours_from(torch, ref, registers)
+  for h, w in ((126, 126), (70, 70), (182, 182), (98, 140)):
+    x = _images(2, h, w, seed=h)
+    want, got = _timm_tokens(torch, ref, x), np.asarray(model.tokens(x))
+    err = np.abs(got - want).max()
+    print(f"registers {registers} {h}x{w}: max abs diff {err:.2e} (largest {np.abs(want).max():.2f})")
+    assert got.shape == want.shape and err <= 1e-5 * np.abs(want).max(), (h, w, err)
+  with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # PyTorch's mixed precision: the bound.
+    amp = ref.forward_features(torch.from_numpy(np.asarray(x)).permute(0, 3, 1, 2)).float().numpy()
+  model16 = _tiny(registers=registers, dtype=jnp.dtype("bfloat16"))
+  nnx.update(model16, nnx.state(model))
+  assert_bf16_like_amp(model16.tokens(x).astype(jnp.float32), amp, want)
+
+
+@pytest.mark.torch
+def test_vit_s14_reg4_matches_timm_at_224_and_336():
+  """The real ViT-S/14 with registers (37x37 embedding, resampled to 16 and 24): the features."""
+  torch = pytest.importorskip("torch")
+  timm = pytest.importorskip("timm")
+  torch.manual_seed(0)
+  ref = _randomize(torch, timm.create_model("vit_small_patch14_reg4_dinov2", pretrained=False,
+                                            dynamic_img_size=True))
+  weights = convert.from_timm_dinov2({k: v.numpy() for k, v in ref.state_dict().items()})
+  model = _load(dinov2.DinoV2("dinov2_vit_s14_reg4", rngs=nnx.Rngs(0)), weights)
+  for size in (224, 336):
+    x = _images(1, size, seed=size)
+    want, got = _timm_tokens(torch, ref, x)[:, 0], np.asarray(model.features(x))
+    err = np.abs(got - want).max()
+    print(f"ViT-S/14 reg4 {size}: max abs diff {err:.2e} (largest {np.abs(want).max():.2f})")
+    assert err <= 1e-4 * np.abs(want).max(), (size, err)
+
+
+@pytest.mark.torch
+def test_pos_embed_resampling_matches_timm_and_the_hub():
+  """'timm': timm's resample_abs_pos_embed; 'hub': the facebookresearch hub's interpolate_pos_encoding
+  (F.interpolate with scale_factor (new + 0.1) / 37, bicubic, no antialiasing), on 37x37."""
+  torch = pytest.importorskip("torch")
+  from timm.layers import resample_abs_pos_embed  # pylint: disable=g-import-not-at-top
+  pos = np.random.default_rng(0).normal(size=(37 * 37, 16)).astype(np.float32)
+  for new in ((16, 16), (24, 24), (36, 36), (24, 30), (45, 45)):
+    timm_want = resample_abs_pos_embed(torch.from_numpy(pos)[None], list(new), (37, 37), num_prefix_tokens=0)
+    grid = torch.from_numpy(pos).reshape(1, 37, 37, 16).permute(0, 3, 1, 2)
+    hub_want = torch.nn.functional.interpolate(grid, mode="bicubic", antialias=False,
+                                               scale_factor=tuple((n + 0.1) / 37 for n in new))
+    hub_want = hub_want.permute(0, 2, 3, 1).reshape(-1, 16)
+    for mode, want in (("timm", timm_want[0].numpy()), ("hub", hub_want.numpy())):
+      got = np.asarray(dinov2.resample_pos_embed(jnp.asarray(pos), (37, 37), new, mode))
+      print(f"{mode} {new}: max abs diff {np.abs(got - want).max():.1e}")
+      # Values ~N(0, 1); torch sums in float32 (our matrices are float64): up to ~1e-5 apart.
+      np.testing.assert_allclose(got, want, rtol=0, atol=2e-5, err_msg=f"{mode} {new}")
+    print(f"{new}: 'hub' vs 'timm' max abs diff {np.abs(hub_want.numpy() - timm_want[0].numpy()).max():.3f}")
+
+
+@pytest.mark.torch
+def test_dda_lora_matches_its_torch_layers():
+  """DDA's LoRALinear (its code: A kaiming-uniform (rank, in), B (out, rank), alpha / rank) around
+  timm's qkv, proj, fc1, fc2, B random: the converted model's tokens, within 1e-5."""
+  torch, ref = _timm_tiny(0, seed=1)
+  nn = torch.nn
+
+  class LoRALinear(nn.Module):  # DDA's Training/models/lora.py, LoRALayer folded in.
+    def __init__(self, original_layer, rank, alpha):
+      super().__init__()
+      self.original_layer, self.rank, self.alpha = original_layer, rank, alpha
+      self.lora = nn.Module()
+      self.lora.lora_A = nn.Parameter(torch.randn(rank, original_layer.in_features) * 0.1)
+      self.lora.lora_B = nn.Parameter(torch.randn(original_layer.out_features, rank) * 0.1)
+
+    def forward(self, x):
+      d = torch.einsum("...r,or->...o", torch.einsum("...d,rd->...r", x, self.lora.lora_A), self.lora.lora_B)
+      return self.original_layer(x) + d * (self.alpha / self.rank)
+
+  for blk in ref.blocks:
+    blk.attn.qkv, blk.attn.proj = LoRALinear(blk.attn.qkv, 8, 1.0), LoRALinear(blk.attn.proj, 8, 1.0)
+    blk.mlp.fc1, blk.mlp.fc2 = LoRALinear(blk.mlp.fc1, 8, 1.0), LoRALinear(blk.mlp.fc2, 8, 1.0)
+  sd = {f"base_model.model.{k}": v.numpy() for k, v in ref.state_dict().items()}
+  model = _load(_tiny(lora_rank=8, lora_alpha=1.0), convert.from_timm_dinov2(sd))
+  x = _images(2, 98)
+  want, got = _timm_tokens(torch, ref, x), np.asarray(model.tokens(x))
+  print(f"DDA LoRA: max abs diff {np.abs(got - want).max():.2e}")
+  assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
