@@ -165,6 +165,9 @@ PERTURBATIONS = {
     "resize": "bilinear resize by factor F (0.5: half the side)",
     "gamma": "gamma curve 255*(x/255)**G",
     "noise": "additive Gaussian noise of std S (8-bit levels)",
+    # Format-debiased evaluation (DDA's protocol): the fakes alone are JPEG'd, as the reals are.
+    "debias_jpeg": "the fakes alone re-encoded as JPEG at quality Q (0: each at a quality drawn from the "
+                   "reals' own, read from their files' tables); the reals stay as they are",
 }
 
 
@@ -188,7 +191,7 @@ class Perturbation:
     return max(1, int(round(h * self.strength))), max(1, int(round(w * self.strength)))
 
   def __call__(self, img, rng):
-    if self.kind == "jpeg":
+    if self.kind in ("jpeg", "debias_jpeg"):
       return jpeg(img, self.strength)
     if self.kind == "blur":
       return gaussian_blur(img, self.strength)
@@ -212,6 +215,16 @@ def parse_perturbations(specs):
     except ValueError as e:
       raise cli.UserError(f"--perturb {spec!r}: {e}") from None
   return out
+
+
+def parse_debias(spec):
+  """evaluate's --debias: '' -> [], 'jpeg' -> [debias_jpeg:0] (the reals' qualities), 'jpeg:96' -> [debias_jpeg:96]."""
+  if not spec:
+    return []
+  kind, _, quality = spec.partition(":")
+  if kind != "jpeg" or not (quality or "0").isdigit() or int(quality or 0) > 100:
+    raise cli.UserError(f"--debias {spec!r}: expected jpeg or jpeg:Q with Q in 1..100")
+  return [Perturbation("debias_jpeg", float(quality or 0))]
 
 
 # ---------------------------------------------------------------------------

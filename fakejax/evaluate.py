@@ -48,6 +48,10 @@ if __name__ == "__main__":
                                       "whole: to N x N). Default: the run's data.eval_resize.")
   _PERTURB = flags.DEFINE_multi_string("perturb", [], "Robustness: KIND:V1,V2 with KIND in "
                                        + ", ".join(augment.PERTURBATIONS) + " (each re-scores every set).")
+  _DEBIAS = flags.DEFINE_string("debias", "", "Format-debiased protocol beside the plain one (DDA): 'jpeg' "
+                                "(each fake JPEG'd at a quality drawn from the reals' own files) or 'jpeg:Q' "
+                                "(every fake at Q; DDA's 96); the reals untouched. Rows 'debias_jpeg' in the "
+                                "robustness table, with the reals' accuracy.")
   _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random patches, TTA angles and noise.")
   _BATCH = flags.DEFINE_integer("batch_size", 0, "Global eval batch (default: the run's).")
   _TOP_N = flags.DEFINE_integer("top_n", 4, "Images in each patch-heatmap figure.")
@@ -112,7 +116,7 @@ def main(argv):
   copies = augment.tta_copies(_F.tta.value, _SEED.value)
   threshold = cli.threshold(_F, run)
   sets = test_sets(run, _DATASETS.value, _SPLIT.value, _GROUP_BY.value, _SOURCES.value)
-  perturbations = augment.parse_perturbations(_PERTURB.value)
+  perturbations = augment.parse_perturbations(_PERTURB.value) + augment.parse_debias(_DEBIAS.value)
   with tqdm.tqdm(total=(1 + len(perturbations)) * scoring.distinct_images(sets), desc="evaluate", unit="img",
                  dynamic_ncols=True, disable=not sharding.is_main()) as bar:
     done = [0, None]  # Images of finished conditions, the condition now.

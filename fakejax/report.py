@@ -116,7 +116,7 @@ def plot_curves(metrics_path, out_png):
 TABLE_COLUMNS = ("test_set", "n_real", "n_fake", "accuracy", "plain_accuracy", "real_acc", "fake_acc",
                  "cal_accuracy", "cal_real_acc", "cal_fake_acc", "ap", "plain_ap", "auc", "eer", "top1",
                  "patch_acc", "n_patches")
-ROBUSTNESS_COLUMNS = ("perturbation", "strength", "test_set", "accuracy", "ap", "auc", "top1")
+ROBUSTNESS_COLUMNS = ("perturbation", "strength", "test_set", "accuracy", "real_acc", "ap", "auc", "top1")
 
 
 def training_indicators(metrics_path):

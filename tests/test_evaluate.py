@@ -17,6 +17,7 @@ from PIL import Image
 import pytest
 
 from tests.conftest import bad_image_corpus
+from tests.conftest import random_image
 from tests.conftest import subprocess_env
 from tests.conftest import write_png
 from fakejax import augment
@@ -250,7 +251,7 @@ def test_evaluate_cli_writes_reports(tiny_run, tmp_path):
   out = tmp_path / "rep"
   r = subprocess.run([sys.executable, "-m", "fakejax.evaluate", "--workdir", tiny_run, "--mode",
                       "grid", "--patch_size", "16", "--tta", "flip", "--perturb", "jpeg:90,50",
-                      "--out", str(out)], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+                      "--debias", "jpeg:70", "--out", str(out)], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr[-3000:]
   rep = json.load(open(out / "report.json"))
   names = [row["test_set"] for row in rep["rows"]]
@@ -259,7 +260,11 @@ def test_evaluate_cli_writes_reports(tiny_run, tmp_path):
   assert rep["rows"][-1]["ap"] == pytest.approx(np.mean([row["ap"] for row in rep["rows"][:-1]]))
   assert all("plain_accuracy" in row for row in rep["rows"]) and rep["info"]["tta"] == ["identity", "flip"]
   assert sorted({(row["perturbation"], row["strength"]) for row in rep["robustness"]}) == [
-      ("jpeg", 50.0), ("jpeg", 90.0)] and len(rep["robustness"]) == 8
+      ("debias_jpeg", 70.0), ("jpeg", 50.0), ("jpeg", 90.0)] and len(rep["robustness"]) == 12
+  # Debiased: the reals untouched (their accuracy is the plain one), the fakes JPEG'd.
+  plain = {row["test_set"]: row for row in rep["rows"]}
+  debiased = [row for row in rep["robustness"] if row["perturbation"] == "debias_jpeg"]
+  assert all(row["real_acc"] == plain[row["test_set"]]["real_acc"] for row in debiased)
   assert rep["info"]["training_indicators"]["n_evals"] == 1
   rows = list(csv.DictReader(open(out / "report.csv")))
   assert [row["test_set"] for row in rows] == names
@@ -269,6 +274,33 @@ def test_evaluate_cli_writes_reports(tiny_run, tmp_path):
               "patches_least_confident.png"):
     with Image.open(out / png) as im:
       assert im.size[0] > 200 and im.size[1] > 150
+
+
+def test_debiased_fakes_are_jpegd_at_the_reals_qualities(tmp_path):
+  from PIL import Image as PILImage  # pylint: disable=g-import-not-at-top
+  root = tmp_path / "folder"
+  for i in range(6):
+    for label in ("0_real", "1_fake"):
+      os.makedirs(root / "test" / label, exist_ok=True)
+    rgb = random_image(i, 32, 40)
+    PILImage.fromarray(rgb).save(root / "test" / "0_real" / f"r{i}.jpg", quality=(70, 90)[i % 2])
+    write_png(root / "test" / "1_fake" / f"f{i}.png", random_image(100 + i, 32, 40))
+  ds, _ = datasets.prepare_folder(str(root), str(tmp_path / "ds"), workers=0)
+  idx = np.arange(12)
+  labels = ds.index("test")["label"]
+  sizes, plain = scoring.dataset_reader(ds, "test", idx)
+  for quality in (0, 55):
+    _, load = scoring.debiased_reader(ds, "test", idx, quality)
+    for i in idx:
+      if labels[i] == 0:
+        np.testing.assert_array_equal(load(i), plain(i))
+      else:
+        got = load(i)
+        matches = [q for q in ((70, 90) if quality == 0 else (quality,))
+                   if np.array_equal(got, augment.jpeg(plain(i), q))]
+        assert matches, f"fake {i} is not its JPEG at a real's quality"
+  os.remove(root / "test" / "0_real" / "r0.jpg")  # Some reals gone: the others still tell.
+  assert set(scoring.real_jpeg_qualities(ds, "test")) == {70, 90}
 
 
 def test_predict_folder_with_bad_files(tiny_run, tiny_synthetic, tmp_path):

@@ -143,3 +143,44 @@ def list_images(inputs):
     else:
       raise FileNotFoundError(f"{p} does not exist")
   return files
+
+
+# The IJG (libjpeg) base quantisation tables, in natural order (Annex K of the JPEG standard).
+_IJG_LUMA = np.array([
+    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+    14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99])
+
+
+def ijg_table(quality):
+  """libjpeg's luminance table at `quality` (1-100): jpeg_quality_scaling, baseline-clipped."""
+  scale = 5000 // quality if quality < 50 else 200 - 2 * quality
+  return np.clip((_IJG_LUMA * scale + 50) // 100, 1, 255)
+
+
+def jpeg_settings(path):
+  """What a JPEG file was saved with: {'quality', 'qtables', 'subsampling'}, or None for other
+  formats. `quality` is the IJG quality whose luminance table is nearest the file's (what DDA's
+  quality file records; exact for files libjpeg or PIL wrote); `qtables` are the file's own tables
+  (PIL's `quantization`), to save another image exactly as this one was."""
+  with Image.open(path) as im:
+    if im.format != "JPEG" or not getattr(im, "quantization", None):
+      return None
+    tables = {k: list(v) for k, v in im.quantization.items()}
+    from PIL import JpegImagePlugin  # pylint: disable=g-import-not-at-top
+    subsampling = JpegImagePlugin.get_sampling(im)
+  luma = np.asarray(tables[0])  # PIL gives the tables in natural order, as _IJG_LUMA.
+  errors = [np.abs(ijg_table(q) - luma).sum() for q in range(1, 101)]
+  return {"quality": int(np.argmin(errors)) + 1, "qtables": tables, "subsampling": subsampling}
+
+
+def jpeg_like(rgb, settings):
+  """The pixels of `rgb` saved as a JPEG with `settings` (jpeg_settings: the file's own tables and
+  chroma subsampling) or at a quality (an int), then decoded."""
+  buf = io.BytesIO()
+  if isinstance(settings, dict):
+    Image.fromarray(rgb).save(buf, format="JPEG", qtables=settings["qtables"],
+                              subsampling=settings["subsampling"])
+  else:
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=int(settings))
+  return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))

@@ -11,8 +11,10 @@ leaderboard all score through here; none of them loads, pads, batches or votes o
 """
 
 from fakejax.scoring.engine import dataset_reader
+from fakejax.scoring.engine import debiased_reader
 from fakejax.scoring.engine import Evaluator
 from fakejax.scoring.engine import file_reader
+from fakejax.scoring.engine import real_jpeg_qualities
 from fakejax.scoring.engine import Result
 from fakejax.scoring.forward import Folder
 from fakejax.scoring.forward import make_forward
@@ -35,6 +37,7 @@ from fakejax.scoring.views import View
 from fakejax.scoring.views import VOTING
 
 __all__ = ["BUCKET_RELATIVE_BOUND", "Evaluator", "Folder", "MEAN_KEYS", "MIN_WHOLE", "MODES", "PRESETS",
-           "Result", "VOTING", "View", "add_calibrated", "bucket_side", "dataset_reader", "decide", "distinct_images",
-           "file_reader", "grid_patches", "make_forward", "mean_row", "reals_threshold", "score_sets",
+           "Result", "VOTING", "View", "add_calibrated", "bucket_side", "dataset_reader", "debiased_reader",
+           "decide", "distinct_images", "file_reader", "grid_patches", "make_forward", "mean_row",
+           "real_jpeg_qualities", "reals_threshold", "score_sets",
            "set_metrics", "verdict"]

@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 from fakejax import augment
+from fakejax import cli
 from fakejax import sharding
 from fakejax.datasets import images
 from fakejax.scoring import rules
@@ -246,6 +247,45 @@ def dataset_reader(dataset, split, indices):
   src = dataset.source(split)
   sizes = [(int(h), int(w)) for h, w in zip(idx["height"][indices], idx["width"][indices])]
   return sizes, lambda i: dataset.decode(src[int(indices[i])])
+
+
+def debiased_reader(dataset, split, indices, quality, seed=0):
+  """dataset_reader with the fakes re-encoded as JPEGs (augment.jpeg), the reals untouched: the
+  format-debiased protocol (DDA). `quality` > 0: every fake at it (DDA's 96); 0: each fake at a
+  quality drawn (seeded by its record) from the qualities of the split's real files, read from
+  their JPEG tables where `prepare` found them (dataset.meta['root'])."""
+  sizes, load = dataset_reader(dataset, split, indices)
+  idx = dataset.index(split)
+  fake = idx["label"][indices] != 0
+  if quality:
+    drawn = np.full(len(indices), int(quality))
+  else:
+    qualities = real_jpeg_qualities(dataset, split)
+    drawn = np.array([np.random.default_rng([seed, int(i)]).choice(qualities) for i in indices])
+  return sizes, lambda i: augment.jpeg(load(i), drawn[i]) if fake[i] else load(i)
+
+
+def real_jpeg_qualities(dataset, split):
+  """The IJG qualities of the JPEG files among a split's reals (datasets.images.jpeg_settings).
+
+  Raises:
+    cli.UserError: when none of them is a JPEG file that can still be read.
+  """
+  idx = dataset.index(split)
+  root = dataset.meta.get("root") or ""
+  found = []
+  for path in idx["path"][idx["label"] == 0]:
+    try:
+      settings = images.jpeg_settings(os.path.join(root, str(path)))
+    except OSError:
+      continue
+    if settings:
+      found.append(settings["quality"])
+  if not found:
+    raise cli.UserError(f"debias_jpeg:0 draws from the reals' JPEG qualities, but no real of {dataset.path} "
+                        f"{split} is a JPEG file under {root or '(no root)'}; give a quality (DDA's: "
+                        f"--debias jpeg:96)")
+  return np.asarray(found)
 
 
 def file_reader(paths, max_pixels=1 << 28):

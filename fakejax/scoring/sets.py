@@ -13,6 +13,7 @@ from fakejax import augment
 from fakejax import cli
 from fakejax import metrics as metrics_lib
 from fakejax.scoring.engine import dataset_reader
+from fakejax.scoring.engine import debiased_reader
 from fakejax.scoring.views import VOTING
 
 # The metrics the mean row averages (those present in the rows).
@@ -42,8 +43,12 @@ def score_sets(evaluator, sets, view, label_key, split="test", *, copies=(augmen
   for dataset in {id(ds): ds for ds, _, _ in sets}.values():
     members = [(name, idx) for ds, name, idx in sets if ds is dataset]
     union = np.unique(np.concatenate([np.asarray(idx, int) for _, idx in members]))
-    sizes, load = dataset_reader(dataset, split, union)
-    results = evaluator.run(sizes, load, view, copies, perturbation, threshold=threshold,
+    pert = perturbation
+    if pert is not None and pert.kind == "debias_jpeg":  # The fakes alone: in the reader, not the view.
+      (sizes, load), pert = debiased_reader(dataset, split, union, pert.strength), None
+    else:
+      sizes, load = dataset_reader(dataset, split, union)
+    results = evaluator.run(sizes, load, view, copies, pert, threshold=threshold,
                             progress=progress and (lambda n, done=done: progress(done + n)))
     done += len(union)
     labels = dataset.index(split)[label_key]
