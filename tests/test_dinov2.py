@@ -1,27 +1,48 @@
-"""DINOv2 ViTs (models.dinov2), LoRA (models.lora) and their weight files (convert --from timm_dinov2).
+"""DINOv2 ViTs (models.dinov2), LoRA (models.lora) and their weight files (convert --from timm_dinov2|dda).
 
-Without PyTorch: LoRA against its formula by hand, the frozen backbone under lora.TRAINABLE, the
-shapes at DDA's 336 and B-Free's 504 px, and the converter's layouts (timm, the facebookresearch
-hub, Hugging Face, DDA's checkpoint) against each other on hand-written state dicts. Against timm
-itself (random weights; make test-torch): the tokens after the final norm at the native size and
-at interpolated ones, with and without registers, the positional-embedding resampling against
-timm's and the hub's F.interpolate, and DDA's LoRA layers.
+Without PyTorch: LoRA against its formula by hand, the frozen backbone under lora.TRAINABLE, a run
+trained with model.transfer='lora' (only the adapters and the head move; it restores, evaluates and
+predicts), the optimizer's groups and DDA's schedule, configs/dda.py, the shapes at DDA's 336 and
+B-Free's 504 px, and the converter's layouts (timm, the facebookresearch hub, Hugging Face, DDA's
+checkpoint) against each other on hand-written state dicts. Against timm itself (random weights;
+make test-torch): the tokens after the final norm at the native size and at interpolated ones, with
+and without registers, the positional-embedding resampling against timm's and the hub's
+F.interpolate, DDA's LoRA layers, torch's CosineAnnealingLR, and a DDA checkpoint converted by the
+CLI and scored by `predict` against timm + LoRA + fc.
 """
+
+import csv
+import os
+import subprocess
+import sys
 
 from flax import nnx
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
+from PIL import Image
 import pytest
 from safetensors.numpy import save_file
 
+from tests.conftest import ROOT
 from tests.conftest import assert_bf16_like_amp
+from tests.conftest import subprocess_env
 from fakejax import checkpoint
+from fakejax import cli
 from fakejax import convert
+from fakejax import defaults
 from fakejax import models
+from fakejax import predict
+from fakejax import runs
+from fakejax import sharding
+from fakejax import training
 from fakejax.models import dinov2
 from fakejax.models import lora
+from fakejax.training import optim as optim_lib
+from fakejax.training import strategies
+from fakejax.training import trainer
 
 TINY = dict(depth=2, heads=4, hidden=64, patch=14, image_size=126)  # dinov2_vit_tiny's: grid 9.
 
@@ -111,6 +132,107 @@ def test_a_frozen_backbone_trains_only_lora_and_the_head():
   for k in before:
     np.testing.assert_array_equal(np.asarray(after[k]), np.asarray(before[k]), err_msg=k)
   assert np.abs(np.asarray(model.blocks[0].proj.lora_b[...]) - b_before).max() > 0
+
+
+# ---------------------------------------------------------------------------
+# Training with model.transfer='lora' (configs/dda.py).
+# ---------------------------------------------------------------------------
+def _lora_config(make_config, **kw):
+  """dinov2_vit_tiny with rank-2 LoRA and DDA's head and resampling, on the tiny synthetic benchmark."""
+  return make_config(**{"model.name": "dinov2_vit_tiny", "model.transfer": "lora", "model.lora_rank": 2,
+                        "model.single_logit": True, "model.pos_interp": "hub", "model.preprocess": "clip",
+                        "data.image_size": 28, "optim.name": "adamw", "optim.lr": 1e-2,
+                        "model.backbone_lr": 0.5, "total_steps": 3, **kw})
+
+
+def test_lora_run_trains_only_the_adapters_and_the_head(make_config, tiny_synthetic, tmp_path):
+  """Three steps of transfer='lora': every backbone parameter is bit for bit its initial value,
+  every B factor is off zero, the head moved; the run restores from its saved config (LoRA
+  included), evaluates and predicts."""
+  c = _lora_config(make_config)
+  workdir = str(tmp_path / "lora")
+  out = training.train_and_evaluate(c, workdir)
+  assert out["step"] == 3 and 0 <= out["test"]["accuracy"] <= 1
+  ts = training.TrainState.for_config(trainer.resolve(c), 2, 3, sharding.make_mesh())  # The run's own init.
+  init = checkpoint.flat(nnx.to_pure_dict(ts.init()["model"]))
+  run = runs.Run(workdir, which="latest")
+  assert run.config.model.lora_rank == 2 and run.config.model.transfer == "lora"
+  got = checkpoint.flat(nnx.to_pure_dict(run.state))
+  assert got.keys() == init.keys() and "blocks/1/fc2/lora_b" in got
+  frozen = {k for k in got if not (lora.is_lora(k) or k.startswith("head/"))}
+  for k in frozen:
+    np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(init[k]), err_msg=k)
+  moved = {k for k in got.keys() - frozen if not np.array_equal(np.asarray(got[k]), np.asarray(init[k]))}
+  b_factors = {k for k in got if k.endswith("lora_b")}
+  assert len(b_factors) == 2 * 4 and b_factors <= moved and {"head/kernel", "head/bias"} <= moved
+  assert all(np.abs(np.asarray(got[k])).max() > 0 for k in b_factors)
+  idx = tiny_synthetic.select("test")[:4]
+  results, labels = run.score_sets([(tiny_synthetic, "test", idx)], run.view("full"))["test"]
+  assert labels.tolist() == tiny_synthetic.index("test")["label"][idx].tolist()
+  src, files = tiny_synthetic.source("test"), []
+  for i in idx:
+    files.append(str(tmp_path / f"{i}.png"))
+    Image.fromarray(tiny_synthetic.decode(src[int(i)])).save(files[-1])
+  rows = predict.predict(run, files, run.view("full"), 0.5)  # The same pixels: the same scores.
+  assert not any(r["error"] for r in rows)
+  np.testing.assert_allclose([float(r["p_fake"]) for r in rows], [r.score for r in results], atol=2e-6)
+
+
+def test_lora_transfer_needs_adapters_and_dinov2():
+  c = defaults.get_config()
+  c.model.transfer = "lora"
+  with pytest.raises(cli.UserError, match="lora_rank"):
+    strategies.for_config(c, 10)
+  c.model.lora_rank = 4  # On Xception: no LoRA layers to put it on.
+  with pytest.raises(cli.UserError, match="DINOv2"):
+    models.from_config(c.model, 2)
+
+
+def test_adapters_and_head_take_the_full_rate_and_adamw_decays_the_factors():
+  """backbone_lr scales the backbone alone; AdamW with weight decay (and zero gradients) moves
+  every parameter of >= 2 dimensions, LoRA factors included, by -lr wd p times its group's scale."""
+  model = _tiny(lora_rank=2, single_logit=True)
+  params = nnx.state(model, nnx.Param)
+  optim = ml_collections.ConfigDict(dict(name="adamw", weight_decay=0.5))
+  tx = optim_lib.create_transfer_optimizer(optim, lambda step: 0.1, backbone_lr=0.25)
+  updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+  flat_p, flat_u = (checkpoint.flat(nnx.to_pure_dict(t)) for t in (params, updates))
+  for k, p in flat_p.items():
+    scale = 1.0 if lora.is_lora(k) or k.startswith("head/") else 0.25
+    want = -0.1 * 0.5 * scale * np.asarray(p) if np.ndim(p) >= 2 else np.zeros(np.shape(p))
+    np.testing.assert_allclose(np.asarray(flat_u[k]), want, rtol=1e-6, atol=1e-12, err_msg=k)
+
+
+def test_cosine_annealing_is_torchs_closed_form_past_t_max():
+  """DDA's CosineAnnealingLR(T_max=1000, eta_min=lr * 1e-3), stepped every step: down to eta_min
+  at 1000, back up to lr at 2000."""
+  optim = defaults.from_file(os.path.join(ROOT, "configs", "dda.py")).optim
+  fn = optim_lib.create_learning_rate_fn(optim, 5000)
+  lr, lo = 1e-4, 1e-7
+  for t in (0, 1, 250, 999, 1000, 1500, 2000, 3333):
+    want = lo + (lr - lo) * 0.5 * (1 + np.cos(np.pi * t / 1000))
+    np.testing.assert_allclose(float(fn(t)), want, rtol=1e-5, err_msg=str(t))
+
+
+def test_dda_config_and_its_published_run():
+  c = defaults.from_file(os.path.join(ROOT, "configs", "dda.py"))
+  m = c.model
+  assert (m.name, m.transfer, m.lora_rank, m.lora_alpha, m.pos_interp, m.preprocess) == (
+      "dinov2_vit_l14", "lora", 8, 1.0, "hub", "clip")
+  assert tuple(m.lora_targets) == dinov2.LORA_TARGETS and m.single_logit and c.data.pairs
+  assert c.data.image_size == 336 and c.data.too_small == "zero" and m.init_from.startswith("timm_dinov2:")
+  photo = defaults.from_file(os.path.join(ROOT, "configs", "dda.py"), "photo")
+  assert photo.data.dir == "photo" and photo.data.pairs and photo.model.name in dinov2.ARCHS
+  with pytest.raises(ValueError, match="photo"):
+    defaults.from_file(os.path.join(ROOT, "configs", "dda.py"), "nonsense")
+  pub = convert.published_config("dda")
+  for k in ("name", "lora_rank", "lora_alpha", "pos_interp", "preprocess", "single_logit"):
+    assert pub.model[k] == m[k], k
+  view = runs.view_of(pub.data, "auto", convert.PUBLISHED["dda"]["preset"])
+  assert (view.mode, view.crop, view.resize, view.too_small) == ("full", 336, 0, "zero")
+  assert convert.published_config("dda", "dinov2_vit_tiny").model.name == "dinov2_vit_tiny"
+  with pytest.raises(cli.UserError, match="--model"):
+    convert.published_config("npr", "dinov2_vit_tiny")
 
 
 # ---------------------------------------------------------------------------
@@ -353,31 +475,129 @@ def test_pos_embed_resampling_matches_timm_and_the_hub():
     print(f"{new}: 'hub' vs 'timm' max abs diff {np.abs(hub_want.numpy() - timm_want[0].numpy()).max():.3f}")
 
 
-@pytest.mark.torch
-def test_dda_lora_matches_its_torch_layers():
-  """DDA's LoRALinear (its code: A kaiming-uniform (rank, in), B (out, rank), alpha / rank) around
-  timm's qkv, proj, fc1, fc2, B random: the converted model's tokens, within 1e-5."""
-  torch, ref = _timm_tiny(0, seed=1)
+def _with_dda_lora(torch, ref, rank=8, alpha=1.0):
+  """timm's model with DDA's LoRALinear (Training/models/lora.py, LoRALayer folded in: A (rank, in),
+  B (out, rank), alpha / rank; both random here) around every block's qkv, proj, fc1 and fc2."""
   nn = torch.nn
 
-  class LoRALinear(nn.Module):  # DDA's Training/models/lora.py, LoRALayer folded in.
-    def __init__(self, original_layer, rank, alpha):
+  class LoRALinear(nn.Module):
+    def __init__(self, original_layer):
       super().__init__()
-      self.original_layer, self.rank, self.alpha = original_layer, rank, alpha
+      self.original_layer = original_layer
       self.lora = nn.Module()
       self.lora.lora_A = nn.Parameter(torch.randn(rank, original_layer.in_features) * 0.1)
       self.lora.lora_B = nn.Parameter(torch.randn(original_layer.out_features, rank) * 0.1)
 
     def forward(self, x):
       d = torch.einsum("...r,or->...o", torch.einsum("...d,rd->...r", x, self.lora.lora_A), self.lora.lora_B)
-      return self.original_layer(x) + d * (self.alpha / self.rank)
+      return self.original_layer(x) + d * (alpha / rank)
 
   for blk in ref.blocks:
-    blk.attn.qkv, blk.attn.proj = LoRALinear(blk.attn.qkv, 8, 1.0), LoRALinear(blk.attn.proj, 8, 1.0)
-    blk.mlp.fc1, blk.mlp.fc2 = LoRALinear(blk.mlp.fc1, 8, 1.0), LoRALinear(blk.mlp.fc2, 8, 1.0)
+    blk.attn.qkv, blk.attn.proj = LoRALinear(blk.attn.qkv), LoRALinear(blk.attn.proj)
+    blk.mlp.fc1, blk.mlp.fc2 = LoRALinear(blk.mlp.fc1), LoRALinear(blk.mlp.fc2)
+  return ref.eval()
+
+
+@pytest.mark.torch
+def test_dda_lora_matches_its_torch_layers():
+  """DDA's LoRALinear around timm's qkv, proj, fc1, fc2, B random: the converted model's tokens,
+  within 1e-5."""
+  torch, ref = _timm_tiny(0, seed=1)
+  ref = _with_dda_lora(torch, ref)
   sd = {f"base_model.model.{k}": v.numpy() for k, v in ref.state_dict().items()}
   model = _load(_tiny(lora_rank=8, lora_alpha=1.0), convert.from_timm_dinov2(sd))
   x = _images(2, 98)
   want, got = _timm_tokens(torch, ref, x), np.asarray(model.tokens(x))
   print(f"DDA LoRA: max abs diff {np.abs(got - want).max():.2e}")
   assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+@pytest.mark.torch
+def test_cosine_annealing_is_torchs_scheduler():
+  """configs/dda.py's schedule against torch.optim.lr_scheduler.CosineAnnealingLR stepped per update."""
+  torch = pytest.importorskip("torch")
+  optim = defaults.from_file(os.path.join(ROOT, "configs", "dda.py")).optim
+  fn = optim_lib.create_learning_rate_fn(optim, 3000)
+  opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-4)
+  sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=1000, eta_min=1e-4 * 0.001)
+  for t in range(3000):
+    if t % 7 == 0 or t in (999, 1000, 1001, 2000):
+      # float32 steps: within 1e-5 of the peak lr (1e-5 relative near eta_min = 1e-7 is 1e-12).
+      np.testing.assert_allclose(float(fn(t)), opt.param_groups[0]["lr"], rtol=0, atol=1e-9, err_msg=str(t))
+    opt.step()
+    sched.step()
+
+
+def _hub_forward(torch, ref, fc, x):
+  """The hub's DinoVisionTransformer.forward_features at any size, with timm's modules: patch
+  embedding, the class token, + interpolate_pos_encoding (F.interpolate, bicubic, scale_factor
+  (grid + 0.1) / 9, no antialiasing; the class row kept), the blocks, the final norm; then DDA's fc
+  on the class token (x_norm_clstoken). x: (N, C, H, W) normalised."""
+  f = torch.nn.functional
+  with torch.no_grad():
+    tokens = ref.patch_embed(x)
+    n, gh, gw, c = tokens.shape  # timm's dynamic_img_size: NHWC.
+    pos = ref.pos_embed
+    grid = pos[:, 1:].reshape(1, 9, 9, c).permute(0, 3, 1, 2)
+    grid = f.interpolate(grid, mode="bicubic", antialias=False, scale_factor=((gh + 0.1) / 9, (gw + 0.1) / 9))
+    assert grid.shape[-2:] == (gh, gw)
+    tokens = torch.cat([ref.cls_token.expand(n, -1, -1), tokens.reshape(n, gh * gw, c)], 1)
+    tokens = tokens + torch.cat([pos[:, :1], grid.permute(0, 2, 3, 1).reshape(1, gh * gw, c)], 1)
+    tokens = ref.norm(ref.blocks(tokens))
+    return fc(tokens[:, 0])[:, 0]
+
+
+@pytest.mark.torch
+def test_dda_checkpoint_becomes_a_run_that_predict_scores_like_torch(tmp_path):
+  """A DDA checkpoint as its trainer saves it ({'model': DINOv2ModelWithLoRA's state dict, 'optimizer',
+  'total_steps'}), at dinov2_vit_tiny's size with random weights, LoRA factors and fc, converted by
+  the CLI (`--from dda --model dinov2_vit_tiny`) and scored by `predict` with DDA's preset (center
+  crop 336, zero-padded when smaller; CLIP's mean and std; the hub's resampling): p_fake is the
+  sigmoid of the torch reference's logit within 1e-4."""
+  torch, ref = _timm_tiny(0, seed=3)
+  with torch.no_grad():  # The pixels' share of the class token up (LayerScale ~1, a stronger embedding).
+    ref.patch_embed.proj.weight.normal_(0, 0.02)
+    for p in (p for name, p in ref.named_parameters() if "gamma" in name):
+      p.normal_(0, 1.0)
+  ref = _with_dda_lora(torch, ref)
+  fc = torch.nn.Linear(64, 1)
+  torch.nn.init.normal_(fc.weight, 0.0, 1.0)
+  rng = np.random.default_rng(0)
+  (tmp_path / "photos").mkdir()
+  sizes = {"big.png": (350, 371), "small.png": (300, 340)}  # Cropped; zero-padded to 336.
+  for name, (h, w) in sizes.items():
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), np.uint8)).save(tmp_path / "photos" / name)
+  tv = pytest.importorskip("torchvision.transforms")
+  transform = tv.Compose([tv.CenterCrop(336), tv.ToTensor(),  # DDA's Inference/inference.py.
+                          tv.Normalize(mean=[0.48145466, 0.4578275, 0.40821073],
+                                       std=[0.26862954, 0.26130258, 0.27577711])])
+  x = {name: transform(Image.open(tmp_path / "photos" / name).convert("RGB"))[None] for name in sizes}
+  with torch.no_grad():
+    fc.bias.copy_(fc.bias - _hub_forward(torch, ref, fc, x["big.png"]))  # p_fake ~0.5: the steepest.
+  sd = {f"base_model.model.{k}": v for k, v in ref.state_dict().items()}
+  sd.update({"base_model.model.mask_token": torch.zeros(1, 64), "base_model.fc.weight": fc.weight.data,
+             "base_model.fc.bias": fc.bias.data})
+  opt = torch.optim.AdamW([p for n, p in ref.named_parameters() if "lora" in n], lr=1e-4)
+  for p in opt.param_groups[0]["params"]:
+    p.grad = torch.zeros_like(p)
+  opt.step()  # An optimizer state with tensors, as theirs.
+  torch.save({"model": sd, "optimizer": opt.state_dict(), "total_steps": 5}, str(tmp_path / "ckpt.pth"))
+  env, run = subprocess_env(), str(tmp_path / "dda")
+  r = subprocess.run([sys.executable, "-m", "fakejax.convert", "--from", "dda", "--model", "dinov2_vit_tiny",
+                      str(tmp_path / "ckpt.pth"), run], cwd=ROOT, env=env, capture_output=True, text=True,
+                     timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  r = subprocess.run([sys.executable, "-m", "fakejax.predict", "--workdir", run, "--out",
+                      str(tmp_path / "p.csv"), str(tmp_path / "photos")],
+                     cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  with open(tmp_path / "p.csv") as f:
+    got = {os.path.basename(row["path"]): row for row in csv.DictReader(f)}
+  for name in sizes:
+    want = torch.sigmoid(_hub_forward(torch, ref, fc, x[name])).item()
+    with torch.no_grad():  # timm's resampling instead of the hub's: what the test must tell apart.
+      timm_p = torch.sigmoid(fc(ref.forward_features(x[name])[:, 0])[:, 0]).item()
+    print(f"{name}: p_fake {got[name]['p_fake']} vs torch {want:.6f} (timm's resampling: {timm_p:.6f})")
+    assert got[name]["view"] == "full", got[name]
+    assert abs(float(got[name]["p_fake"]) - want) <= 1e-5, (name, got[name], want)
+    assert abs(timm_p - want) > 1e-4

@@ -29,6 +29,7 @@ REFERENCES = {
     "univfd": lambda img: _torchvision_center_crop(img, 224),
     "cnndetection": lambda img: _torchvision_center_crop(img, 224),
     "cnndetection_nocrop": lambda img: img,
+    "dda": lambda img: _torchvision_center_crop(img, 336),  # Inference/inference.py: CenterCrop(336).
 }
 
 

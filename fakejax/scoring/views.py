@@ -78,6 +78,8 @@ PRESETS = {
     # CNNDetection: CenterCrop(224), or the whole image (no_crop).
     "cnndetection": dict(mode="full", crop=224, resize=0, too_small="zero"),
     "cnndetection_nocrop": dict(mode="whole", resize=0, exact_sizes=True),
+    # DDA Inference/inference.py: CenterCrop(336), no resize.
+    "dda": dict(mode="full", crop=336, resize=0, too_small="zero"),
 }
 
 

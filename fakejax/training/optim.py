@@ -1,12 +1,20 @@
 """Optimizers and learning-rate schedules, from a config's `optim` block."""
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from fakejax import cli
+from fakejax.models import lora
+
 
 def create_learning_rate_fn(optim, total_steps, steps_per_epoch=1):
   """constant / cosine / exponential / step decay from lr to end_lr, after a linear warmup.
+
+  'cosine_annealing' is torch's CosineAnnealingLR with T_max = decay_every and eta_min = end_lr,
+  stepped once per step and never stopped: end_lr + (lr - end_lr) (1 + cos(pi t / T_max)) / 2 at
+  every step t, so that past T_max it rises again (a period of 2 T_max; DDA runs T_max=1000 for
+  ~15k steps).
 
   Keys in epochs (warmup_epochs, decay_every_epochs, decay_begin_epochs), when set, count
   `steps_per_epoch` steps each. 'step' with decay_rate multiplies the lr by it every decay_every
@@ -20,6 +28,8 @@ def create_learning_rate_fn(optim, total_steps, steps_per_epoch=1):
     main = optax.constant_schedule(optim.lr)
   elif optim.schedule == "cosine":
     main = optax.cosine_decay_schedule(optim.lr, steps, alpha=optim.end_lr / optim.lr)
+  elif optim.schedule == "cosine_annealing":
+    main = _cosine_annealing(optim.lr, optim.end_lr, in_steps(optim.decay_every_epochs, optim.decay_every))
   elif optim.schedule in ("exponential", "step"):
     every = in_steps(optim.decay_every_epochs, optim.decay_every)
     every = (every or max(steps // 10, 1)) if optim.schedule == "step" else 1
@@ -28,15 +38,27 @@ def create_learning_rate_fn(optim, total_steps, steps_per_epoch=1):
     main = optax.exponential_decay(optim.lr, every, rate, transition_begin=begin,
                                    staircase=optim.schedule == "step", end_value=optim.end_lr)
   else:
-    raise cli.UserError(f"Unknown schedule {optim.schedule!r}; known: constant, cosine, exponential, step")
+    raise cli.UserError(f"Unknown schedule {optim.schedule!r}; known: constant, cosine, cosine_annealing, "
+                        "exponential, step")
   if not warmup:
     return main
   warm = optax.linear_schedule(0.0, optim.lr, warmup)
   return optax.join_schedules([warm, main], [warmup])
 
 
+def _cosine_annealing(lr, end_lr, t_max):
+  """torch's CosineAnnealingLR(T_max=t_max, eta_min=end_lr) in closed form, at every step."""
+  if t_max < 1:
+    raise cli.UserError("schedule 'cosine_annealing' needs optim.decay_every (torch's T_max) >= 1")
+  return lambda step: end_lr + (lr - end_lr) * 0.5 * (1 + jnp.cos(jnp.pi * step / t_max))
+
+
 def create_optimizer(optim, lr_fn):
-  """optim.name's optimizer ('adam', 'adamw', 'sgd') with the schedule `lr_fn`."""
+  """optim.name's optimizer ('adam', 'adamw', 'sgd') with the schedule `lr_fn`.
+
+  AdamW decays the parameters of two or more dimensions (kernels, LoRA factors) by
+  optim.weight_decay, not biases or norms; DDA trains with weight_decay 0.
+  """
   if optim.name == "adam":
     return optax.adam(lr_fn)
   if optim.name == "adamw":  # Decay on kernels only (ndim >= 2), not biases or BatchNorm: SAFE's and timm's groups.
@@ -53,19 +75,22 @@ def create_adjustable_optimizer(optim, lr):
   return optax.inject_hyperparams(lambda learning_rate: create_optimizer(optim, learning_rate))(learning_rate=lr)
 
 
-TRANSFER_MODES = ("finetune", "linear_probe", "freeze_bn")
+TRANSFER_MODES = ("finetune", "linear_probe", "freeze_bn", "lora")
 
 
-def _is_head(path):
-  return getattr(path[0], "key", None) == "head"
+def _unscaled(path):
+  """Whether a parameter trains at the full rate under backbone_lr: the head's, a LoRA adapter's."""
+  keys = [getattr(k, "key", None) for k in path]
+  return keys[0] == "head" or any(k in lora.LEAVES for k in keys)
 
 
 def create_transfer_optimizer(optim, lr_fn, backbone_lr):
-  """The optimizer, with the backbone's learning rate scaled by `backbone_lr` (head: unscaled)."""
+  """The optimizer, with the backbone's learning rate scaled by `backbone_lr` (the head and the LoRA
+  adapters, models.lora: unscaled)."""
   if backbone_lr == 1.0:
     return create_optimizer(optim, lr_fn)
   labels = lambda params: jax.tree_util.tree_map_with_path(
-      lambda p, _: "head" if _is_head(p) else "backbone", params)
+      lambda p, _: "head" if _unscaled(p) else "backbone", params)
   return optax.multi_transform(
       {"head": create_optimizer(optim, lr_fn),
        "backbone": create_optimizer(optim, lambda step: lr_fn(step) * backbone_lr)}, labels)

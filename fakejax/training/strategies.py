@@ -2,7 +2,7 @@
 
   Standard     one stage, cross-entropy; model.transfer picks what trains ('finetune': all,
                'linear_probe': the head on frozen BatchNorm statistics, 'freeze_bn': all but
-               the statistics).
+               the statistics, 'lora': the LoRA adapters and the head, the backbone frozen).
   Staged       DeepFD: stage 1 trains D1 with the pairwise contrastive loss, stage 2 D2 (and D1
                unless deepfd.freeze_d1) with cross-entropy; each stage its own optimizer.
   CachedProbe  the head alone on the frozen backbone's features, computed once and cached
@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from fakejax import cli
 from fakejax import models
+from fakejax.models import lora
 from fakejax.training import loop
 from fakejax.training import losses
 from fakejax.training import optim as optim_lib
@@ -39,6 +40,9 @@ class Standard:
     if self.transfer not in optim_lib.TRANSFER_MODES:
       raise cli.UserError(f"Unknown model.transfer {self.transfer!r}; known: "
                           f"{', '.join(optim_lib.TRANSFER_MODES)}")
+    if self.transfer == "lora" and not config.model.get("lora_rank", 0):
+      raise cli.UserError("model.transfer='lora' trains the LoRA adapters and the head: set model.lora_rank "
+                          "> 0 (DINOv2 models), or model.transfer='linear_probe' for the head alone")
     self.stages = {0: total_steps}
 
   @property
@@ -47,15 +51,18 @@ class Standard:
     return max(self.stages)
 
   def wrt(self, stage):
-    """The parameters stage `stage` trains."""
+    """The parameters stage `stage` trains: the gradient's and the optimizer's filter (the rest is
+    left bit for bit as it was)."""
     del stage
+    if self.transfer == "lora":
+      return lora.TRAINABLE  # The adapters (LoRAParam) and the head.
     return nnx.All(nnx.Param, nnx.PathContains("head")) if self.transfer == "linear_probe" else nnx.Param
 
   def set_train_modes(self, model, stage):
     """Puts the model in the train/eval modes of `stage` (BatchNorm statistics that stay frozen)."""
     del stage
     model.train()
-    if self.transfer in ("linear_probe", "freeze_bn"):
+    if self.transfer in ("linear_probe", "freeze_bn", "lora"):
       freeze_batch_norm(model)
 
   def loss(self, stage, model, x, labels, key):
