@@ -38,7 +38,7 @@ test-studies: venv
 # A second venv, .venv-torch (~6 GB: torch's CUDA build, run on the CPU), on Python 3.11 (torch's
 # wheels lie on the CI machines' disk for 3.11 only) and the oldest JAX stack fakejax supports
 # (.ci/oldest.txt). make test-torch runs the parity tests against the PyTorch references
-# (torchvision, timm's BiT, open_clip's CLIP, NPR's resampling) that make test skips, and the whole
+# (torchvision, timm's BiT and DINOv2, open_clip's CLIP, diffusers' autoencoder, NPR's resampling) that make test skips, and the whole
 # UnivFD ViT-L/14 chain against open_clip; make test-oldest runs make test's tests on that stack.
 TORCH_VENV   := .venv-torch
 TORCH_PYTHON ?= $(shell scripts/find_python.sh 3.11)

@@ -271,8 +271,8 @@ def tta_copies(specs, seed=0):
 
 
 def train_augment(img, rng, aug, size, too_small="error", name=""):
-  """The training recipe: [resize] -> [affine] -> blur -> JPEG -> crop -> flip, then SAFE's
-  [spin] -> [colour jitter] -> [patch mask].
+  """The training recipe: [resize] -> [affine] -> [noise] -> blur -> JPEG -> [rot90] -> crop -> flip,
+  then SAFE's [spin] -> [colour jitter] -> [grayscale] -> [patch mask].
 
   Blur and JPEG come before the crop as in Wang et al.: the JPEG block grid stays
   aligned with the full image, as it is for a real re-compressed upload.
@@ -292,10 +292,14 @@ def train_augment(img, rng, aug, size, too_small="error", name=""):
     img = resize(img, aug.resize)
   if aug.rotate or aug.shift or aug.zoom:
     img = affine(img, rng, aug.rotate, aug.shift, aug.zoom)
+  if aug.get("noise_prob", 0.0) and rng.uniform() < aug.noise_prob:  # AlignedForensics' GaussNoise.
+    img = gaussian_noise(img, np.sqrt(rng.uniform(*aug.noise_var)), rng)
   if aug.blur_prob and rng.uniform() < aug.blur_prob:
     img = gaussian_blur(img, rng.uniform(*aug.blur_sig))
   if aug.jpg_prob and rng.uniform() < aug.jpg_prob:
     img = jpeg(img, rng.integers(aug.jpg_qual[0], aug.jpg_qual[1] + 1), aug.jpg_method)
+  if aug.get("rot90", 0.0) and rng.uniform() < aug.rot90:  # A quarter turn 0-3 times, lossless.
+    img = np.rot90(img, int(rng.integers(0, 4)))
   if size:
     img = fit(img, size, too_small, name)
     img = random_crop(img, size, rng) if aug.crop == "random" else center_crop(img, size)
@@ -305,6 +309,8 @@ def train_augment(img, rng, aug, size, too_small="error", name=""):
     img = spin(np.ascontiguousarray(img), rng, aug.spin)
   if any(aug.color_jitter):
     img = color_jitter(np.ascontiguousarray(img), rng, *aug.color_jitter)
+  if aug.get("grayscale", 0.0) and rng.uniform() < aug.grayscale:  # torchvision RandomGrayscale (ITU-R 601-2).
+    img = np.repeat(np.round(img @ np.array([0.299, 0.587, 0.114])).clip(0, 255).astype(np.uint8)[..., None], 3, -1)
   if aug.mask_prob and rng.uniform() < aug.mask_prob:
     img = random_mask(img, rng, aug.mask_ratio, aug.mask_patch)
   return img  # A view: batching copies it once, into the batch.

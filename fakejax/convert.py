@@ -8,6 +8,7 @@ r"""ImageNet weights from the files users already have: Keras H5, torchvision st
   python -m fakejax.convert --from safe checkpoint-best.pth RUN
   python -m fakejax.convert --from cnndetection blur_jpg_prob0.5.pth RUN
   python -m fakejax.convert --from univfd fc_weights.pth RUN --clip open_clip_model.safetensors
+  python -m fakejax.convert --from dda ckpt.pth RUN          # DINOv2 ViT-L/14 + LoRA + fc, whole
   python -m fakejax.convert --from clip --model clip_vit_l14 open_clip_model.safetensors OUT
   python -m fakejax.convert --from timm_dinov2 --model dinov2_vit_l14 model.safetensors|.pth OUT
 
@@ -17,7 +18,7 @@ run's workdir works too). The classification head is never converted: it is
 built for the configured number of classes. Everything else must match
 exactly, or the error names every mismatched parameter.
 
-The released detectors (`--from npr|safe|cnndetection|univfd`, no --model) convert whole, head included,
+The released detectors (`--from npr|safe|cnndetection|univfd|dda`, no --model) convert whole, head included,
 into a run folder that `evaluate`, `predict`, `explain` and `serve` load like a trained run: the
 architecture, input front-end, preprocessing, class order (real, fake) and threshold 0.5 are
 recorded in its config.json, the repository's test preset in its run.json (`evaluate` uses it
@@ -25,7 +26,8 @@ unless --preset says otherwise). NPR's NPR.pth is a plain state dict; SAFE's che
 it as {'model': ..., 'args': Namespace, ...}; CNNDetection's as {'model': ..., ...}. UnivFD's
 fc_weights.pth is the state dict of its linear head alone ('weight' 1x768, 'bias'); the CLIP
 encoder comes from --clip: open_clip's ViT-L-14 `open_clip_model.safetensors` (keys 'visual.*',
-no PyTorch needed) or OpenAI's TorchScript `ViT-L-14.pt` (PyTorch).
+no PyTorch needed) or OpenAI's TorchScript `ViT-L-14.pt` (PyTorch). DDA's checkpoint wraps its
+DINOv2ModelWithLoRA's state dict as {'model': ..., 'optimizer': ..., 'total_steps': ...} (from_timm_dinov2).
 
 Keras files are read in the legacy H5 layout of the Keras applications weight
 files (also what `model.save('file.h5')` writes): layers by name, weights in
@@ -51,7 +53,7 @@ from fakejax import runs
 
 ORIGINS = {"keras": "minus_one_one", "torchvision": "imagenet", "bit": "minus_one_one",
            "clip": "clip", "timm_dinov2": "imagenet"}  # -> preprocessing
-SUPPORTED = {"keras": ("xception", "mobilenet_v2"), "torchvision": ("resnet50", "resnet101"),
+SUPPORTED = {"keras": ("xception", "mobilenet_v2"), "torchvision": ("resnet50", "resnet101", "resnet50_nodown"),
              "bit": ("bit_resnet50",), "clip": tuple(models.vit.ARCHS),
              "timm_dinov2": tuple(models.dinov2.ARCHS)}
 KERAS_TOPS = ("predictions", "Logits")  # ImageNet classifiers of Keras applications: dropped.
@@ -596,15 +598,29 @@ PUBLISHED = {
     # fc_weights.pth (a linear 768 -> 1) on CLIP ViT-L/14's embedding; the CLIP file by --clip.
     "univfd": dict(model=dict(name="clip_vit_l14", front="none", single_logit=True, preprocess="clip"),
                    head="fc", image_size=224, preset="univfd"),
+    # DDA's checkpoint ({'model': DINOv2ModelWithLoRA's state dict, 'optimizer', 'total_steps'}): the hub's
+    # DINOv2 ViT-L/14 (no registers: its positional-embedding resampling), LoRA rank 8 alpha 1 on every
+    # block's qkv, proj, fc1, fc2, and `fc` (1024 -> 1) on the final-norm class token; CLIP's mean and std.
+    "dda": dict(model=dict(name="dinov2_vit_l14", front="none", single_logit=True, preprocess="clip",
+                           lora_rank=8, lora_alpha=1.0, lora_targets=models.dinov2.LORA_TARGETS,
+                           pos_interp="hub"),
+                head="fc", image_size=336, preset="dda"),
 }
+# The released detectors whose architecture --model may replace (a checkpoint of the same recipe on
+# another DINOv2: the tests' tiny one).
+MODEL_OVERRIDES = {"dda": tuple(models.dinov2.ARCHS)}
 
 
-def published_config(name):
-  """The config of a converted released detector (fakejax.defaults plus its model keys)."""
+def published_config(name, model=None):
+  """The config of a converted released detector (fakejax.defaults plus its model keys); `model`
+  replaces its architecture (MODEL_OVERRIDES)."""
   from fakejax import defaults  # pylint: disable=g-import-not-at-top
   spec = PUBLISHED[name]
+  allowed = MODEL_OVERRIDES.get(name, ())
+  if model and model not in allowed:
+    raise cli.UserError(f"--from {name} takes --model {' or '.join(allowed) or 'none'}, not {model!r}")
   c = defaults.get_config()
-  for k, v in spec["model"].items():
+  for k, v in {**spec["model"], **({"name": model} if model else {})}.items():
     c.model[k] = v
   c.model.dropout = 0.0
   c.data.image_size = spec["image_size"]
@@ -613,11 +629,12 @@ def published_config(name):
   return c
 
 
-def convert_published(name, path, out, clip=None):
+def convert_published(name, path, out, clip=None, model=None):
   """Writes the released detector `name` (a key of PUBLISHED) from its file `path` as a run at `out`.
 
   `clip`: UnivFD's CLIP weight file (read_clip), unless `path` is a whole UnivFD checkpoint
-  (their trainer's, keys 'model.visual.*' beside 'fc.*').
+  (their trainer's, keys 'model.visual.*' beside 'fc.*'). `model`: another architecture of the
+  recipe (MODEL_OVERRIDES). A LoRA model's every adapter must be in the file.
 
   Raises:
     ConversionError: naming every key of the file that does not fit the architecture.
@@ -630,16 +647,23 @@ def convert_published(name, path, out, clip=None):
     if f is not None and not os.path.isfile(f):
       raise FileNotFoundError(f"No weight file {f}")
   spec = PUBLISHED[name]
+  config = published_config(name, model)
   if name == "univfd":
     weights = _univfd_weights(read_torch_state_dict(path), clip, path)
+  elif name == "dda":
+    weights = from_timm_dinov2(read_torch_state_dict(path))
   else:
     weights = from_torchvision_resnet(read_torch_state_dict(path), head=spec["head"])
   if "head/kernel" not in weights:
     raise ConversionError(f"{os.path.basename(path)} has no classifier '{spec['head']}.weight': not a "
                           f"{name} detector checkpoint")
-  config = published_config(name)
   model = models.from_config(config.model, 2)
   state = nnx.state(model)
+  adapters = [k for k in checkpoint.flat(nnx.to_pure_dict(state))
+              if models.lora.is_lora(k) and k not in weights]
+  if adapters:  # init_model_state would keep their initial values: a silently different detector.
+    raise ConversionError(f"{os.path.basename(path)} lacks {len(adapters)} LoRA adapter(s) of {name} "
+                          f"({', '.join(adapters[:6])}): not a {name} checkpoint")
   init_model_state(state, weights, path)  # Every parameter and statistic, or the mismatches named.
   nnx.update(model, state)
   tmp = f"{out}.tmp{os.getpid()}"  # Written aside, renamed when whole: a crash leaves no half run.
@@ -673,11 +697,12 @@ def _univfd_weights(sd, clip, path):
 
 def main(argv):
   if len(argv) != 3:
-    raise cli.UserError("usage: python -m fakejax.convert --from keras|torchvision|bit|clip --model NAME FILE OUT, "
-                        "or --from npr|safe|cnndetection FILE OUT, or --from univfd fc_weights.pth OUT --clip FILE")
+    raise cli.UserError("usage: python -m fakejax.convert --from keras|torchvision|bit|clip|timm_dinov2 "
+                        "--model NAME FILE OUT, or --from npr|safe|cnndetection|dda FILE OUT, or --from univfd "
+                        "fc_weights.pth OUT --clip FILE")
   src, out = argv[1], argv[2]
   if flags.FLAGS["from"].value in PUBLISHED:
-    run = convert_published(flags.FLAGS["from"].value, src, out, clip=flags.FLAGS.clip)
+    run = convert_published(flags.FLAGS["from"].value, src, out, clip=flags.FLAGS.clip, model=flags.FLAGS.model)
     print(f"{flags.FLAGS['from'].value} -> {run}\nscore it with: python -m fakejax.evaluate --workdir {run} "
           f"--dataset PREPARED_DATASET (preset {PUBLISHED[flags.FLAGS['from'].value]['preset']})")
     return
@@ -697,7 +722,7 @@ def main(argv):
 if __name__ == "__main__":
   flags.DEFINE_enum("from", None, list(SUPPORTED) + list(PUBLISHED), "Origin of the weight file.")
   flags.DEFINE_enum("model", None, sorted({m for v in SUPPORTED.values() for m in v}),
-                    "Model name (not for the released detectors).")
+                    "Model name (the released detectors: only --from dda, for a DINOv2 other than ViT-L/14).")
   flags.DEFINE_string("clip", None, "--from univfd: the CLIP ViT-L/14 weights (open_clip's "
                       "open_clip_model.safetensors, or OpenAI's ViT-L-14.pt with PyTorch).")
   flags.mark_flags_as_required(["from"])

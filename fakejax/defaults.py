@@ -73,10 +73,20 @@ def _model(c):
                                       #   'keras:FILE.h5', 'torchvision:FILE', or a run's workdir.
   c.model.transfer = "finetune"       # 'finetune' (all trains), 'linear_probe' (only the head trains;
                                       #   backbone and BatchNorm statistics frozen), 'freeze_bn'
-                                      #   (all trains, BatchNorm uses and keeps its running statistics).
+                                      #   (all trains, BatchNorm uses and keeps its running statistics),
+                                      #   'lora' (the LoRA adapters and the head train, the backbone is
+                                      #   frozen: models.lora.TRAINABLE; needs lora_rank > 0).
   c.model.cached_features = False     # linear_probe: train the head on the frozen backbone's features,
                                       #   computed once per dataset and cached (training.probe; CLIP ViTs).
-  c.model.backbone_lr = 1.0           # Learning-rate multiplier of everything but the head.
+  c.model.backbone_lr = 1.0           # Learning-rate multiplier of everything but the head (and LoRA
+                                      #   adapters, which train at the head's rate).
+  c.model.lora_rank = 0               # DINOv2 only: LoRA of this rank on each block's lora_targets (0: none).
+  c.model.lora_alpha = 1.0            #   The adapters' scale: lora_alpha / lora_rank (DDA: rank 8, alpha 1).
+  c.model.lora_targets = ("qkv", "proj", "fc1", "fc2")  # The adapted layers (DDA's: attn.qkv, attn.proj,
+                                      #   mlp.fc1, mlp.fc2; models.dinov2.LORA_TARGETS).
+  c.model.pos_interp = "timm"         # DINOv2 only: how the positional embedding is resampled to the input's
+                                      #   grid: 'timm' (timm's, the models with registers) or 'hub' (the
+                                      #   facebookresearch hub's models without registers: DDA's).
 
 
 def _data(c):
@@ -98,6 +108,8 @@ def _data(c):
   c.data.patches_per_image = 0        # Patch mode: K random patches per image (0: off).
   c.data.patch_size = 32              # Patch side in patch mode.
   c.data.balance = False              # Oversample classes to equal counts.
+  c.data.pairs = False                # Aligned data: batches of (real, its reconstruction) pairs, both
+                                      #   augmented alike (input_pipeline.pairs_of, PairTransform).
   c.data.val_fraction = 0.0           # Datasets without a 'val' split: validate on this seeded
                                       #   fraction of train (held out of training); 0: error.
   c.data.workers = -1                 # grain worker processes (0: in the main process; -1: on an
@@ -128,6 +140,8 @@ def _data(c):
   c.data.photo.storage = "png"
   c.data.photo.train_all = False      # train/val hold every family (each with its own reals), so that
                                       #   data.train_sources can pick any (the cross-GAN matrix).
+  c.data.photo.aligned = False        # families[0] 'kl_vae': train/val pairs of each real and its
+                                      #   reconstruction (aligned data); test the five families.
 
 
 def _aug(c):
@@ -150,6 +164,10 @@ def _aug(c):
   c.aug.mask_prob = 0.0               #   RandomMask: probability,
   c.aug.mask_ratio = (0.0, 0.75)      #   share of the image masked, drawn from this range,
   c.aug.mask_patch = 16               #   in patch x patch grid cells set to 0.
+  c.aug.noise_prob = 0.0              # AlignedForensics: Gaussian noise of variance drawn from
+  c.aug.noise_var = (10.0, 50.0)      #   this range (8-bit levels squared; albumentations' GaussNoise),
+  c.aug.rot90 = 0.0                   #   a quarter turn 0-3 times with this probability,
+  c.aug.grayscale = 0.0               #   grayscale with this probability (torchvision RandomGrayscale).
 
   c.label_smoothing = 0.0             # Cross-entropy against (1 - a) one-hot + a / classes (SAFE: 0.1).
   c.batch_size = 64                   # Global batch (images); must divide by the device count.

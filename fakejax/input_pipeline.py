@@ -11,6 +11,11 @@ Batches are dicts of numpy arrays, process-local: `image` uint8 (B, H, W, 3) (no
 happens on the device, which moves 4x fewer bytes), `label` int32 (B,) and `index` int32 (B,),
 the record index in the split. Patch mode returns B*K patches. Evaluation reads through
 fakejax.evaluator instead.
+
+Paired training (`data.pairs`, aligned data: AlignedForensics, DDA): the stream is of (real, fake)
+pairs, each fake the reconstruction of its real (`pairs_of`); both images of a pair get the
+same augmentation (the same crop, flip, blur, JPEG, resize: one seed for the two), and a batch of
+B images holds B/2 whole pairs, real then fake.
 """
 
 import dataclasses
@@ -25,6 +30,7 @@ from fakejax import cli
 from fakejax import runs
 from fakejax import sharding
 from fakejax.datasets import images
+from fakejax.datasets import layouts
 from fakejax.datasets import reader
 
 
@@ -162,6 +168,65 @@ class _ProcessPart:
     return self.parent[step * self.global_batch + self.process * self.local_batch + k]
 
 
+def pair_key(path):
+  """The name a real and its aligned fake share: the path without its real/fake folder and
+  extension ('vae/train/0_real/x.png' and 'vae/train/1_fake/x.png' -> 'vae/train/x')."""
+  parts = str(path).split("/")
+  names = {n.lower() for n in layouts.REAL_NAMES + layouts.FAKE_NAMES}
+  k = next((i for i, part in enumerate(parts[:-1]) if part.lower() in names), None)
+  if k is not None:
+    parts = parts[:k] + parts[k + 1:]
+  return os.path.splitext("/".join(parts))[0]
+
+
+def pairs_of(dataset, indices, split="train"):
+  """(n, 2) record indices [real, fake] of the aligned pairs among `indices` of `split`: a real
+  and a fake whose paths differ only in their real/fake folder (pair_key), sorted by the real's.
+
+  Raises:
+    cli.UserError: when `indices` hold no such pair (data.pairs on a dataset that is not aligned).
+  """
+  idx = dataset.index(split)
+  reals, fakes = {}, {}
+  for i in indices:
+    (reals if idx["label"][i] == 0 else fakes)[pair_key(idx["path"][i])] = int(i)
+  pairs = sorted((r, fakes[k]) for k, r in reals.items() if k in fakes)
+  if not pairs:
+    raise cli.UserError(f"data.pairs: no real of {dataset.path} {split} has an aligned fake (the same path "
+                        f"but for its real/fake folder, as fakejax.aligned and the photo benchmark's "
+                        f"aligned family write them)")
+  return np.asarray(pairs, np.int64)
+
+
+@dataclasses.dataclass
+class PairTransform:
+  """Decode + augment a (real, fake) pair with one seed: the same crop, flip, blur and JPEG."""
+  one: TrainTransform
+
+  def __call__(self, pair, rng):
+    seed = int(rng.integers(2**63))
+    outs = [self.one(item, np.random.default_rng(seed)) for item in pair]
+    return {k: np.stack([o[k] for o in outs]) for k in outs[0]}
+
+
+@dataclasses.dataclass
+class _IndexedPairs:
+  """Pair i of a dataset source: ((record, example) of the real, of the fake)."""
+  source: object
+  pairs: np.ndarray
+
+  def __len__(self):
+    return len(self.pairs)
+
+  def __getitem__(self, i):
+    return tuple((int(r), self.source[int(r)]) for r in self.pairs[i])
+
+
+def _flatten_pairs(batch):
+  """(B, 2, ...) pairs -> (2B, ...), each real followed by its fake."""
+  return {k: v.reshape((-1,) + v.shape[2:]) for k, v in batch.items()}
+
+
 def _flatten_patches(batch):
   """(B, K, P, P, 3) patches -> (B*K, P, P, 3), labels and indices repeated K times."""
   b, k = batch["image"].shape[:2]
@@ -190,16 +255,25 @@ def make_train_iter(dataset, data_cfg, aug_cfg, global_batch, seed, *, process_i
   if global_batch % nproc:
     raise cli.UserError(f"Global batch {global_batch} is not divisible by the {nproc} processes")
   indices = train_indices(dataset, data_cfg) if indices is None else indices
-  src = _Indexed(Subset(dataset.source("train"), indices))
   label_key = runs.Task.from_config(data_cfg, dataset).label_key
+  transform = TrainTransform(aug_cfg, data_cfg.image_size, label_key, data_cfg.too_small, dataset.storage,
+                             data_cfg.patches_per_image, data_cfg.patch_size)
+  per = 1
+  if data_cfg.get("pairs", False):  # Runs saved before the key have none.
+    if data_cfg.patches_per_image or global_batch % (2 * nproc):
+      raise cli.UserError("data.pairs needs whole images (patches_per_image 0) and a global batch divisible "
+                          f"by 2 x the {nproc} processes, got {global_batch}")
+    src, transform, per = _IndexedPairs(dataset.source("train"), pairs_of(dataset, indices)), PairTransform(transform), 2
+  else:
+    src = _Indexed(Subset(dataset.source("train"), indices))
   ds = grain.MapDataset.source(src).seed(seed).shuffle().repeat()
   # Randomness from the global position, before this process takes its part of each batch.
-  ds = ds.random_map(TrainTransform(aug_cfg, data_cfg.image_size, label_key,
-                                    data_cfg.too_small, dataset.storage, data_cfg.patches_per_image,
-                                    data_cfg.patch_size))
-  local = global_batch // nproc
-  ds = grain.MapDataset.source(_ProcessPart(ds, global_batch, local, proc))
+  ds = ds.random_map(transform)
+  local = global_batch // nproc // per
+  ds = grain.MapDataset.source(_ProcessPart(ds, global_batch // per, local, proc))
   ds = ds.batch(local, drop_remainder=True)
+  if per == 2:
+    ds = ds.map(_flatten_pairs)
   if data_cfg.patches_per_image:
     ds = ds.map(_flatten_patches)
   it = ds.to_iter_dataset(read_options(data_cfg))

@@ -24,6 +24,12 @@ and fakes share content statistics but never an image. train and val hold the re
 training family's fakes (the first of `families`: nn_conv by default); test holds every
 family's fakes, each against its own reals (group = family), like CNNDetection's test tree.
 
+The aligned family (`kl_vae`, first of `families`, with `aligned`): train and val hold pairs, each
+real beside its own reconstruction through SD's autoencoder at CPU size (fakejax.aligned's
+recipe: AlignedForensics, DDA), named {split}/kl_vae/0_real/i and {split}/kl_vae/1_fake/i; test
+holds the five test families only. Without `aligned` its fakes are of other crops, as every
+family's: the ablation.
+
 Post-processing (`postprocess`), drawn per image from one distribution for both classes:
 'jpeg:Q1-Q2' (JPEG at a quality drawn from [Q1, Q2], decoded again) and/or 'resize:A-B'
 (bilinear up-scale by a factor drawn from [A, B], centre crop back to the side). Records are
@@ -41,11 +47,15 @@ from PIL import Image
 
 from fakejax import cli
 
-FAMILIES = ("nn_conv", "tconv", "bilinear_conv", "pixel_shuffle", "sr")
+FAMILIES = ("nn_conv", "tconv", "bilinear_conv", "pixel_shuffle", "sr")  # The test families.
 TRAIN_FAMILY = FAMILIES[0]  # ProGAN's up-sampling (nearest + conv), as CNNDetection trains on ProGAN.
+# The aligned family: SD's KL autoencoder at CPU size (photo_generators). Trained on, never a test
+# family; with `aligned`, each of its fakes is the reconstruction of a real of the split.
+ALIGNED_FAMILY = "kl_vae"
+ALL_FAMILIES = FAMILIES + (ALIGNED_FAMILY,)
 # Each family's generator and test draws are seeded by its place here, not in `families`, so they
 # do not depend on which family is trained on (this is the order docs/ records were made with).
-_SEED_ORDER = ("tconv", "nn_conv", "bilinear_conv", "pixel_shuffle", "sr")
+_SEED_ORDER = ("tconv", "nn_conv", "bilinear_conv", "pixel_shuffle", "sr", ALIGNED_FAMILY)
 GEN_STEPS = 300
 GENERATION = 3  # In the cache key: bump when generate()'s output changes for the same arguments.
 CATEGORIES = ("nature", "people", "objects", "science", "texture")
@@ -193,7 +203,7 @@ def to_uint8(x):
 # The benchmark.
 # ---------------------------------------------------------------------------
 def generate(counts, size=64, seed=0, families=FAMILIES, *, pp="", gen_steps=GEN_STEPS, photos=None,
-             log=print, train_all=False):
+             log=print, train_all=False, aligned=False):
   """Yields (split, dict(image=uint8, source, category, group, name)) of the photo benchmark.
 
   Args:
@@ -208,13 +218,17 @@ def generate(counts, size=64, seed=0, families=FAMILIES, *, pp="", gen_steps=GEN
     log: progress messages.
     train_all: train/val hold every family too, each against its own reals (group = family),
       as test does: what training on each family in turn needs (scripts/cross_gan_matrix.py).
+    aligned: the first family's train/val fakes are the reconstructions of the reals themselves
+      (it must be ALIGNED_FAMILY).
   """
   from fakejax import photo_generators  # pylint: disable=g-import-not-at-top  (JAX only here)
   if size % 8:
     raise cli.UserError(f"photo image size must be a multiple of 8, got {size}")
-  unknown = set(families) - set(FAMILIES)
+  unknown = set(families) - set(ALL_FAMILIES)
   if unknown:
-    raise cli.UserError(f"unknown photo families {sorted(unknown)}; known: {', '.join(FAMILIES)}")
+    raise cli.UserError(f"unknown photo families {sorted(unknown)}; known: {', '.join(ALL_FAMILIES)}")
+  if aligned and families[:1] != (ALIGNED_FAMILY,):
+    raise cli.UserError(f"aligned pairs are made by the {ALIGNED_FAMILY} family: put it first in families")
   photos = find_photos() if photos is None else photos
   if len(photos) < 2:
     raise cli.UserError("the photo benchmark found fewer than 2 photographs (pip install scikit-image)")
@@ -234,14 +248,23 @@ def generate(counts, size=64, seed=0, families=FAMILIES, *, pp="", gen_steps=GEN
   for s_idx, (split, n) in enumerate(sorted(counts.items())):
     per_family = split == "test" or train_all
     fams = families if per_family else families[:1]
-    for fam in fams:
-      rng = np.random.default_rng([seed, 2, s_idx, _SEED_ORDER.index(fam)])
-      reals, which = crops.draw(rng, split, n)
-      sources, which_src = crops.draw(rng, split, n)
-      fakes = np.concatenate([gens[fam](sources[i:i + 64]) for i in range(0, n, 64)]) if n else sources
-      group = fam if per_family else ""
-      for kind, batch, ids in (("real", reals, which), (fam, fakes, which_src)):
-        for i in range(n):
-          img = postprocess(to_uint8(batch[i]), pp, rng)
-          yield split, dict(image=img, source=kind, category=photos[ids[i]].category, group=group,
-                            name=f"{split}/{fam}/{kind}_{i:06d}")
+    for fam in (f for f in fams if split != "test" or f in FAMILIES):
+      yield from _family_split(gens[fam], crops, fam, split, n, pp=pp, group=fam if per_family else "",
+                               rng=np.random.default_rng([seed, 2, s_idx, _SEED_ORDER.index(fam)]),
+                               paired=aligned and fam == ALIGNED_FAMILY)
+
+
+def _family_split(gen, crops, fam, split, n, *, pp, group, rng, paired):
+  """(split, row) of n reals and n fakes of one family (generate); `paired`: each fake is the
+  generator's output for the real of the same number, else for another crop."""
+  reals, which = crops.draw(rng, split, n)
+  sources, which_src = crops.draw(rng, split, n)
+  if paired:
+    sources, which_src = reals, which
+  fakes = np.concatenate([gen(sources[i:i + 64]) for i in range(0, n, 64)]) if n else sources
+  for kind, batch, ids in (("real", reals, which), (fam, fakes, which_src)):
+    for i in range(n):
+      img = postprocess(to_uint8(batch[i]), pp, rng)
+      name = (f"{split}/{fam}/{'0_real' if kind == 'real' else '1_fake'}/{i:06d}" if paired
+              else f"{split}/{fam}/{kind}_{i:06d}")
+      yield split, dict(image=img, source=kind, category=crops.photos[ids[i]].category, group=group, name=name)

@@ -11,6 +11,13 @@ Each family is an encoder-decoder or a refiner trained here, seeded, on crops of
   bilinear_conv  encoder -> bilinear x2 + 3x3 convolution, L1 autoencoder.
   pixel_shuffle  encoder -> 3x3 convolution to 4x channels + depth-to-space, L1 autoencoder.
   sr             x2 box down-scale -> bicubic up-scale -> residual CNN (no latent up-sampling).
+  kl_vae         the aligned family's, not a test family: Stable Diffusion's KL autoencoder at
+                 CPU size (models.vae 'small': GroupNorm, SiLU, nearest + conv up-sampling, a
+                 mid-block attention, latents 4x smaller per side with 4 channels), trained as
+                 SD's was less its perceptual and adversarial terms: L1 on a posterior draw plus
+                 KL at weight 1e-6, on half-side sub-crops (a convolutional network: it applies
+                 to the whole crop, at a quarter of the training cost). Its fakes are drawn from the posterior and truncated to 8 bits
+                 as DDA's vae_rec.py does (fakejax.aligned).
 
 The encoders reduce a crop by 8 in each direction to 16 channels (12x fewer numbers than the
 pixels), so a decoder has to invent detail with its own up-sampling.
@@ -26,6 +33,7 @@ LATENT = 16
 BATCH = 32
 LR = 1e-3
 ADV_WEIGHT = 0.05
+KL_WEIGHT = 1e-6  # SD's autoencoder (ldm's kl-f8 config: kl_weight 1e-6).
 
 
 def _conv(cin, cout, k, s, rngs):
@@ -162,8 +170,55 @@ def _apply(model, x):
   return model(x)
 
 
+def _vae_loss(model, x, key):
+  """L1 of the reconstruction of a posterior draw (in [0, 1] units) + KL_WEIGHT * KL per image."""
+  mean, logvar = model.encode(2.0 * x - 1.0)
+  z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape)
+  l1 = jnp.abs(model.decode(z) - (2.0 * x - 1.0)).mean() / 2.0
+  kl = 0.5 * jnp.sum(mean ** 2 + jnp.exp(logvar) - 1.0 - logvar, axis=(1, 2, 3)).mean()
+  return l1 + KL_WEIGHT * kl
+
+
+@nnx.jit
+def _vae_step(model, opt, x, key):
+  loss, grads = nnx.value_and_grad(_vae_loss)(model, x, key)
+  opt.update(model, grads)
+  return loss
+
+
+@nnx.jit
+def _vae_draw(model, x, key):
+  """Reconstructions of a posterior draw, truncated to 8 bits (vae.to_uint8), in [0, 1]."""
+  from fakejax.models import vae  # pylint: disable=g-import-not-at-top
+  mean, logvar = model.encode(2.0 * x - 1.0)
+  z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape)
+  return vae.to_uint8(model.decode(z), "floor").astype(jnp.float32) / 255.0
+
+
+def _train_vae(crops, rng, steps, seed):
+  """The kl_vae family's generator: trains models.vae 'small', returns x -> a drawn reconstruction."""
+  from fakejax.models import vae  # pylint: disable=g-import-not-at-top
+  model = vae.create("small", seed=seed)
+  opt = nnx.Optimizer(model, optax.adam(LR), wrt=nnx.Param)
+  key = jax.random.key(seed)
+  for step in range(steps):  # On half-side sub-crops: a quarter of the work, the same network.
+    x = crops.draw(rng, "train", BATCH)[0]
+    h = x.shape[1] // 2
+    y, z = rng.integers(0, h + 1, 2)
+    _vae_step(model, opt, jnp.asarray(x[:, y:y + h, z:z + h]), jax.random.fold_in(key, step))
+  calls = [0]
+
+  def draw(x):
+    calls[0] += 1  # Each call its own draw, the same on every run.
+    return np.asarray(_vae_draw(model, jnp.asarray(np.asarray(x, np.float32)),
+                                jax.random.fold_in(jax.random.key(seed + 1), calls[0])))
+  return draw
+
+
 def train(family, crops, rng, steps, seed):
   """A trained generator of `family`: a function (N x S x S x 3 float32 in [0, 1]) -> fakes."""
+  if family == "kl_vae":
+    return _train_vae(crops, rng, steps, seed)
   rngs = nnx.Rngs(seed)
   model = Refiner(rngs) if family == "sr" else AutoEncoder(family, rngs)
   opt = nnx.Optimizer(model, optax.adam(LR), wrt=nnx.Param)

@@ -181,11 +181,12 @@ def flat_config(d, prefix=""):
 
 
 def check_same_run(workdir, config_json):
-  """Refuses to resume a run whose saved config differs (other than OPERATIONAL_KEYS)."""
+  """Refuses to resume a run whose saved config differs (other than OPERATIONAL_KEYS). A key the
+  saved config lacks (a run saved before the key existed) counts as today's default."""
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     return
-  saved, new = flat_config(read_json(path)), flat_config(json.loads(config_json))
+  saved, new = flat_config(json.loads(load_config(workdir).to_json())), flat_config(json.loads(config_json))
   diff = [f"{k}: {saved.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}"
           for k in sorted(set(saved) | set(new))
           if k not in OPERATIONAL_KEYS and saved.get(k) != new.get(k)]

@@ -50,6 +50,12 @@ def _reals(root, n=6):
       Image.fromarray(rgb).save(path + ".jpg", quality=70 if i % 3 == 1 else 95)
 
 
+def _source(reals, f):
+  """The real image file an aligned file (name/split/label/path.png) was made from."""
+  stem = os.path.join(reals, os.path.splitext(f.split("/", 3)[3])[0])
+  return next(stem + e for e in (".png", ".jpg") if os.path.exists(stem + e))
+
+
 def _files(root):
   return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs
                 if f.endswith(".png"))
@@ -78,8 +84,7 @@ def test_an_aligned_folder_pairs_each_real_with_its_reconstruction(tmp_path):
   for f in real:
     name, split, _, rel = f.split("/", 3)
     assert name == "small_vae" and split in ("train", "val", "test")
-    src = next(os.path.join(reals, os.path.splitext(rel)[0] + e) for e in (".png", ".jpg")
-               if os.path.exists(os.path.join(reals, os.path.splitext(rel)[0] + e)))
+    src = _source(reals, f)
     want_real = aligned.center_crop(images.load_rgb(src)[0], 8)
     got_real = np.asarray(Image.open(os.path.join(out, f)))
     np.testing.assert_array_equal(got_real, want_real)  # The real, cropped, pixel for pixel.
@@ -94,7 +99,13 @@ def test_an_aligned_folder_pairs_each_real_with_its_reconstruction(tmp_path):
     os.remove(os.path.join(out, f))
   m = aligned.build(reals, out, model, name="small_vae", batch=2, fake_jpeg="match", fractions=(1, 1, 1))
   assert (m["kept_from_before"], m["made_now"]) == (3, 3)
-  assert {f: open(os.path.join(out, f), "rb").read() for f in _files(out)} == before
+  assert _files(out) == files
+  for f in files:  # The reals byte for byte; a remade fake but for float noise (other batches).
+    if "/0_real/" in f or f.replace("/1_fake/", "/0_real/") in real[:3]:
+      assert open(os.path.join(out, f), "rb").read() == before[f], f
+    else:
+      _assert_same_pixels(np.asarray(Image.open(os.path.join(out, f))), np.asarray(Image.open(io.BytesIO(before[f]))),
+                          jpeg=images.jpeg_settings(_source(reals, f)) is not None)
   # prepare reads it: one generator, every real paired with its fake in the same split.
   ds, _ = datasets.prepare_folder(out, str(tmp_path / "ds"), workers=0)
   assert ds.class_names == ("real", "small_vae") and ds.meta["layout"] == "general"
@@ -206,8 +217,7 @@ def test_an_aligned_folder_is_dda_reconstruction_with_diffusers(tmp_path):
   model, info = aligned.load_autoencoder(str(tmp_path / "vae"))
   aligned.build(reals, out, model, latent="mode", fake_jpeg="match", batch=3, info=info)
   for f in [f for f in _files(out) if "/1_fake/" in f]:
-    rel = os.path.splitext(f.split("/", 3)[3])[0]
-    src = next(os.path.join(reals, rel + e) for e in (".png", ".jpg") if os.path.exists(os.path.join(reals, rel + e)))
+    src = _source(reals, f)
     # DDA's vae_rec.py: PIL crop to multiples of 8, x / 255 -> [-1, 1], encode, decode, (d + 1) / 2 * 255,
     # clip, astype(uint8); then its trainer's JPEG_Compression at the real's quality.
     img = Image.open(src).convert("RGB")

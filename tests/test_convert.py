@@ -92,14 +92,18 @@ def test_keras_parity(keras, tmp_path, name, size, top):
 
 
 @pytest.mark.torch
-@pytest.mark.parametrize("name", ["resnet50", "resnet101"])
+@pytest.mark.parametrize("name", ["resnet50", "resnet101", "resnet50_nodown"])
 def test_torchvision_resnet_parity(tmp_path, name):
-  """float32 equal to torchvision's ResNet; bfloat16 within twice torch.autocast's error."""
+  """float32 equal to torchvision's ResNet; bfloat16 within twice torch.autocast's error.
+  resnet50_nodown: AlignedForensics' res50nodown is torchvision's ResNet-50 with stride0=1 (its
+  resnet_mod.py: conv1 and maxpool at stride 1, their paddings unchanged)."""
   torch = pytest.importorskip("torch")
   torchvision = pytest.importorskip("torchvision")
   from safetensors.torch import save_file  # pylint: disable=g-import-not-at-top
   torch.manual_seed(0)
-  ref = getattr(torchvision.models, name)(weights=None)
+  ref = getattr(torchvision.models, name.removesuffix("_nodown"))(weights=None)
+  if name.endswith("_nodown"):
+    ref.conv1.stride, ref.maxpool.stride = (1, 1), 1
   for m in ref.modules():
     if isinstance(m, torch.nn.BatchNorm2d):
       m.weight.data.uniform_(0.5, 1.5)

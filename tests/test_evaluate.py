@@ -301,6 +301,10 @@ def test_debiased_fakes_are_jpegd_at_the_reals_qualities(tmp_path):
         assert matches, f"fake {i} is not its JPEG at a real's quality"
   os.remove(root / "test" / "0_real" / "r0.jpg")  # Some reals gone: the others still tell.
   assert set(scoring.real_jpeg_qualities(ds, "test")) == {70, 90}
+  shutil.rmtree(root / "test" / "0_real")  # None left: DDA's quality 96.
+  _, load = scoring.debiased_reader(ds, "test", idx, 0)
+  fake = int(np.flatnonzero(labels == 1)[0])
+  np.testing.assert_array_equal(load(fake), augment.jpeg(plain(fake), 96))
 
 
 def test_predict_folder_with_bad_files(tiny_run, tiny_synthetic, tmp_path):

@@ -159,6 +159,16 @@ def test_augmentations_change_pixels_as_expected():
   # Rotation by 0 with shift/zoom 0 is the identity; a real rotation resamples.
   assert np.array_equal(augment.affine(img, rng()), img)
   assert not np.array_equal(augment.affine(img, rng(), rotate=20), img)
+  # AlignedForensics' additions: quarter turns are exact, grayscale is torchvision's weights,
+  # noise of variance drawn from noise_var.
+  turned = augment.train_augment(img, rng(), _aug(rot90=1.0, crop="center", flip=0.0), 0)
+  assert any(np.array_equal(turned, np.rot90(img, k)) for k in range(4))
+  gray = augment.train_augment(img, rng(), _aug(grayscale=1.0, flip=0.0), 0).astype(int)
+  want = np.round(0.299 * img[..., 0] + 0.587 * img[..., 1] + 0.114 * img[..., 2])
+  assert (gray == gray[..., :1]).all() and np.abs(gray[..., 0] - want).max() <= 1
+  flat = np.full((64, 64, 3), 128, np.uint8)
+  noisy = augment.train_augment(flat, rng(), _aug(noise_prob=1.0, noise_var=(25.0, 25.0), flip=0.0), 0)
+  assert abs(noisy.astype(float).std() - 5.0) < 0.3
 
 
 def test_too_small_image_is_a_clear_error_or_padded():
@@ -187,3 +197,48 @@ def test_auto_workers_share_the_hosts_cores_among_its_processes(monkeypatch):
   monkeypatch.delenv("SLURM_TASKS_PER_NODE")
   monkeypatch.setattr(input_pipeline, "_cores", lambda: 128)
   assert input_pipeline.worker_count(-1, backend="gpu") == input_pipeline.MAX_AUTO_WORKERS
+
+
+def _twin_folder(root, n=12):
+  """An aligned folder whose every fake is its real's exact copy: any augmentation difference shows."""
+  from tests.conftest import random_image, write_png  # pylint: disable=g-import-not-at-top
+  for i in range(n):
+    for label in ("0_real", "1_fake"):
+      for split in ("train", "val"):
+        d = root / "vae" / split / label
+        d.mkdir(parents=True, exist_ok=True)
+        write_png(d / f"im{i}.png", random_image(i, 40, 44))
+  (root / "vae" / "train" / "1_fake" / "im0.png").unlink()  # A real without its fake is left out.
+
+
+def test_pairs_come_whole_and_are_augmented_alike(tmp_path):
+  from fakejax import datasets  # pylint: disable=g-import-not-at-top
+  _twin_folder(tmp_path / "aligned")
+  ds, _ = datasets.prepare_folder(str(tmp_path / "aligned"), str(tmp_path / "ds"), workers=0)
+  c = _cfg(pairs=True, train_sources=(), too_small="pad")
+  c.aug.jpg_prob, c.aug.blur_prob, c.aug.flip = 0.5, 0.5, 0.5
+  idx = input_pipeline.train_indices(ds, c.data)
+  pairs = input_pipeline.pairs_of(ds, idx)
+  paths = ds.index("train")["path"]
+  assert len(pairs) == 11 and all(paths[r].replace("0_real", "1_fake") == paths[f] for r, f in pairs)
+  batches = _take(input_pipeline.make_train_iter(ds, c.data, c.aug, 6, seed=0), 8)
+  seen = set()
+  for b in batches:
+    assert list(b["label"]) == [0, 1] * 3
+    assert [paths[i].replace("0_real", "1_fake") for i in b["index"][0::2]] == [paths[i] for i in b["index"][1::2]]
+    np.testing.assert_array_equal(b["image"][0::2], b["image"][1::2])  # The same crop, flip, blur, JPEG.
+    seen.update(int(i) for i in b["index"])
+  assert len(seen) > 12  # Different pairs, not one repeated.
+  # Without pairs the twins are augmented apart: the test above can fail.
+  c.data.pairs = False
+  b = next(input_pipeline.make_train_iter(ds, c.data, c.aug, 22, seed=0))
+  by_path = {paths[i]: im for i, im in zip(b["index"], b["image"])}
+  twins = [(by_path[p], by_path[p.replace("0_real", "1_fake")]) for p in by_path
+           if "0_real" in p and p.replace("0_real", "1_fake") in by_path]
+  assert twins and any(not np.array_equal(a, f) for a, f in twins)
+
+
+def test_pairs_need_an_aligned_dataset(tiny_synthetic):
+  c = _cfg(pairs=True)
+  with pytest.raises(input_pipeline.cli.UserError, match="no real .* has an aligned fake"):
+    input_pipeline.make_train_iter(tiny_synthetic, c.data, c.aug, 8, seed=0)

@@ -96,3 +96,34 @@ def test_postprocess_spec_errors():
   for bad in ("jpeg:0-90", "resize:0.5-1", "blur:1-2", "jpeg:70"):
     with pytest.raises(ValueError, match="postprocess"):
       photo.parse_postprocess(bad)
+
+
+def test_the_aligned_family_pairs_each_real_with_its_reconstruction(monkeypatch, tmp_path):
+  """kl_vae with `aligned`: train/val hold each real beside the generator's output for that very
+  real (the pairs the input pipeline keeps together), test the five test families only; without
+  it, the ablation: the generator's outputs for other crops. The generator is swapped for x -> 1 - x
+  so that a fake shows which crop it came from."""
+  from fakejax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from fakejax import photo_generators  # pylint: disable=g-import-not-at-top
+  train = photo_generators.train
+  monkeypatch.setattr(photo_generators, "train", lambda family, *a: (lambda x: 1.0 - np.asarray(x))
+                      if family == photo.ALIGNED_FAMILY else train(family, *a))
+  kw = dict(TINY, counts=(("train", 12), ("val", 4), ("test", 4)), gen_steps=2,
+            families=(photo.ALIGNED_FAMILY, "nn_conv", "sr"))
+  inverted = lambda ds, pairs: [np.abs(255 - ds.decode(ds.source("train")[int(r)]).astype(int)
+                                      - ds.decode(ds.source("train")[int(f)])).max() <= 1 for r, f in pairs]
+  ds = datasets.photo_dataset(str(tmp_path / "a"), aligned=True, **kw)
+  pairs = input_pipeline.pairs_of(ds, np.arange(len(ds.index("train")["label"])))
+  assert len(pairs) == 12 and set(ds.index("train")["source"]) == {"real", photo.ALIGNED_FAMILY}
+  assert all(inverted(ds, pairs))
+  assert set(ds.index("test")["source"]) == {"real", "nn_conv", "sr"}
+  plain = datasets.photo_dataset(str(tmp_path / "b"), **kw)
+  with pytest.raises(input_pipeline.cli.UserError, match="aligned fake"):
+    input_pipeline.pairs_of(plain, np.arange(len(plain.index("train")["label"])))
+  idx = plain.index("train")
+  by_number = [(r, f) for r in np.flatnonzero(idx["label"] == 0) for f in np.flatnonzero(idx["label"] == 1)
+               if idx["path"][r].rsplit("_", 1)[1] == idx["path"][f].rsplit("_", 1)[1]]
+  assert len(by_number) == 12 and not any(inverted(plain, by_number))
+  with pytest.raises(photo.cli.UserError, match="first"):
+    list(photo.generate({"train": 2}, 32, families=("nn_conv", photo.ALIGNED_FAMILY), aligned=True,
+                        photos=TINY["photos"], gen_steps=1))

@@ -43,7 +43,8 @@ def open_dataset(data_cfg):
     return photo_dataset(data_cfg.cache_dir, size=p.size,
                          counts=(("train", p.train), ("val", p.val), ("test", p.test)), seed=p.seed,
                          families=tuple(p.families), postprocess=p.postprocess,
-                         gen_steps=p.gen_steps, storage=p.storage, train_all=p.train_all)
+                         gen_steps=p.gen_steps, storage=p.storage, train_all=p.train_all,
+                         aligned=p.get("aligned", False))
   if data_cfg.dir:
     return Dataset(data_cfg.dir)
   syn = data_cfg.synthetic

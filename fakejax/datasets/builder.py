@@ -820,7 +820,7 @@ def _split_streams(rows, index, class_names, storage):
 
 def photo_dataset(root, size=64, counts=(("train", 2000), ("val", 400), ("test", 400)), seed=0, *,
                   families=photo.FAMILIES, postprocess="", gen_steps=photo.GEN_STEPS, storage="png",
-                  photos=None, train_all=False):
+                  photos=None, train_all=False, aligned=False):
   """The photo benchmark (fakejax.photo) under `root`, generated on first use.
 
   Args:
@@ -835,6 +835,7 @@ def photo_dataset(root, size=64, counts=(("train", 2000), ("val", 400), ("test",
     storage: 'png' or 'raw'.
     photos: the photographs (default: photo.find_photos()).
     train_all: train/val hold every family, each with its own reals (photo.generate).
+    aligned: train/val pairs of reals and their reconstructions (photo.generate; families[0] kl_vae).
 
   Returns:
     the reader.Dataset.
@@ -845,6 +846,8 @@ def photo_dataset(root, size=64, counts=(("train", 2000), ("val", 400), ("test",
             "generation": photo.GENERATION, "photos": [[p.name, os.path.getsize(p.path)] for p in photos]}
   if train_all:  # Only when set: the default's folder (its key) stays what it was.
     params["train_all"] = True
+  if aligned:
+    params["aligned"] = True
   out = _cache_folder(root, "photo", params, storage)
   if os.path.exists(os.path.join(out, "fakejax.json")):
     return reader.Dataset(out)
@@ -857,7 +860,7 @@ def photo_dataset(root, size=64, counts=(("train", 2000), ("val", 400), ("test",
   t0 = time.perf_counter()
   rows = photo.generate(dict((s, n) for s, n in counts if n > 0), size, seed, tuple(families),
                         pp=postprocess, gen_steps=gen_steps, photos=photos, log=logging.warning,
-                        train_all=train_all)
+                        train_all=train_all, aligned=aligned)
   examples = _split_streams(rows, index, class_names, storage)
   meta = {"kind": "photo", "layout": "photo", "classes": list(class_names), "pairs": {}, **params}
   try:

@@ -34,6 +34,8 @@ MODELS = {
     "mobilenet_v2": mobilenet.MobileNetV2,
     "resnet50": functools.partial(resnet.ResNet, 50),
     "resnet101": functools.partial(resnet.ResNet, 101),
+    # AlignedForensics' res50nodown: stem conv and max-pool at stride 1 (resnet.py's docstring).
+    "resnet50_nodown": functools.partial(resnet.ResNet, 50, stem_stride=1),
     "bit_resnet50": functools.partial(bit.BiT, 50),
     # NPR's and SAFE's truncated ResNet-50 (stem 3x3/2, layer1-2): resnet.py's docstring.
     "resnet_trunc": functools.partial(resnet.ResNet, 50, stages=2, stem_kernel=3),
@@ -56,7 +58,8 @@ _CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711]) * 255
 PREPROCESS = ("minus_one_one", "imagenet", "unit", "clip")
 # 'auto' without pretrained weights: the convention of the architecture's usual weights.
 NATIVE_PREPROCESS = {"xception": "minus_one_one", "mobilenet_v2": "minus_one_one",
-                     "resnet50": "imagenet", "resnet101": "imagenet", "deepfd": "unit",
+                     "resnet50": "imagenet", "resnet101": "imagenet", "resnet50_nodown": "imagenet",
+                     "deepfd": "unit",
                      "bit_resnet50": "minus_one_one", "resnet_trunc": "imagenet",
                      **{name: "clip" for name in vit.ARCHS}, **{name: "imagenet" for name in dinov2.ARCHS}}
 
@@ -187,4 +190,12 @@ def from_config(model_cfg, num_classes, seed=0):
     kw["init"] = model_cfg.init
   if model_cfg.bn_momentum and model_cfg.name not in NO_BATCH_NORM:
     kw["bn_momentum"] = model_cfg.bn_momentum
+  # DINOv2's LoRA and positional-embedding keys (configs saved before them have the defaults').
+  dino = {k: model_cfg.get(k, d) for k, d in (("lora_rank", 0), ("lora_alpha", 1.0),
+                                               ("lora_targets", dinov2.LORA_TARGETS), ("pos_interp", "timm"))}
+  if model_cfg.name in dinov2.ARCHS:
+    kw.update(dino, lora_targets=tuple(dino["lora_targets"]))
+  elif dino["lora_rank"]:
+    raise cli.UserError(f"model.lora_rank applies to DINOv2 models ({', '.join(dinov2.ARCHS)}), "
+                        f"not {model_cfg.name}")
   return create(model_cfg.name, num_classes, seed=seed, dtype=model_cfg.dtype, **kw)

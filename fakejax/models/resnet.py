@@ -9,6 +9,10 @@ Ouxiang-Li/SAFE, networks/resnet.py and models/resnet.py): a 3x3 stride-2 stem (
 ReLU, max-pool 3/2, then ResNet-50's layer1 and layer2 only (512 features), global average pool
 and the classifier: 1,437,248 backbone parameters (1,437,761 with NPR's 1-logit head, 1,438,274
 with SAFE's 2 logits).
+`resnet50_nodown` is AlignedForensics' `res50nodown` (AniSundar18/AlignedForensics,
+training_code/networks/resnet_mod.py with stride0=1): ResNet-50 whose stem convolution and
+max-pool run at stride 1, so the features are 8x, not 32x, smaller than the input; the same
+parameters as ResNet-50, ImageNet weights load unchanged.
 BatchNorm epsilon 1e-5, momentum 0.1 in torch terms (0.9 here).
 """
 
@@ -50,8 +54,9 @@ class ResNet(nnx.Module):
 
   def __init__(self, depth=50, *, num_classes=2, dropout=0.0, width=1.0, dtype=jnp.float32,
                bn_momentum=TORCH_MOMENTUM, init="reference", remat=False, stages=4, stem_kernel=7,
-               single_logit=False, rngs):
+               stem_stride=2, single_logit=False, rngs):
     """`stages` < 4 keeps the first stages only; `stem_kernel` 3 is NPR/SAFE's 3x3 stem;
+    `stem_stride` 1 runs the stem convolution and max-pool at stride 1 (AlignedForensics);
     `single_logit`: a 1-output head z (NPR's BCE head) returned as the logits [0, z], whose
     softmax is exactly [1 - sigmoid(z), sigmoid(z)] and whose cross-entropy is BCE on z."""
     if depth not in DEPTHS:
@@ -62,7 +67,8 @@ class ResNet(nnx.Module):
     bn = dict(momentum=bn_momentum, epsilon=TORCH_EPSILON)
     kw = dict(bn=bn, dtype=dtype, rngs=rngs, kernel_init=inits.conv(init, "torchvision"))
     pad = stem_kernel // 2
-    self.stem = layers.ConvBN(3, c(64), stem_kernel, 2, ((pad, pad), (pad, pad)), **kw)
+    self.stem = layers.ConvBN(3, c(64), stem_kernel, stem_stride, ((pad, pad), (pad, pad)), **kw)
+    self.stem_stride = stem_stride
     stages_, cin = [], c(64)
     for i, n in enumerate(DEPTHS[depth][:stages]):
       blocks = []
@@ -94,7 +100,7 @@ class ResNet(nnx.Module):
     tap = layers.tapper(taps)
     region = layers.region(valid, x.shape[1:3])
     x = tap("stem", self.stem(x))
-    x = tap("maxpool", layers.max_pool(x, padding=((1, 1), (1, 1))))
+    x = tap("maxpool", layers.max_pool(x, stride=self.stem_stride, padding=((1, 1), (1, 1))))
     for i, stage in enumerate(self.stages):
       for j, blk in enumerate(stage):
         x = tap(f"layer{i + 1}.{j}", layers.call_block(blk, x, self.remat))

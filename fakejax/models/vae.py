@@ -37,7 +37,7 @@ CONFIGS = {
     "sdxl": dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
                  norm_num_groups=32, scaling_factor=0.13025),
     # SD's layout at CPU size (the aligned photo family; tests): latents 4x smaller per side.
-    "small": dict(block_out_channels=(32, 64, 64), layers_per_block=1, latent_channels=4,
+    "small": dict(block_out_channels=(16, 32, 32), layers_per_block=1, latent_channels=4,
                   norm_num_groups=8, scaling_factor=1.0),
 }
 

@@ -18,11 +18,11 @@ import concurrent.futures
 import dataclasses
 import os
 
+from absl import logging
 import jax
 import numpy as np
 
 from fakejax import augment
-from fakejax import cli
 from fakejax import sharding
 from fakejax.datasets import images
 from fakejax.scoring import rules
@@ -249,28 +249,32 @@ def dataset_reader(dataset, split, indices):
   return sizes, lambda i: dataset.decode(src[int(indices[i])])
 
 
+DDA_QUALITY = 96  # The format-debiased protocol's fixed quality (Dual-Data-Alignment's README).
+
+
 def debiased_reader(dataset, split, indices, quality, seed=0):
   """dataset_reader with the fakes re-encoded as JPEGs (augment.jpeg), the reals untouched: the
   format-debiased protocol (DDA). `quality` > 0: every fake at it (DDA's 96); 0: each fake at a
   quality drawn (seeded by its record) from the qualities of the split's real files, read from
-  their JPEG tables where `prepare` found them (dataset.meta['root'])."""
+  their JPEG tables where `prepare` found them (dataset.meta['root']); DDA_QUALITY, with a
+  warning, when none of them is a JPEG (the embedded benchmarks, lossless reals)."""
   sizes, load = dataset_reader(dataset, split, indices)
   idx = dataset.index(split)
   fake = idx["label"][indices] != 0
-  if quality:
-    drawn = np.full(len(indices), int(quality))
+  qualities = [] if quality else real_jpeg_qualities(dataset, split)
+  if quality or not len(qualities):
+    if not quality:
+      logging.warning("debias: no real of %s %s is a JPEG file fakejax can read; every fake at quality %d "
+                      "(DDA's)", dataset.path, split, DDA_QUALITY)
+    drawn = np.full(len(indices), int(quality or DDA_QUALITY))
   else:
-    qualities = real_jpeg_qualities(dataset, split)
     drawn = np.array([np.random.default_rng([seed, int(i)]).choice(qualities) for i in indices])
   return sizes, lambda i: augment.jpeg(load(i), drawn[i]) if fake[i] else load(i)
 
 
 def real_jpeg_qualities(dataset, split):
-  """The IJG qualities of the JPEG files among a split's reals (datasets.images.jpeg_settings).
-
-  Raises:
-    cli.UserError: when none of them is a JPEG file that can still be read.
-  """
+  """The IJG qualities of the JPEG files among a split's reals (datasets.images.jpeg_settings)
+  that can still be read, as an array (empty when there is none)."""
   idx = dataset.index(split)
   root = dataset.meta.get("root") or ""
   found = []
@@ -281,11 +285,7 @@ def real_jpeg_qualities(dataset, split):
       continue
     if settings:
       found.append(settings["quality"])
-  if not found:
-    raise cli.UserError(f"debias_jpeg:0 draws from the reals' JPEG qualities, but no real of {dataset.path} "
-                        f"{split} is a JPEG file under {root or '(no root)'}; give a quality (DDA's: "
-                        f"--debias jpeg:96)")
-  return np.asarray(found)
+  return np.asarray(found, int)
 
 
 def file_reader(paths, max_pixels=1 << 28):
