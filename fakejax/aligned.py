@@ -82,9 +82,8 @@ class Reconstructor:
     def run(state, pixels, keys):
       model = nnx.merge(graphdef, state)
       mean, logvar = model.encode(vae.from_uint8(pixels, model.dtype))
-      if latent == "sample":
-        noise = jax.vmap(lambda k: jax.random.normal(k, mean.shape[1:]))(keys)
-        mean = mean + jnp.exp(0.5 * logvar) * noise
+      if latent == "sample":  # One key an image: a draw does not depend on the batch.
+        mean = jax.vmap(vae.draw)(mean, logvar, keys)
       return vae.to_uint8(model.decode(mean), rounding)
 
     self._run, self._state = run, state

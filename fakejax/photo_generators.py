@@ -172,9 +172,9 @@ def _apply(model, x):
 
 def _vae_loss(model, x, key):
   """L1 of the reconstruction of a posterior draw (in [0, 1] units) + KL_WEIGHT * KL per image."""
+  from fakejax.models import vae  # pylint: disable=g-import-not-at-top
   mean, logvar = model.encode(2.0 * x - 1.0)
-  z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape)
-  l1 = jnp.abs(model.decode(z) - (2.0 * x - 1.0)).mean() / 2.0
+  l1 = jnp.abs(model.decode(vae.draw(mean, logvar, key)) - (2.0 * x - 1.0)).mean() / 2.0
   kl = 0.5 * jnp.sum(mean ** 2 + jnp.exp(logvar) - 1.0 - logvar, axis=(1, 2, 3)).mean()
   return l1 + KL_WEIGHT * kl
 
@@ -190,9 +190,7 @@ def _vae_step(model, opt, x, key):
 def _vae_draw(model, x, key):
   """Reconstructions of a posterior draw, truncated to 8 bits (vae.to_uint8), in [0, 1]."""
   from fakejax.models import vae  # pylint: disable=g-import-not-at-top
-  mean, logvar = model.encode(2.0 * x - 1.0)
-  z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape)
-  return vae.to_uint8(model.decode(z), "floor").astype(jnp.float32) / 255.0
+  return vae.to_uint8(model(2.0 * x - 1.0, key=key), "floor").astype(jnp.float32) / 255.0
 
 
 def _train_vae(crops, rng, steps, seed):

@@ -143,11 +143,7 @@ class Block(nnx.Module):
     self.ls2 = nnx.Param(jnp.full((width,), LAYER_SCALE_INIT, jnp.float32))
 
   def attention(self, x):
-    n, t, c = x.shape
-    q, k, v = jnp.split(self.qkv(x).reshape(n, t, 3 * self.heads, c // self.heads), 3, axis=2)
-    logits = jnp.einsum("nqhd,nkhd->nhqk", q, k).astype(jnp.float32) * (c // self.heads) ** -0.5
-    weights = jax.nn.softmax(logits, axis=-1).astype(x.dtype)
-    return self.proj(jnp.einsum("nhqk,nkhd->nqhd", weights, v).reshape(n, t, c))
+    return vit.self_attention(x, self.qkv, self.proj, self.heads)
 
   def __call__(self, x):
     """x: the float32 residual stream; the layers compute in their dtype."""

@@ -207,8 +207,12 @@ class AutoencoderKL(nnx.Module):
   def __call__(self, x, *, key=None):
     """The reconstruction of x: decode the posterior's mode, or a draw of it with `key`."""
     mean, logvar = self.encode(x)
-    z = mean if key is None else mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape)
-    return self.decode(z)
+    return self.decode(mean if key is None else draw(mean, logvar, key))
+
+
+def draw(mean, logvar, key):
+  """A draw of the diagonal Gaussian posterior (diffusers' DiagonalGaussianDistribution.sample)."""
+  return mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape)
 
 
 def from_diffusers_config(config, *, dtype=jnp.float32, seed=0):

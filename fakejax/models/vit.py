@@ -32,6 +32,16 @@ ARCHS = {"clip_vit_l14": (1024, 24, 16, 14, 224, 768), "clip_vit_b16": (768, 12,
 LN_EPSILON = 1e-5
 
 
+def self_attention(x, qkv, proj, heads):
+  """Multi-head self-attention of (N, T, C) tokens through a fused q/k/v projection `qkv` and the
+  output projection `proj` (CLIP's and DINOv2's blocks); the softmax in float32."""
+  n, t, c = x.shape
+  q, k, v = jnp.split(qkv(x).reshape(n, t, 3 * heads, c // heads), 3, axis=2)
+  logits = jnp.einsum("nqhd,nkhd->nhqk", q, k).astype(jnp.float32) * (c // heads) ** -0.5
+  weights = jax.nn.softmax(logits, axis=-1).astype(x.dtype)
+  return proj(jnp.einsum("nhqk,nkhd->nqhd", weights, v).reshape(n, t, c))
+
+
 def quick_gelu(x):
   return x * jax.nn.sigmoid(1.702 * x)
 
@@ -64,11 +74,7 @@ class Block(nnx.Module):
     self.c_proj = _dense(4 * width, width, dtype=dtype, rngs=rngs)
 
   def attention(self, x):
-    n, t, c = x.shape
-    q, k, v = jnp.split(self.in_proj(x).reshape(n, t, 3 * self.heads, c // self.heads), 3, axis=2)
-    logits = jnp.einsum("nqhd,nkhd->nhqk", q, k).astype(jnp.float32) * (c // self.heads) ** -0.5
-    weights = jax.nn.softmax(logits, axis=-1).astype(x.dtype)
-    return self.out_proj(jnp.einsum("nhqk,nkhd->nqhd", weights, v).reshape(n, t, c))
+    return self_attention(x, self.in_proj, self.out_proj, self.heads)
 
   def __call__(self, x):
     x = x + self.attention(self.ln_1(x))
