@@ -35,6 +35,12 @@ def get_config():
   c.early_stop_patience = 0           # Stop after this many evals without improvement (0: never).
   c.probe = ml_collections.ConfigDict()  # model.cached_features only (training.probe, UnivFD's rule):
   c.probe.lr_drop_patience = 0        #   epochs without a gain before the lr drops 10x (0: never).
+  c.probe.solver = "epochs"           #   'epochs': the optimizer over num_epochs (UnivFD); 'logistic':
+                                      #   scikit-learn's LogisticRegression (lbfgs, L2) on features
+                                      #   standardised over the training records, fitted to convergence.
+  c.probe.C = 1.0                     #   'logistic': the inverse L2 strength (scikit-learn's C).
+  c.probe.max_records = 0             #   > 0: fit on a seeded draw (data.seed) of at most this many
+                                      #   training records (0: all).
   c.keep_checkpoints = 2
   c.checkpoint_every_steps = 0        # Also checkpoint between evaluations (0: only at evaluations),
   c.checkpoint_every_minutes = 0.0    #   or about this many minutes (a step interval set by process 0
@@ -84,6 +90,8 @@ def _model(c):
   c.model.lora_alpha = 1.0            #   The adapters' scale: lora_alpha / lora_rank (DDA: rank 8, alpha 1).
   c.model.lora_targets = ("qkv", "proj", "fc1", "fc2")  # The adapted layers (DDA's: attn.qkv, attn.proj,
                                       #   mlp.fc1, mlp.fc2; models.dinov2.LORA_TARGETS).
+  c.model.spectrum_size = 64          # spectral only: the side of the centre crop whose residual's
+                                      #   log-spectrum is the feature (models.spectral).
   c.model.pos_interp = "timm"         # DINOv2 only: how the positional embedding is resampled to the input's
                                       #   grid: 'timm' (timm's, the models with registers) or 'hub' (the
                                       #   facebookresearch hub's models without registers: DDA's).

@@ -74,6 +74,7 @@ from fakejax import models
 from fakejax import runs
 from fakejax import scoring
 from fakejax import sharding
+from fakejax.models import spectral
 
 if __name__ == "__main__":
   # Defined only when this file is the program, so other modules (serve) can import its functions.
@@ -290,23 +291,11 @@ def overlay_png(img, cam, alpha=0.5):
 # ---------------------------------------------------------------------------
 # Spectra of the high-pass residual.
 # ---------------------------------------------------------------------------
-def highpass(gray):
-  """gray minus its 3x3 binomial blur (reflect-padded): response 1 - cos^2(pi fy) cos^2(pi fx)."""
-  g = np.asarray(gray, np.float64)
-  p = np.pad(g, 1, mode="reflect")
-  rows = 0.25 * p[:-2] + 0.5 * p[1:-1] + 0.25 * p[2:]
-  blur = 0.25 * rows[:, :-2] + 0.5 * rows[:, 1:-1] + 0.25 * rows[:, 2:]
-  return g - blur
-
-
 def log_spectrum(img, size):
-  """20 log10 |orthonormal FFT| of the residual of the centre size x size crop's grey level,
-  DC in the centre (fftshift): (size, size) float64 in dB."""
-  h, w = img.shape[:2]
-  y, x = (h - size) // 2, (w - size) // 2
-  gray = np.asarray(img[y:y + size, x:x + size], np.float64).mean(-1)
-  f = np.fft.fftshift(np.fft.fft2(highpass(gray), norm="ortho"))
-  return 20 * np.log10(np.abs(f) + 1e-6)
+  """The residual log-spectrum (models.spectral: the spectral detector's features) of the centre
+  size x size crop of an HWC image in its pixel values: (size, size) float64 in dB, DC in the centre."""
+  x = jnp.asarray(np.asarray(img, np.float32))[None]
+  return np.asarray(spectral.log_spectrum(spectral.residual(x, size))[0], np.float64)
 
 
 def spectrum_freqs(size):

@@ -28,7 +28,7 @@ The recipes (their configs, at the benchmark's size):
   npr+safe         the two together: the mean of NPR's and SAFE's p(fake) for each image (the
                    same seed's runs)
   spectral         logistic regression on the log-spectrum of the high-pass residual
-                   (explain.log_spectrum), scikit-learn
+                   (configs/spectral.py: scikit-learn's, fitted on 2,000 training images)
 
 At CPU size (no --data) every neural recipe trains --steps steps (default 500) of batch 32 at
 64 px with its own model, input, augmentation, loss and optimiser; the from-scratch ResNet-50 and
@@ -43,13 +43,11 @@ import os
 
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
 
 from fakejax import runs
 from fakejax import studies as sc
 from fakejax import cli
 from fakejax import defaults
-from fakejax import explain
 from fakejax import metrics as metrics_lib
 from fakejax import scoring
 
@@ -86,9 +84,16 @@ def recipe_config(name, base, args):
     c = _from_file("deepfd.py")
   elif name in ("npr", "safe"):
     c = _from_file(f"{name}.py", "photo")
+  elif name == "spectral":
+    c = _from_file("spectral.py")
   else:
     raise cli.UserError(f"Unknown recipe {name!r}; known: {', '.join(RECIPES)}")
   c.data = base.data.copy_and_resolve_references()
+  if name == "spectral":  # Fitted on a seeded draw of the training images, on the whole image's spectrum.
+    c.model.spectrum_size = c.data.image_size
+    c.probe.max_records = sc.sizes(args, 2000, 16)
+    c.data.workers = 0
+    return c
   if name == "patch_xception":
     c.data.patches_per_image, c.data.patch_size = 8, base.data.image_size // 2
     c.data.image_size = c.data.patch_size
@@ -110,20 +115,6 @@ def recipe_config(name, base, args):
     c.log_every_steps = max(steps // 10, 1)
   c.data.workers = 0
   return c
-
-
-def spectral_scores(dataset, train_idx, sets, size):
-  """Logistic regression on the log-spectrum of the high-pass residual:
-  ({set: (labels, p_fake)}, p_fake of the val reals)."""
-  feats = lambda split, idx: np.stack([explain.log_spectrum(dataset.decode(dataset.source(split)[int(i)]), size)
-                                       .ravel() for i in idx])
-  x = feats("train", train_idx)
-  y = dataset.index("train")["label"][train_idx]
-  mu, sd = x.mean(0), x.std(0) + 1e-6
-  clf = LogisticRegression(max_iter=2000, C=0.1).fit((x - mu) / sd, y)
-  p_fake = lambda split, idx: clf.predict_proba((feats(split, idx) - mu) / sd)[:, 1]
-  out = {name: (dataset.index("test")["label"][idx], p_fake("test", idx)) for name, idx in sets}
-  return out, p_fake("val", val_reals(dataset))
 
 
 def val_reals(dataset):
@@ -178,11 +169,6 @@ def main(argv=None):
                    for r in ("npr", "safe")]
           scored[recipe, seed] = ({g: (parts[0][0][g][0], (parts[0][0][g][1] + parts[1][0][g][1]) / 2)
                                    for g in gens}, (parts[0][1] + parts[1][1]) / 2)
-        elif recipe == "spectral":
-          from fakejax import input_pipeline
-          tr = input_pipeline.train_indices(dataset, base.data)
-          tr = np.random.default_rng(seed).permutation(tr)[:sc.sizes(args, 2000, 16)]
-          scored[recipe, seed] = spectral_scores(dataset, tr, sets, base.data.image_size)
         else:
           scored[recipe, seed] = neural_scores(study, recipe, base, args, source, seed, dataset, sets)
         by_set, reals_p = scored[recipe, seed]

@@ -180,21 +180,27 @@ def test_deepfd(tmp_path, data_root):
 
 @pytest.mark.study
 def test_aligned(tmp_path, data_root):
-  """Both points on the tiny photo benchmark: every test family under the four conditions, the
-  goals checked; the aligned run trained on pairs, the ablation on the autoencoder's other crops."""
+  """The four points on the tiny photo benchmark: every test family under the five conditions, the
+  goals checked; the aligned runs trained on pairs, the ablations on the autoencoder's other crops."""
   out, res = run_study("aligned", tmp_path, data_root)
   md = check_outputs(out, res, ["fig_7_accuracy.png"], ["plain: accuracy", "debiased: real_acc",
                                                          "Goals (issue 34)", "Alignment"])
-  assert [r[0] for r in table_rows(md, "plain: accuracy")] == ["aligned", "unaligned"]
+  points = ["aligned", "unaligned", "spectral_aligned", "spectral_unaligned"]
+  assert [r[0] for r in table_rows(md, "plain: accuracy")] == points
   conds = {(r["point"], r["condition"]) for r in res["records"] if r["set"] == "mean"}
-  assert len(conds) == 2 * 5
+  assert len(conds) == 4 * 5
+  assert "spectral_aligned vs spectral_unaligned" in md
   assert {r["set"] for r in res["records"]} == {"mean", "nn_conv", "tconv", "bilinear_conv", "pixel_shuffle", "sr"}
   pairs = {}
   for workdir, info in res["runs"].items():
     with open(os.path.join(workdir, "config.json")) as f:
       c = json.load(f)
-    pairs[info["label"]] = (c["data"]["pairs"], c["data"]["photo"]["aligned"], c["data"]["photo"]["families"][0])
-  assert pairs == {"aligned": (True, True, "kl_vae"), "unaligned": (False, False, "kl_vae")}
+    pairs[info["label"]] = (c["model"]["name"], c["data"]["pairs"], c["data"]["photo"]["aligned"],
+                            c["data"]["photo"]["families"][0])
+  assert pairs == {"aligned": ("resnet50_nodown", True, True, "kl_vae"),
+                   "unaligned": ("resnet50_nodown", False, False, "kl_vae"),
+                   "spectral_aligned": ("spectral", False, True, "kl_vae"),
+                   "spectral_unaligned": ("spectral", False, False, "kl_vae")}
 
 
 # ---------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from fakejax.models import fold
 from fakejax.models import fronts
 from fakejax.models import mobilenet
 from fakejax.models import resnet
+from fakejax.models import spectral
 from fakejax.models import vit
 from fakejax.models import xception
 
@@ -43,9 +44,11 @@ MODELS = {
     **{name: functools.partial(vit.ClipViT, name) for name in vit.ARCHS},
     # DINOv2 ViTs, with registers as '_reg4' (DDA: ViT-L/14 + LoRA; B-Free): dinov2.py.
     **{name: functools.partial(dinov2.DinoV2, name) for name in dinov2.ARCHS},
+    # Logistic regression on the residual's log-spectrum (configs/spectral.py): spectral.py.
+    "spectral": spectral.Spectral,
 }
 # Architectures without BatchNorm (no bn_momentum).
-NO_BATCH_NORM = ("bit_resnet50",) + tuple(vit.ARCHS) + tuple(dinov2.ARCHS)
+NO_BATCH_NORM = ("bit_resnet50", "spectral") + tuple(vit.ARCHS) + tuple(dinov2.ARCHS)
 
 # The model inference runs (eval mode, BatchNorm folded, forward-only kernels): fold.py.
 for_inference = fold.for_inference
@@ -59,7 +62,7 @@ PREPROCESS = ("minus_one_one", "imagenet", "unit", "clip")
 # 'auto' without pretrained weights: the convention of the architecture's usual weights.
 NATIVE_PREPROCESS = {"xception": "minus_one_one", "mobilenet_v2": "minus_one_one",
                      "resnet50": "imagenet", "resnet101": "imagenet", "resnet50_nodown": "imagenet",
-                     "deepfd": "unit",
+                     "deepfd": "unit", "spectral": "unit",
                      "bit_resnet50": "minus_one_one", "resnet_trunc": "imagenet",
                      **{name: "clip" for name in vit.ARCHS}, **{name: "imagenet" for name in dinov2.ARCHS}}
 
@@ -148,7 +151,7 @@ def backbone_param_count(model, with_batch_stats):
   filt = nnx.Any(nnx.Param, nnx.BatchStat) if with_batch_stats else nnx.Param
   state = nnx.state(model, filt)
   count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
-  return count(state) - count(nnx.state(model.head))
+  return count(state) - count(nnx.state(model.head, filt))
 
 
 def layer_names(model):
@@ -186,6 +189,8 @@ def from_config(model_cfg, num_classes, seed=0):
     kw["single_logit"] = True
   if model_cfg.name == "xception":
     kw["middle_blocks"] = model_cfg.middle_blocks
+  if model_cfg.name == "spectral":
+    kw["spectrum_size"] = model_cfg.get("spectrum_size", 64)
   if model_cfg.name != "deepfd":  # DeepFD has no reference framework to copy initialisers from.
     kw["init"] = model_cfg.init
   if model_cfg.bn_momentum and model_cfg.name not in NO_BATCH_NORM:

@@ -12,8 +12,10 @@ weights and the view. Then only the head trains, on those features, in seconds. 
 is a run like any other (its checkpoint holds the whole model: backbone and trained head), so
 `evaluate`, `predict`, `explain` and `serve` score it through the full forward.
 
-The head's training is UnivFD's (WisconsinAIVision/UniversalFakeDetect train.py, trainer.py
-and earlystop.py): optim.name's optimizer (theirs: AdamW, betas 0.9/0.999) at optim.lr,
+Two solvers (probe.solver), on the training records or a seeded draw of probe.max_records:
+'logistic' fits scikit-learn's LogisticRegression on the standardised features to convergence
+(the spectral recipe, configs/spectral.py); 'epochs' is UnivFD's head training
+(WisconsinAIVision/UniversalFakeDetect train.py, trainer.py and earlystop.py): optim.name's optimizer (theirs: AdamW, betas 0.9/0.999) at optim.lr,
 batches of batch_size, every epoch a validation accuracy; after probe.lr_drop_patience epochs
 without a gain of more than 0.001 the learning rate drops 10x (patience renewed, the gain needed
 0.002), and training stops when it would fall below 1e-6 or after num_epochs epochs.
@@ -28,12 +30,15 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from sklearn.linear_model import LogisticRegression
 
 from fakejax import cli
 from fakejax import metrics as metrics_lib
+from fakejax import models
 from fakejax import runs
 from fakejax import scoring
 from fakejax import sharding
+from fakejax.models import spectral
 from fakejax.training import losses
 from fakejax.training import optim as optim_lib
 
@@ -57,7 +62,7 @@ def _cache_key(config, dataset, split, indices, preprocess):
   key = {"dataset": os.path.abspath(dataset.path), "dataset_meta": dataset_hash, "split": split,
          "records": hashlib.sha256(np.asarray(indices, np.int64).tobytes()).hexdigest(),
          "init_from": m.init_from, "weights_file": [stat.st_size, stat.st_mtime_ns] if stat else None,
-         "model": [m.name, m.width, m.dtype], "preprocess": preprocess,
+         "model": [m.name, m.width, m.dtype, m.get("spectrum_size", 64)], "preprocess": preprocess,
          "view": [d.image_size, d.eval_resize, d.too_small]}
   return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16], key
 
@@ -92,25 +97,66 @@ def train(ctx):
   model = nnx.merge(ts.model_def, ctx.state["model"])
   if not hasattr(model, "features"):
     raise cli.UserError(f"model.cached_features needs a model with features(); {config.model.name} has "
-                        "none (the CLIP ViTs have)")
-  if not config.model.init_from and config.model.name != "clip_vit_tiny":  # Only the smoke model.
+                        "none (the CLIP ViTs and the spectral model have)")
+  learned = models.backbone_param_count(model, with_batch_stats=False)
+  if learned and not config.model.init_from and config.model.name != "clip_vit_tiny":  # The smoke model.
     raise cli.UserError(f"model.cached_features probes a pretrained backbone: set model.init_from "
                         f"(e.g. clip:open_clip_model.safetensors for {config.model.name})")
   forward = feature_forward(ts.spec)
   evaluator = scoring.Evaluator(lambda x, valid=None: forward(ctx.state["model"], x, valid), ctx.mesh,
                                 config.eval_batch_size or config.batch_size, config.data.image_size,
                                 threads=config.eval_threads, has_real=data.task.has_real)
-  splits = (("train", data.train_idx), (data.val_split, data.val_idx))
+  splits = (("train", probe_records(config, data.train_idx)), (data.val_split, data.val_idx))
   feats = {s: cached_features(config, evaluator, data.dataset, s, idx, ts.preprocess) for s, idx in splits}
   labels = {s: data.task.labels(data.dataset, s, idx) for s, idx in splits}
-  step, reason = train_head(
-      model.head, (feats["train"], labels["train"]), (feats[data.val_split], labels[data.val_split]), config,
-      class_names=data.task.class_names, best=ctx.best, log=lambda s, row: ctx.log.log([{"step": s, **row}], "val"))
+  train_set, val_set = [(feats[s], labels[s]) for s, _ in splits]
+  log = lambda s, row: ctx.log.log([{"step": s, **row}], "val")
+  if config.probe.solver == "logistic":
+    step, reason = fit_logistic(model.head, train_set, val_set, config, class_names=data.task.class_names,
+                                best=ctx.best, log=log)
+  elif config.probe.solver == "epochs":
+    step, reason = train_head(model.head, train_set, val_set, config, class_names=data.task.class_names,
+                              best=ctx.best, log=log)
+  else:
+    raise cli.UserError(f"Unknown probe.solver {config.probe.solver!r}; known: epochs, logistic")
   ctx.state["model"] = nnx.state(model)
   best = ctx.best
   ctx.ckpt.save_best(best.best_step, ctx.state["model"], {"step": best.best_step, "val": best.best_val,
                                                          **best.meta()})
   return ctx.state, step, reason
+
+
+def probe_records(config, train_idx):
+  """The training records the head is fitted on: all, or probe.max_records of them drawn with
+  data.seed."""
+  n = config.probe.get("max_records", 0)
+  return np.random.default_rng(config.data.seed).permutation(train_idx)[:n] if n else train_idx
+
+
+def fit_logistic(head, train, val, config, *, class_names, best, log=None):
+  """probe.solver='logistic': scikit-learn's LogisticRegression (lbfgs, L2 of inverse strength
+  probe.C, 2000 iterations at most) on the training features standardised by their mean and
+  standard deviation (+ 1e-6), in float64; the result written into a models.spectral.Standardized
+  head (a binary two-logit head scores [0, z]). One validation row, as step 1. Returns (1, reason)."""
+  if not isinstance(head, spectral.Standardized):
+    raise cli.UserError("probe.solver='logistic' fits a standardised linear head (model 'spectral'); "
+                        f"this model's head is a {type(head).__name__}: use probe.solver='epochs'")
+  x, y = np.asarray(train[0], np.float64), np.asarray(train[1])
+  mean, scale = x.mean(0), x.std(0) + 1e-6
+  clf = LogisticRegression(max_iter=2000, C=config.probe.C).fit((x - mean) / scale, y)
+  if len(clf.classes_) != len(class_names):
+    raise cli.UserError(f"The training records hold {len(clf.classes_)} of the {len(class_names)} classes")
+  kernel, bias = clf.coef_.T, clf.intercept_
+  if kernel.shape[1] == 1 and head.fc.out_features == 2:  # Binary with two logits: [0, z].
+    kernel, bias = np.concatenate([np.zeros_like(kernel), kernel], 1), np.concatenate([[0.0], bias])
+  for var, value in ((head.mean, mean), (head.scale, scale), (head.fc.kernel, kernel), (head.fc.bias, bias)):
+    var.value = jnp.asarray(value, jnp.float32)
+  probs = jax.nn.softmax(_head_logits(head, jnp.asarray(val[0]), config.model.single_logit), -1)
+  row = _val_row(val[1], probs, class_names, config.threshold)
+  best.update(1, row)
+  if log:
+    log(1, row)
+  return 1, f"logistic regression: {clf.n_iter_.max()} lbfgs iterations"
 
 
 class _Plateau:
@@ -169,9 +215,7 @@ def train_head(head, train, val, config, *, class_names, best, log=None):
       b = order[i:i + bs]
       epoch_losses.append(update(head, opt, jnp.asarray(x_train[b]), jnp.asarray(y_train[b]), lr))
       step += 1
-    probs = np.asarray(probabilities(head, jnp.asarray(x_val)))
-    row = {k: v for k, v in metrics_lib.summarize(y_val, probs, list(class_names), config.threshold).items()
-           if not isinstance(v, list)}
+    row = _val_row(y_val, probabilities(head, jnp.asarray(x_val)), class_names, config.threshold)
     row.update(epoch=epoch, lr=lr, train_loss=float(np.mean(jax.device_get(epoch_losses))))
     if best.update(step, row):
       kept = jax.tree.map(jnp.copy, nnx.state(head))
@@ -185,14 +229,24 @@ def train_head(head, train, val, config, *, class_names, best, log=None):
   return step, reason
 
 
+def _val_row(labels, probs, class_names, threshold):
+  """The validation row (numbers only) of the head's class probabilities."""
+  summary = metrics_lib.summarize(labels, np.asarray(probs), list(class_names), threshold)
+  return {k: v for k, v in summary.items() if not isinstance(v, list)}
+
+
+def _head_logits(head, x, single_logit):
+  """The class logits of a head on features; a single-logit head z scores as [0, z]."""
+  z = head(x).astype(jnp.float32)
+  return jnp.concatenate([jnp.zeros_like(z), z], -1) if single_logit else z
+
+
 def _head_programs(config):
   """The head's jitted update (one batch at a learning rate; returns the loss) and its class
   probabilities; a single-logit head z scores as [0, z]."""
   single = config.model.single_logit
 
-  def logits_of(head, x):
-    z = head(x).astype(jnp.float32)
-    return jnp.concatenate([jnp.zeros_like(z), z], -1) if single else z
+  logits_of = lambda head, x: _head_logits(head, x, single)
 
   @nnx.jit
   def update(head, opt, x, y, lr):
