@@ -71,7 +71,7 @@ USER_ERRORS = (UserError, FileNotFoundError, FileExistsError, NotADirectoryError
 
 
 def define_distributed_flags():
-  """--coordinator_address/--num_processes/--process_id for jax.distributed (sharding.initialize)."""
+  """--coordinator_address/--num_processes/--process_id for jax.distributed (processes.initialize)."""
   flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for jax.distributed "
                       "(default: JAX_COORDINATOR_ADDRESS, or SLURM / Open MPI detection).")
   flags.DEFINE_integer("num_processes", None, "Processes of a multi-host run (default: from the environment).")

@@ -30,7 +30,7 @@ from fakejax import datasets
 from fakejax import report
 from fakejax import runs
 from fakejax import scoring
-from fakejax import sharding
+from fakejax import processes
 
 if __name__ == "__main__":
   # Defined only when this file is the program, so other modules can import its functions.
@@ -107,7 +107,7 @@ def write_report(out, run, view, rows, curves, examples, *, info, split, top_n):
 def main(argv):
   del argv
   f = flags.FLAGS
-  sharding.initialize(f.coordinator_address, f.num_processes, f.process_id)
+  processes.initialize(f.coordinator_address, f.num_processes, f.process_id)
   run = runs.Run(_F.workdir.value, _F.checkpoint.value, batch_size=_BATCH.value, threads=_F.threads.value,
                  dtype=_F.dtype.value)
   extra = {} if _EVAL_RESIZE.value is None else {"resize": _EVAL_RESIZE.value}
@@ -118,7 +118,7 @@ def main(argv):
   sets = test_sets(run, _DATASETS.value, _SPLIT.value, _GROUP_BY.value, _SOURCES.value)
   perturbations = augment.parse_perturbations(_PERTURB.value) + augment.parse_debias(_DEBIAS.value)
   with tqdm.tqdm(total=(1 + len(perturbations)) * scoring.distinct_images(sets), desc="evaluate", unit="img",
-                 dynamic_ncols=True, disable=not sharding.is_main()) as bar:
+                 dynamic_ncols=True, disable=not processes.is_main()) as bar:
     done = [0, None]  # Images of finished conditions, the condition now.
 
     def progress(n, condition):
@@ -129,7 +129,7 @@ def main(argv):
 
     rows, curves, examples = run.protocol(sets, view, _SPLIT.value, copies, perturbations,
                                               threshold=threshold, progress=progress)
-  if not sharding.is_main():
+  if not processes.is_main():
     return
   calibration = None
   if _CALIBRATE.value:

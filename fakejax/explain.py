@@ -73,7 +73,7 @@ from fakejax import datasets
 from fakejax import models
 from fakejax import runs
 from fakejax import scoring
-from fakejax import sharding
+from fakejax import processes
 from fakejax.models import spectral
 
 if __name__ == "__main__":
@@ -388,7 +388,7 @@ def _draw(rows, out, fname, title):
 
 
 def _score(ev, sizes, load, view, threshold):
-  bar = tqdm.tqdm(total=len(sizes), desc="grad-cam", unit="img", disable=not sharding.is_main())
+  bar = tqdm.tqdm(total=len(sizes), desc="grad-cam", unit="img", disable=not processes.is_main())
   res = ev.run(sizes, load, view, threshold=threshold, progress=lambda n: bar.update(n - bar.n))
   bar.close()
   return res
@@ -398,7 +398,7 @@ def explain_images(run, ev, layer, view, files, out, *, per_png=8):
   """Grad-CAM grids of image files (gradcam_001.png, ...); returns the explain.json rows."""
   sizes, load = scoring.file_reader(files)
   res = _score(ev, sizes, load, view, run.config.threshold)
-  if not sharding.is_main():
+  if not processes.is_main():
     return []
   rows, drawn = [], []
   for i, (path, r) in enumerate(zip(files, res)):
@@ -421,7 +421,7 @@ def explain_dataset(run, ev, layer, view, dataset, split, *, per_class, out, per
   order = [(c, int(i)) for c, ids in picks.items() for i in ids]
   sizes, load = scoring.dataset_reader(dataset, split, np.array([i for _, i in order], int))
   res = _score(ev, sizes, load, view, run.config.threshold)
-  if not sharding.is_main():
+  if not processes.is_main():
     return []
   crop = run.config.data.image_size
   rows, means = [], []
@@ -474,14 +474,14 @@ def spectra(dataset, split, per_class, size, seed, out):
 
 def main(argv):
   inputs = argv[1:]
-  sharding.initialize(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes, flags.FLAGS.process_id)
+  processes.initialize(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes, flags.FLAGS.process_id)
   workdir = _F.workdir.value
   if not workdir and not _SPECTRUM.value:
     raise cli.UserError("--workdir RUN is needed for Grad-CAM and --list_layers (only --spectrum "
                         "runs without one)")
   if inputs and (_DATASET.value or _SPECTRUM.value):
     raise cli.UserError("name image files or --dataset, not both (--spectrum needs a dataset)")
-  main_process = sharding.is_main()
+  main_process = processes.is_main()
   run = runs.Run(workdir, _F.checkpoint.value, batch_size=_BATCH.value, threads=_F.threads.value,
                  dtype=_F.dtype.value) if workdir else None
   if _LIST.value:

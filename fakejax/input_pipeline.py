@@ -28,7 +28,7 @@ import numpy as np
 from fakejax import augment
 from fakejax import cli
 from fakejax import runs
-from fakejax import sharding
+from fakejax import processes
 from fakejax.datasets import images
 from fakejax.datasets import layouts
 from fakejax.datasets import reader
@@ -295,7 +295,7 @@ def worker_count(workers, backend=None):
   """data.workers, or for -1 ('auto') what feeds this process's devices.
 
   On an accelerator: this process's share of the host's cores (the cores over the processes on
-  the host, sharding.local_processes) less one for the training loop, at most MAX_AUTO_WORKERS:
+  the host, processes.local_processes) less one for the training loop, at most MAX_AUTO_WORKERS:
   a ResNet-50 step on one H100 eats thousands of images a second, ~700 per worker decoding raw
   pixels (docs/performance.md). On a CPU: 0, decoding in this process's threads, since the cores
   also compute the steps.
@@ -304,7 +304,7 @@ def worker_count(workers, backend=None):
     return workers
   if (backend or jax.default_backend()) == "cpu":
     return 0
-  return max(1, min(_cores() // sharding.local_processes() - 1, MAX_AUTO_WORKERS))
+  return max(1, min(_cores() // processes.local_processes() - 1, MAX_AUTO_WORKERS))
 
 
 def read_options(data_cfg):

@@ -26,7 +26,7 @@ from fakejax import cli
 from fakejax import datasets
 from fakejax import runs
 from fakejax import scoring
-from fakejax import sharding
+from fakejax import processes
 
 if __name__ == "__main__":
   # Defined only when this file is the program, so other modules can import its functions.
@@ -45,7 +45,7 @@ COLUMNS = ("path", "p_fake", "label", "mode", "view", "n_patches", "error")
 def predict(run, files, view, threshold, copies=(augment.Copy(),), max_pixels=1 << 28):
   """Rows of the CSV for `files` (dicts with COLUMNS)."""
   sizes, load = scoring.file_reader(files, max_pixels)
-  with tqdm.tqdm(total=len(files), desc="predict", unit="img", disable=not sharding.is_main()) as bar:
+  with tqdm.tqdm(total=len(files), desc="predict", unit="img", disable=not processes.is_main()) as bar:
     res = run.evaluator.run(sizes, load, view, copies, threshold=threshold,
                             progress=lambda n: bar.update(n - bar.n))
   rows = []
@@ -72,14 +72,14 @@ def main(argv):
   inputs = argv[1:]
   if not inputs:
     raise cli.UserError("name at least one image or folder to score")
-  sharding.initialize(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes, flags.FLAGS.process_id)
+  processes.initialize(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes, flags.FLAGS.process_id)
   run = runs.Run(_F.workdir.value, _F.checkpoint.value, threads=_F.threads.value, dtype=_F.dtype.value)
   view = run.view(_F.mode.value, tile=_TILE.value, max_whole_pixels=_MAX_WHOLE.value, **cli.view_settings(_F))
   threshold = cli.threshold(_F, run)
   files = datasets.list_images(inputs)
   rows = predict(run, files, view, threshold, augment.tta_copies(_F.tta.value), _MAX_PIXELS.value)
   scored = [r for r in rows if not r["error"]]
-  if sharding.is_main():
+  if processes.is_main():
     os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
     with open(_OUT.value, "w", newline="") as f:
       w = csv.DictWriter(f, fieldnames=COLUMNS)

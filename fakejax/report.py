@@ -28,7 +28,7 @@ class RunLog:
 
   Args:
     workdir: the run folder.
-    enabled: False on processes that must not write (sharding.is_main()).
+    enabled: False on processes that must not write (processes.is_main()).
     resume_step: lines logged after this step are dropped (a killed run logged them; the
       resumed run logs them again).
   """

@@ -20,7 +20,7 @@ from ml_collections import config_flags
 
 from fakejax import cli
 from fakejax import runs
-from fakejax import sharding
+from fakejax import processes
 from fakejax import training
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped with a checkpoint written; rerun to resume.
@@ -29,7 +29,7 @@ EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped with a checkpoint written; rerun to 
 def main(argv):
   del argv
   f = flags.FLAGS
-  sharding.initialize(f.coordinator_address, f.num_processes, f.process_id)
+  processes.initialize(f.coordinator_address, f.num_processes, f.process_id)
   config_file = cli.config_arg(sys.argv) or config_flags.get_config_filename(f["config"])
   workdir = f.workdir or runs.default_workdir(config_file)
   if training.train_and_evaluate(f.config, workdir).get("preempted"):

@@ -6,7 +6,7 @@ import signal
 import pytest
 
 from fakejax.training import schedule
-from fakejax import sharding
+from fakejax import processes
 
 
 def test_itstime_and_schedule():
@@ -67,7 +67,7 @@ def test_preemption_puts_back_the_previous_sigterm_handler():
     del signum, frame
   before = signal.signal(signal.SIGTERM, mine)
   try:
-    p = sharding.Preemption()
+    p = processes.Preemption()
     assert signal.getsignal(signal.SIGTERM) == p._handler  # pylint: disable=protected-access
     p.close()
     assert signal.getsignal(signal.SIGTERM) is mine
@@ -76,4 +76,4 @@ def test_preemption_puts_back_the_previous_sigterm_handler():
 
 
 def test_broadcast_from_main_on_one_process():
-  assert sharding.broadcast_from_main(7) == 7
+  assert processes.broadcast_from_main(7) == 7

@@ -78,12 +78,13 @@ _LATE_PEERS = """
 import sys, time
 import numpy as np
 import jax
+from fakejax import processes
 from fakejax import sharding
 late = float(sys.argv[1])
-sharding.initialize()
+processes.initialize()
 if jax.process_index() == 0:
   time.sleep(late)  # Process 0 alone at work (e.g. generating the synthetic benchmark).
-sharding.barrier("work")
+processes.barrier("work")
 if jax.process_index() == 1:
   time.sleep(late)  # Process 1 late at the first collective (e.g. compiling for longer).
 mesh = sharding.make_mesh()
@@ -112,7 +113,7 @@ def test_a_late_peer_with_another_call_stack_is_waited_for(late):
   """A process later than gloo's fixed 30 s context timeout, at a barrier and at the first
   collective of a program, is waited for, and processes that trace a program through different
   call stacks run it together (jax 0.12 keys collectives by the program's fingerprint, source
-  locations included: sharding.initialize keeps them the same): both finish with the right sum.
+  locations included: processes.initialize keeps them the same): both finish with the right sum.
   They do not load multi-process CPU programs from the persistent compilation cache."""
   port, procs = free_port(), []
   for i in range(2):

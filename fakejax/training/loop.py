@@ -17,6 +17,7 @@ import jax
 import numpy as np
 import tqdm
 
+from fakejax import processes
 from fakejax import sharding
 from fakejax.training import schedule as schedule_lib
 from fakejax.training import step as step_lib
@@ -124,7 +125,7 @@ def _validate(ctx, step, stage, final_stage, bar):
   best = ctx.best
   if stage == final_stage:  # An earlier stage (DeepFD's D1) has no classifier worth keeping yet.
     best.update(step, val)
-  if sharding.is_main():
+  if processes.is_main():
     bar.write(f"step {step} epoch {val['epoch']:.1f}: val {best.metric}={val[best.metric]:.4f} "
               + (f"(best {best.best:.4f} at step {best.best_step})" if best.best is not None
                  else f"(stage {stage})"))
@@ -148,7 +149,7 @@ def run_steps(ctx, strategy):
                                    config.checkpoint_every_minutes, ctx.meta.get("checkpoint_interval_steps"))
   train_steps = {k: step_lib.make_train_step(ts, k) for k in ts.stage_steps}  # Each compiles on first use.
   bar = tqdm.tqdm(total=ts.total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
-                  disable=not sharding.is_main())
+                  disable=not processes.is_main())
   train_log = TrainLog(ctx.log, bar, data.images_per_step, step)
   save = Saver(ctx, schedule, train_log, step)
   stop_reason = ctx.meta.get("stopped")

@@ -37,7 +37,7 @@ from fakejax import metrics as metrics_lib
 from fakejax import models
 from fakejax import runs
 from fakejax import scoring
-from fakejax import sharding
+from fakejax import processes
 from fakejax.models import spectral
 from fakejax.training import losses
 from fakejax.training import optim as optim_lib
@@ -82,7 +82,7 @@ def cached_features(config, evaluator, dataset, split, indices, preprocess):
   if bad:
     raise cli.UserError(f"{len(bad)} record(s) of {split} could not be scored, e.g.: {bad[0]}")
   feats = np.stack([r.outputs["features"][0] for r in results]) if results else np.zeros((0, 0), np.float32)
-  if sharding.is_main():
+  if processes.is_main():
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}.npz"
     np.savez(tmp, features=feats, key=json.dumps(what))

@@ -13,7 +13,7 @@ import numpy as np
 from fakejax import cli
 from fakejax import metrics as metrics_lib
 from fakejax import runs
-from fakejax import sharding
+from fakejax import processes
 
 TrainingError = runs.TrainingError
 
@@ -90,7 +90,7 @@ class Schedule:
       return None
     per_step = max(now - t0, 1e-9) / (step - start)
     interval = minutes_to_steps(self.minutes, per_step)
-    self.minutes_interval = int(sharding.broadcast_from_main(interval))
+    self.minutes_interval = int(processes.broadcast_from_main(interval))
     return self.minutes_interval
 
 

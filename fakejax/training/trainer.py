@@ -19,6 +19,7 @@ from fakejax import models
 from fakejax import report
 from fakejax import runs
 from fakejax import scoring
+from fakejax import processes
 from fakejax import sharding
 from fakejax.training import loop
 from fakejax.training import schedule as schedule_lib
@@ -48,10 +49,10 @@ class Data:
 
 def open_data(config):
   """The dataset and its training and validation records, checked before any step."""
-  if sharding.is_main():  # The synthetic benchmark is generated once, by process 0, while the others wait.
+  if processes.is_main():  # The synthetic benchmark is generated once, by process 0, while the others wait.
     dataset = datasets.open_dataset(config.data)
-  sharding.barrier("dataset")
-  if not sharding.is_main():
+  processes.barrier("dataset")
+  if not processes.is_main():
     dataset = datasets.open_dataset(config.data)
   d = config.data
   task = runs.Task.from_config(d, dataset)
@@ -99,7 +100,7 @@ def score_records(folder, model_state, mesh, config, data, split, *, indices, de
                          threads=config.eval_threads, has_real=data.task.has_real)
   view = runs.full_view(config.data)
   bar = tqdm.tqdm(total=len(indices), desc=desc, unit="img", leave=False,
-                  disable=desc is None or not sharding.is_main())
+                  disable=desc is None or not processes.is_main())
   scored = scoring.score_sets(ev, [(data.dataset, split, indices)], view, data.task.label_key, split,
                               threshold=config.threshold, progress=lambda n: bar.update(n - bar.n))
   bar.close()
@@ -117,11 +118,11 @@ def finalize(ctx, step, stop_reason):
                          indices=runs.records(data.dataset, "test", config.data), desc="test")
     test = {k: v for k, v in test.items() if not isinstance(v, list)}
     ctx.log.log([{"step": best_meta["step"], **test}], "test")
-    if sharding.is_main():
+    if processes.is_main():
       print(f"held-out test ({','.join(config.data.train_sources) or 'all'}): "
             + " ".join(f"{k}={test[k]:.4f}" for k in ("top1", "accuracy", "real_acc", "fake_acc",
                                                        "ap", "auc") if k in test), flush=True)
-  if sharding.is_main():
+  if processes.is_main():
     runs.write_json(os.path.join(ctx.workdir, "finished.json"),
                     {"step": step, "reason": stop_reason or "completed", "best_step": best.best_step,
                      "test": test})
@@ -161,7 +162,7 @@ def _finished(workdir, step):
   if not os.path.exists(path):
     return None
   done = runs.read_json(path)
-  if sharding.is_main():
+  if processes.is_main():
     print(f"{workdir}: this run finished at step {step} ({done['reason']}); nothing to do. "
           f"Held-out test: {json.dumps(done.get('test', {}))}", flush=True)
   return done
@@ -176,7 +177,7 @@ def train_and_evaluate(config, workdir, devices=None, *, evaluate_fn=None, preem
     devices: devices of the data mesh (default: all).
     evaluate_fn: model state -> validation metrics (default: score_records on the validation
       records).
-    preemption: the stop request (default: sharding.Preemption(), SIGTERM); any object with
+    preemption: the stop request (default: processes.Preemption(), SIGTERM); any object with
       `reached(step)` and `close()`.
 
   Returns:
@@ -190,7 +191,7 @@ def train_and_evaluate(config, workdir, devices=None, *, evaluate_fn=None, preem
   _check(config, mesh)
   data = open_data(config)
   best = schedule_lib.BestTracker(config.best_metric, schedule_lib.task_metrics(data.task.class_names))
-  if sharding.is_main():  # Only now: a run refused above leaves no folder behind.
+  if processes.is_main():  # Only now: a run refused above leaves no folder behind.
     os.makedirs(workdir, exist_ok=True)
     runs.write_text(os.path.join(workdir, "config.json"), config_json)
     runs.write_json(os.path.join(workdir, "run.json"), data.run_info())
@@ -207,15 +208,15 @@ def train_and_evaluate(config, workdir, devices=None, *, evaluate_fn=None, preem
   folder = scoring.Folder(ts.model_def, ts.preprocess, config.model.dtype)  # One forward: val and test.
   validate = evaluate_fn or (lambda s: score_records(folder, s, mesh, config, data, data.val_split, indices=data.val_idx))
   ctx = loop.Context(config, workdir, mesh, data, ts, ckpt,
-                     report.RunLog(workdir, enabled=sharding.is_main(), resume_step=meta["step"]),
+                     report.RunLog(workdir, enabled=processes.is_main(), resume_step=meta["step"]),
                      schedule_lib.BestTracker(best.metric, best.available, meta), state, meta, validate,
-                     preemption or sharding.Preemption(), folder)
+                     preemption or processes.Preemption(), folder)
   try:
     state, step, stop_reason = strategy.train(ctx)
   finally:
     ctx.preempt.close()
     ckpt.close()  # Waits for the saves in flight: an exception above still leaves them whole.
-  if stop_reason and sharding.is_main():
+  if stop_reason and processes.is_main():
     logging.info(stop_reason)
     print(stop_reason, flush=True)
   try:
