@@ -333,3 +333,15 @@ def test_generalisation_on_the_photo_benchmark(tmp_path, data_root):
   assert "Data: the photo benchmark (fakejax.photo)" in md
   held = {r["held_out"] for r in res["records"]}
   assert held <= {"nature", "people", "objects", "science", "texture"} and len(held) == 1
+
+
+def test_config_path_counts_returns_and_climbs_by_hand():
+  """scripts/config_path.py's measure on made-up paths: train -> runs -> models -> runs -> train
+  enters runs and train again (2 returns) and climbs models -> runs and runs -> train (2)."""
+  cp = importlib.import_module("scripts.config_path")
+  path = [("fakejax.train", "main"), ("fakejax.runs", "a"), ("fakejax.runs", "b"), ("fakejax.models", "c"),
+          ("fakejax.runs", "d"), ("fakejax.train", "e")]
+  assert cp.measure([path]) == {"stops": 6, "modules": 3, "returns": 2, "climbs": 2}
+  # Two runs: stops counted once over both, returns and climbs per run.
+  assert cp.measure([path, path[:2]]) == {"stops": 6, "modules": 3, "returns": 2, "climbs": 2}
+  assert [cp.layer(m) for m in ("__main__", "fakejax.training.loop", "fakejax.datasets.reader")] == [2, 1, 0]
