@@ -36,6 +36,7 @@ from fakejax import defaults
 from fakejax import models
 from fakejax import predict
 from fakejax import runs
+from fakejax import scoring
 from fakejax import sharding
 from fakejax import training
 from fakejax.models import dinov2
@@ -601,3 +602,68 @@ def test_dda_checkpoint_becomes_a_run_that_predict_scores_like_torch(tmp_path):
     assert got[name]["view"] == "full", got[name]
     assert abs(float(got[name]["p_fake"]) - want) <= 1e-5, (name, got[name], want)
     assert abs(timm_p - want) > 1e-4
+
+
+# ---------------------------------------------------------------------------
+# B-Free's five-crop test (scoring view 'five_crops', preset 'bfree').
+# ---------------------------------------------------------------------------
+def test_five_crops_windows_by_hand():
+  """Pixels that encode their own coordinates: the five windows' origins on the 14 px token grid
+  (a 150 x 100 image has a 10 x 7 grid: the remainder strips are dropped), and a small image
+  tiled then cut to the first window (B-Free's replicate_wrap)."""
+  yy, xx = np.mgrid[0:150, 0:100]
+  img = np.stack([yy, xx, np.zeros_like(yy)], -1)
+  crops = scoring.views.five_crops(img, 56, 14)
+  assert crops.shape == (5, 56, 56, 3)
+  # Centre: token ((10-4)//2, (7-4)//2) = (3, 1); then (0,0), bottom-left, bottom-right, top-right
+  # on the 140 x 98 grid area.
+  assert [tuple(c[0, 0, :2]) for c in crops] == [(42, 14), (0, 0), (84, 0), (84, 42), (0, 42)]
+  small = scoring.views.five_crops(img[:30, :20], 56, 14)  # A 2 x 1 grid: 28 x 14 px repeated.
+  assert (small == small[0]).all()
+  want = np.tile(img[:28, :14], (2, 4, 1))
+  np.testing.assert_array_equal(small[0], want)
+  view = scoring.View("five_crops", crop=56)
+  assert view.plan(150, 100) == ((56, 56), 5) and view.rule == "mean_logit"
+  assert scoring.PRESETS["bfree"] == dict(mode="five_crops", crop=504, align=14, resize=0)
+
+
+def _bfree_wrapper5crops(torch, model, embed, x, size):
+  """B-Free's Wrapper5crops.forward (grip-unina/B-Free, code/networks/wrapper5crops.py),
+  transcribed: the patch embedding of the whole image, its token grid repeated up to the window
+  when smaller (replicate_wrap), five token windows batched through the ViT, outputs averaged."""
+  g = size // 14
+  e = embed.proj(x)
+  if e.shape[-2] < g or e.shape[-1] < g:
+    reps = (max(-(-g // e.shape[-2]), 1), max(-(-g // e.shape[-1]), 1))
+    e = e.repeat(1, 1, *reps)[..., :g, :g]
+  hs, ws = max((e.shape[-2] - g) // 2, 0), max((e.shape[-1] - g) // 2, 0)
+  e = torch.cat((e[:, :, hs:g + hs, ws:g + ws], e[:, :, :g, :g], e[:, :, -g:, :g], e[:, :, -g:, -g:],
+                 e[:, :, :g, -g:]), 0)
+  y = model(embed.norm(e.flatten(2).transpose(1, 2)))
+  return torch.mean(torch.stack(torch.split(y, y.shape[0] // 5, 0), 0), 0)
+
+
+@pytest.mark.torch
+def test_five_crops_match_bfree_wrapper():
+  """A timm DINOv2 with registers (random weights, no dynamic size, set to a 56 px window as B-Free
+  sets 504) through the transcribed wrapper, against the converted model on our five_crops view,
+  features averaged (the head is linear, so the mean logit follows): images larger than the window,
+  non-square, exactly the window, and smaller in one or both directions."""
+  torch = pytest.importorskip("torch")
+  timm = pytest.importorskip("timm")
+  torch.manual_seed(0)
+  ref = _randomize(torch, timm.models.vision_transformer.VisionTransformer(
+      img_size=126, patch_size=14, embed_dim=64, depth=2, num_heads=4, init_values=1e-5, num_classes=0,
+      reg_tokens=4, no_embed_class=True))
+  model = _ours_from(torch, ref, 4)
+  ref.set_input_size(img_size=56)
+  embed, ref.patch_embed = ref.patch_embed, torch.nn.Identity()
+  rng = np.random.default_rng(0)
+  for h, w in ((150, 100), (60, 200), (56, 56), (30, 80), (20, 300), (45, 45)):
+    img = rng.normal(size=(h, w, 3)).astype(np.float32)
+    with torch.no_grad():
+      want = _bfree_wrapper5crops(torch, ref, embed, torch.from_numpy(img).permute(2, 0, 1)[None], 56).numpy()[0]
+    got = np.asarray(model.features(jnp.asarray(scoring.views.five_crops(img, 56, 14)))).mean(0)
+    err = np.abs(got - want).max()
+    print(f"{h}x{w}: max abs diff {err:.2e} (largest {np.abs(want).max():.2f})")
+    assert err <= 1e-5 * max(np.abs(want).max(), 1), (h, w, err)

@@ -19,6 +19,10 @@
   confident   vote among grid patches with |p_fake - p_real| >= theta; all patches if none.
   mean_logit  grid patches, logits averaged (Chai et al. 2020).
   mean_prob   grid patches, probabilities averaged.
+  five_crops  B-Free's test (grip-unina/B-Free, networks/wrapper5crops.py): on the grid of
+              `align` px tokens (a ViT's patches), five crop x crop windows (centre, then the four
+              corners), logits averaged; an image smaller than the window is first tiled
+              (their replicate_wrap: the token grid repeated, then its first crop x crop cut).
 
 PRESETS are each repository's own test transform as View settings (`evaluate --preset`).
 """
@@ -30,7 +34,7 @@ import numpy as np
 from fakejax import augment
 from fakejax import cli
 
-MODES = ("full", "whole", "tiles", "auto", "grid", "random", "confident", "mean_logit", "mean_prob")
+MODES = ("full", "whole", "tiles", "auto", "grid", "random", "confident", "mean_logit", "mean_prob", "five_crops")
 VOTING = ("grid", "random", "confident")  # The rules that vote (scoring.rules).
 MIN_WHOLE = 32  # The models down-sample by 32: smaller images give no feature map.
 # The largest |logit difference| of a bucketed whole image against its exact-size forward, as a
@@ -58,6 +62,26 @@ def grid_patches(img, size):
   return p.reshape(ny * nx, size, size, 3), (ny, nx)
 
 
+def five_crops(img, size, align):
+  """B-Free's Wrapper5crops.forward in pixels: (5, size, size, 3) windows of `img` on its grid of
+  align x align tokens (the remainder strips dropped, as the stride-`align` patch embedding
+  drops them), centre, top-left, bottom-left, bottom-right, top-right. A grid smaller than the
+  window in either direction is repeated in both (at least once) and cut to its first window
+  (their replicate_wrap), so the five are then the same."""
+  g = size // align
+  gh, gw = img.shape[0] // align, img.shape[1] // align
+  if min(gh, gw) == 0:
+    raise augment.TooSmall(f"image is {img.shape[1]}x{img.shape[0]}, smaller than one {align} px token")
+  img = img[:gh * align, :gw * align]
+  if gh < g or gw < g:
+    img = np.tile(img, (max(-(-g // gh), 1), max(-(-g // gw), 1), 1))[:size, :size]
+    gh, gw = img.shape[0] // align, img.shape[1] // align
+  h, w = gh * align, gw * align
+  y, x = max((gh - g) // 2, 0) * align, max((gw - g) // 2, 0) * align
+  return np.stack([img[y:y + size, x:x + size], img[:size, :size], img[h - size:, :size],
+                   img[h - size:, w - size:], img[:size, w - size:]])
+
+
 def _tile_starts(length, tile):
   n = -(-length // tile)
   return np.round(np.linspace(0, length - tile, n)).astype(int) if n > 1 else np.zeros(1, int)
@@ -80,6 +104,9 @@ PRESETS = {
     "cnndetection_nocrop": dict(mode="whole", resize=0, exact_sizes=True),
     # DDA Inference/inference.py: CenterCrop(336), no resize.
     "dda": dict(mode="full", crop=336, resize=0, too_small="zero"),
+    # B-Free code/main_bfree.py: the whole image through Wrapper5crops(model, 504): five 504 windows
+    # on the 14 px token grid, logits averaged.
+    "bfree": dict(mode="five_crops", crop=504, align=14, resize=0),
 }
 
 
@@ -97,10 +124,14 @@ class View:
   tile: int = 1024
   max_whole_pixels: int = 1 << 22
   exact_sizes: bool = False
+  align: int = 14
 
   def __post_init__(self):
     if self.mode not in MODES:
       raise cli.UserError(f"Unknown mode {self.mode!r}; known: {', '.join(MODES)}")
+    if self.mode == "five_crops" and self.crop % self.align:
+      raise cli.UserError(f"five_crops: the crop {self.crop} is not a multiple of the token size {self.align} "
+                          "(B-Free's: 504 and 14, --preset bfree)")
     if self.mode == "random" and self.k % 2 == 0:
       raise cli.UserError(f"random mode needs an odd number of patches (no ties), got k={self.k}")
     if self.mode in VOTING + ("mean_logit", "mean_prob") and self.patch_size not in (16, 32, 64, 128):
@@ -149,6 +180,10 @@ class View:
       return ((h, w) if self.exact_sizes else (bucket_side(h), bucket_side(w))), 1
     if kind == "tiles":
       return (self.tile, self.tile), len(_tile_starts(h, self.tile)) * len(_tile_starts(w, self.tile))
+    if kind == "five_crops":
+      if min(h, w) < self.align:
+        raise augment.TooSmall(f"image is {w}x{h}, smaller than one {self.align} px token")
+      return (self.crop, self.crop), 5
     if min(h, w) < self.patch_size:
       raise augment.TooSmall(f"image is {w}x{h}, smaller than the {self.patch_size}x{self.patch_size} patch")
     if kind == "random":
@@ -172,6 +207,8 @@ class View:
       ys, xs = _tile_starts(h, self.tile), _tile_starts(w, self.tile)
       t = self.tile
       return np.stack([img[y:y + t, x:x + t] for y in ys for x in xs]), (len(ys), len(xs))
+    if kind == "five_crops":
+      return five_crops(img, self.crop, self.align), None
     if kind == "random":
       rng = np.random.default_rng([self.seed, image_id])
       return augment.random_patches(img, self.patch_size, self.k, rng), None
@@ -180,4 +217,6 @@ class View:
   @property
   def rule(self):
     """The decision rule of this view's inputs (see `decide`)."""
+    if self.mode == "five_crops":
+      return "mean_logit"
     return "mean_prob" if self.mode in ("full", "whole", "tiles", "auto") else self.mode
