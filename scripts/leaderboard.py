@@ -4,6 +4,7 @@ r"""The leaderboard: recipes x training family -> the field's per-generator tabl
   python scripts/leaderboard.py --benchmark photo --set data.photo.postprocess="'jpeg:65-100'"
   python scripts/leaderboard.py                                      # synthetic benchmark
   python scripts/leaderboard.py --data /data/fj/cnndetection --train_family progan   # real data
+  python scripts/leaderboard.py --benchmark photo --debias           # also format-debiased
   python scripts/leaderboard.py --quick                              # smoke run (tests)
 
 Each recipe is trained on one family (per seed) and scored on every generator of the test split,
@@ -11,7 +12,9 @@ each against its own reals: accuracy at 0.5, AP, real_acc, fake_acc, and the unw
 the generators not trained on (the field's "mean" row, here without the training family),
 mean +- std over seeds. Each recipe is also scored at a threshold calibrated on reals only: the
 one that calls 95 % of the val split's reals real (cal_accuracy, cal_real_acc); never a threshold
-chosen on test labels. Writes OUT/results.md (the table, a verdict, the figure), results.json
+chosen on test labels. With --debias every test set is also scored format-debiased (DDA's
+protocol: the fakes alone JPEG'd at 96, the reals as they are; columns 'debiased mean unseen').
+Writes OUT/results.md (the table, a verdict, the figure), results.json
 and leaderboard.png.
 
 The recipes (their configs, at the benchmark's size):
@@ -44,6 +47,7 @@ import os
 
 import numpy as np
 
+from fakejax import augment
 from fakejax import runs
 from fakejax import studies as sc
 from fakejax import cli
@@ -56,11 +60,17 @@ RECIPES = ("xception", "cnndet_p0.5", "cnndet_p0.1", "patch_xception", "deepfd",
            "npr+safe", "spectral")
 COLUMNS = ("accuracy", "ap", "real_acc", "fake_acc", "cal_accuracy", "cal_real_acc")
 TARGET_REAL_ACC = 0.95  # The calibrated threshold calls this share of the val reals real.
+# --debias: DDA's format-debiased protocol, the fakes alone JPEG'd at 96 (the reals as they are).
+DEBIAS = augment.Perturbation("debias_jpeg", 96)
+DEBIASED = "debiased "  # The prefix of the debiased sets' names.
+DEBIASED_COLUMNS = ("accuracy", "ap", "real_acc")
 
 
 def flags():
   p = sc.parser(__doc__, "leaderboard")
   p.add_argument("--recipes", default=",".join(RECIPES), help="Comma-separated subset of: " + ", ".join(RECIPES))
+  p.add_argument("--debias", action="store_true", help="Also score every test set format-debiased (the "
+                 "fakes alone JPEG'd at 96, DDA's protocol): columns 'debiased mean unseen'.")
   p.add_argument("--train_family", default="", help="Comma-separated families trained on, one table each "
                  "(default: the benchmark's training family, tconv on synthetic and nn_conv on photo; with "
                  "--data the first generator of the train split). On the photo benchmark another family "
@@ -134,6 +144,9 @@ def neural_scores(study, recipe, base, args, source, seed, dataset, sets):
   else:
     view = run.view("full")
   res = sc.forward_sets(run, dataset, sets, view)
+  if args.debias:
+    debiased = sc.forward_sets(run, dataset, sets, view, perturbation=DEBIAS)
+    res.update({f"{DEBIASED}{name}": scored for name, scored in debiased.items()})
   reals = sc.forward_sets(run, dataset, [("val reals", val_reals(dataset))], view, split="val")["val reals"][0]
   return {name: (labels, runs.p_fake(results)) for name, (results, labels) in res.items()}, runs.p_fake(reals)
 
@@ -168,22 +181,25 @@ def main(argv=None):
           parts = [scored.get((r, seed)) or neural_scores(study, r, base, args, source, seed, dataset, sets)
                    for r in ("npr", "safe")]
           scored[recipe, seed] = ({g: (parts[0][0][g][0], (parts[0][0][g][1] + parts[1][0][g][1]) / 2)
-                                   for g in gens}, (parts[0][1] + parts[1][1]) / 2)
+                                   for g in parts[0][0]}, (parts[0][1] + parts[1][1]) / 2)
         else:
           scored[recipe, seed] = neural_scores(study, recipe, base, args, source, seed, dataset, sets)
         by_set, reals_p = scored[recipe, seed]
         t, _ = scoring.reals_threshold(reals_p, TARGET_REAL_ACC)
         rows = {g: {"test_set": g, **metrics_lib.binary(lab, p, 0.5)} for g, (lab, p) in by_set.items()}
         scoring.add_calibrated(rows.values(), by_set, t)  # cal_* at t, as evaluate --calibrate.
-        study.add_rows(rows, {"mean unseen": unseen} if unseen else None, recipe=recipe, family=source,
-                       seed=seed, threshold=t)
+        means = {"mean unseen": unseen, f"{DEBIASED}mean unseen": [f"{DEBIASED}{g}" for g in unseen]}
+        study.add_rows(rows, {m: s for m, s in means.items() if s and s[0] in rows} or None, recipe=recipe,
+                       family=source, seed=seed, threshold=t)
+    debiased = [f"{DEBIASED}mean unseen {m}" for m in DEBIASED_COLUMNS] if args.debias else []
     header = ["recipe"] + [f"{g}{' (trained)' if g == source else ''} acc / AP" for g in gens] + [
-        f"mean unseen {m}" for m in COLUMNS]
+        f"mean unseen {m}" for m in COLUMNS] + debiased
     body = []
     for recipe in recipes:
       v = lambda s, m: study.values(m, recipe=recipe, family=source, set=s)
       body.append([recipe] + [f"{sc.pm(v(g, 'accuracy'))} / {sc.pm(v(g, 'ap'))}" for g in gens]
-                  + [sc.pm(v("mean unseen", m)) for m in COLUMNS])
+                  + [sc.pm(v("mean unseen", m)) for m in COLUMNS]
+                  + [sc.pm(v(f"{DEBIASED}mean unseen", m)) for m in DEBIASED_COLUMNS if args.debias])
     best = max(recipes, key=lambda r: sc.mean_std(study.values("accuracy", recipe=r, family=source,
                                                                set="mean unseen"))[0])
     acc = study.values("accuracy", recipe=best, family=source, set="mean unseen")
