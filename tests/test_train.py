@@ -306,6 +306,8 @@ def test_every_config_runs_one_tiny_step(path, make_config):
     c.data.too_small = "zero"
   if c.model.name in models.dinov2.ARCHS:
     c.model.name, c.data.image_size = "dinov2_vit_tiny", 28
+  if c.model.name == "spectral":  # Its feature count is its crop's: the two are set together.
+    c.model.spectrum_size = c.data.image_size
   c.data.patch_size = 16
   c.data.workers = 0
   c.data.pairs = False  # The synthetic benchmark has no aligned pairs (input_pipeline's tests have).
