@@ -43,9 +43,10 @@ Departures, named:
 - No resized copies: each of their sources goes through the model as 6 images (the pair, and the
   pair resized by a factor from U(0.2, 1) and one from U(1, 3.5), each with one of PIL's six
   resamplings), 12 per forward; here the pair alone, 4 per micro-batch.
-- No pixel-mix or frequency-mix (their fake blended with its real in pixels, or in the DCT of the
-  whole image, each at p 0.2 with a share up to 0.8), and the fake's JPEG at its real's quality
-  (their p 0.5 per draw) is fakejax.aligned's, once, at build time.
+- The fake's JPEG at its real's quality (their p 0.5 per draw) is fakejax.aligned's, once, at
+  build time. Their pixel-mix and frequency-mix (the fake blended with its real in pixels or in
+  the whole image's DCT, each at p 0.2 with a share up to 0.8: train.sh) are aug.pixel_mix_* and
+  aug.freq_mix_* (augment.mix_pair), drawn with numpy's generator where theirs is Python's.
 - Augmentations fakejax's aug block lacks: the vertical flip, pepper noise (p 0.1), the median and
   motion halves of their blur choice, sharpening (p 0.1), ColorJitter(0.4, 0.4, 0.4, hue 0.175) at
   p 0.2 (aug.color_jitter applies every time and has no hue). Their Gaussian half of the blur
@@ -92,6 +93,10 @@ def get_config(arg=None):
   c.aug.noise_prob = 0.1              # RandomGaussianNoise(std=55, p=0.1): a variance of 55^2.
   c.aug.noise_var = (55.0**2, 55.0**2)
   c.aug.grayscale = 0.1
+  c.aug.pixel_mix_prob = 0.2          # train.sh: P_PIXELMIX 0.2, R_PIXELMIX 0.8 (the fake's share).
+  c.aug.pixel_mix_ratio = 0.8
+  c.aug.freq_mix_prob = 0.2           # P_FREQMIX 0.2, R_FREQMIX 0.8 (the real's share in the DCT).
+  c.aug.freq_mix_ratio = 0.8
   c.batch_size = 16
   c.num_epochs = 1
   c.optim.name = "adamw"

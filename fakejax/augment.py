@@ -14,6 +14,7 @@ import io
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
+from scipy import fft as sp_fft
 from scipy import ndimage
 
 from fakejax import cli
@@ -89,6 +90,54 @@ def affine(img, rng, rotate=0.0, shift=0.0, zoom=0.0):
   cx, cy = w / 2, h / 2
   m = (c, s, cx - c * (cx + dx) - s * (cy + dy), -s, c, cy + s * (cx + dx) - c * (cy + dy))
   return np.asarray(Image.fromarray(img).transform((w, h), Image.AFFINE, m, Image.BILINEAR))
+
+
+# PIL's six resamplings, in DDA's order (their datasets.py `resampling_methods`).
+RESAMPLINGS = (Image.NEAREST, Image.BOX, Image.BILINEAR, Image.HAMMING, Image.BICUBIC, Image.LANCZOS)
+
+
+def pixel_mix(real, fake, weight, resample=Image.LANCZOS):
+  """DDA's pixel_blend_mix: the fake (resized to the real's size with `resample` if it differs)
+  blended with its real, weight * fake + (1 - weight) * real in float32, clipped and truncated to
+  uint8 (their astype)."""
+  fake = _same_size(fake, real, resample)
+  mixed = weight * fake.astype(np.float32) + (1 - weight) * real.astype(np.float32)
+  return np.clip(mixed, 0, 255).astype(np.uint8)
+
+
+def frequency_mix(real, fake, real_weight):
+  """DDA's freq_blend_mix with patch=-1 (their call): per channel, the orthonormal 2-D DCT of the
+  whole image, real_weight * DCT(real) + (1 - real_weight) * DCT(fake), inverted, rounded and
+  clipped to uint8; a fake of another size is first resized to the real's (LANCZOS)."""
+  fake = _same_size(fake, real, Image.LANCZOS)
+  out = []
+  for c in range(3):
+    r, f = (sp_fft.dctn(a[..., c].astype(np.float32), norm="ortho") for a in (real, fake))
+    out.append(sp_fft.idctn(real_weight * r + (1 - real_weight) * f, norm="ortho"))
+  return np.clip(np.round(np.stack(out, -1)), 0, 255).astype(np.uint8)
+
+
+def _same_size(img, like, resample):
+  if img.shape[:2] == like.shape[:2]:
+    return img
+  return np.asarray(Image.fromarray(img).resize((like.shape[1], like.shape[0]), resample))
+
+
+def mix_pair(real, fake, aug, rng):
+  """DDA's blending of a fake with its real (data/datasets.py): pixel-mix with probability
+  aug.pixel_mix_prob (weight of the fake from U(0, aug.pixel_mix_ratio), the fake first resized to
+  the real's size by one of PIL's six resamplings), frequency-mix with aug.freq_mix_prob (the
+  real's weight from U(0, aug.freq_mix_ratio)), in a random order when both. Returns the fake
+  (unchanged, and no draw made, when both probabilities are 0)."""
+  ops = [op for op, p in (("pixel", aug.get("pixel_mix_prob", 0.0)), ("frequency", aug.get("freq_mix_prob", 0.0)))
+         if p > 0 and rng.random() < p]
+  for op in rng.permutation(ops) if len(ops) > 1 else ops:
+    if op == "pixel":
+      resample = RESAMPLINGS[rng.integers(len(RESAMPLINGS))]
+      fake = pixel_mix(real, fake, rng.uniform(0, aug.pixel_mix_ratio), resample)
+    else:
+      fake = frequency_mix(real, fake, rng.uniform(0, aug.freq_mix_ratio))
+  return fake
 
 
 def resize(img, size):

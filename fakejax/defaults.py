@@ -176,6 +176,10 @@ def _aug(c):
   c.aug.noise_var = (10.0, 50.0)      #   this range (8-bit levels squared; albumentations' GaussNoise),
   c.aug.rot90 = 0.0                   #   a quarter turn 0-3 times with this probability,
   c.aug.grayscale = 0.0               #   grayscale with this probability (torchvision RandomGrayscale).
+  c.aug.pixel_mix_prob = 0.0          # DDA, data.pairs only: the fake blended with its real in pixels
+  c.aug.pixel_mix_ratio = 0.8         #   (the fake's weight from U(0, ratio)) with this probability,
+  c.aug.freq_mix_prob = 0.0           #   or in the whole image's DCT (the real's weight from U(0, ratio)),
+  c.aug.freq_mix_ratio = 0.8          #   before the pair's shared augmentation (augment.mix_pair).
 
   c.label_smoothing = 0.0             # Cross-entropy against (1 - a) one-hot + a / classes (SAFE: 0.1).
   c.batch_size = 64                   # Global batch (images); must divide by the device count.

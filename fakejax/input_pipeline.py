@@ -128,8 +128,16 @@ class TrainTransform:
   patch_size: int = 0
 
   def __call__(self, item, rng):
+    return self.augmented(item, self.decode(item), rng)
+
+  def decode(self, item):
+    """The record's pixels."""
+    _, ex = item
+    return images.decode(ex["image"], ex["shape"], self.storage)
+
+  def augmented(self, item, img, rng):
+    """The batch entry of a record whose pixels are `img`, augmented with `rng`."""
     i, ex = item
-    img = images.decode(ex["image"], ex["shape"], self.storage)
     name = f"record {i}"
     if self.patches:
       img = augment.train_augment(img, rng, self.aug, 0, self.too_small, name)
@@ -200,12 +208,15 @@ def pairs_of(dataset, indices, split="train"):
 
 @dataclasses.dataclass
 class PairTransform:
-  """Decode + augment a (real, fake) pair with one seed: the same crop, flip, blur and JPEG."""
+  """Decode a (real, fake) pair, blend the fake with its real (DDA's pixel- and frequency-mix,
+  augment.mix_pair, when asked), and augment both with one seed: the same crop, flip, blur, JPEG."""
   one: TrainTransform
 
   def __call__(self, pair, rng):
     seed = int(rng.integers(2**63))
-    outs = [self.one(item, np.random.default_rng(seed)) for item in pair]
+    real, fake = (self.one.decode(item) for item in pair)
+    fake = augment.mix_pair(real, fake, self.one.aug, rng)
+    outs = [self.one.augmented(item, img, np.random.default_rng(seed)) for item, img in zip(pair, (real, fake))]
     return {k: np.stack([o[k] for o in outs]) for k in outs[0]}
 
 
@@ -265,6 +276,8 @@ def make_train_iter(dataset, data_cfg, aug_cfg, global_batch, seed, *, process_i
                           f"by 2 x the {nproc} processes, got {global_batch}")
     src, transform, per = _IndexedPairs(dataset.source("train"), pairs_of(dataset, indices)), PairTransform(transform), 2
   else:
+    if aug_cfg.get("pixel_mix_prob", 0.0) or aug_cfg.get("freq_mix_prob", 0.0):
+      raise cli.UserError("aug.pixel_mix_prob / aug.freq_mix_prob blend a fake with its own real: set data.pairs")
     src = _Indexed(Subset(dataset.source("train"), indices))
   ds = grain.MapDataset.source(src).seed(seed).shuffle().repeat()
   # Randomness from the global position, before this process takes its part of each batch.

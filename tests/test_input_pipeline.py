@@ -242,3 +242,56 @@ def test_pairs_need_an_aligned_dataset(tiny_synthetic):
   c = _cfg(pairs=True)
   with pytest.raises(input_pipeline.cli.UserError, match="no real .* has an aligned fake"):
     input_pipeline.make_train_iter(tiny_synthetic, c.data, c.aug, 8, seed=0)
+
+
+def test_dda_mixes_by_hand():
+  """Pixel-mix: weight x fake + (1 - weight) x real, truncated (DDA's astype); frequency-mix in the
+  whole image's orthonormal DCT equals the same blend in pixels (the DCT is linear), rounded."""
+  real = np.random.default_rng(0).integers(0, 256, (20, 24, 3), np.uint8)
+  fake = np.full_like(real, 200)
+  np.testing.assert_array_equal(augment.pixel_mix(np.zeros_like(real), fake, 0.3), np.full_like(real, 60))
+  want = np.floor(0.25 * 200 + 0.75 * real.astype(np.float64))
+  assert np.abs(augment.pixel_mix(real, fake, 0.25).astype(np.float64) - want).max() <= 1
+  got = augment.frequency_mix(real, fake, 0.7).astype(np.float64)
+  assert np.abs(got - np.round(0.7 * real + 0.3 * 200.0)).max() <= 1
+  # A fake of another size is resized to the real's first (their resize before the blend).
+  assert augment.pixel_mix(real, fake[:10, :12], 0.5).shape == real.shape
+  # Off (both probabilities 0): the fake unchanged and no random draw consumed.
+  aug = defaults.get_config().aug
+  a, b = np.random.default_rng(1), np.random.default_rng(1)
+  assert augment.mix_pair(real, fake, aug, a) is fake and a.random() == b.random()
+
+
+@pytest.mark.parametrize("kind", ["pixel", "freq"])
+def test_pairs_mix_the_fake_with_its_own_real(tmp_path, kind):
+  """With a mix at probability 1, each batch's fake is its own real's blend with the constant
+  fake, one weight per pair within the ratio, and the real is left as it was."""
+  from fakejax import datasets  # pylint: disable=g-import-not-at-top
+  from tests.conftest import random_image, write_png  # pylint: disable=g-import-not-at-top
+  for i in range(6):
+    for split in ("train", "val"):
+      for label, img in (("0_real", random_image(i, 32, 32)), ("1_fake", np.full((32, 32, 3), 200, np.uint8))):
+        (tmp_path / "a" / "vae" / split / label).mkdir(parents=True, exist_ok=True)
+        write_png(tmp_path / "a" / "vae" / split / label / f"im{i}.png", img)
+  ds, _ = datasets.prepare_folder(str(tmp_path / "a"), str(tmp_path / "ds"), workers=0)
+  c = _cfg(pairs=True, train_sources=())
+  c.aug.flip, c.aug.crop = 0.0, "center"
+  c.aug[f"{kind}_mix_prob"] = 1.0
+  b = next(input_pipeline.make_train_iter(ds, c.data, c.aug, 12, seed=0))
+  paths = ds.index("train")["path"]
+  weights = []
+  for real, mixed, i in zip(b["image"][0::2], b["image"][1::2], b["index"][0::2]):
+    np.testing.assert_array_equal(real, ds.decode(ds.source("train")[int(i)]))  # The real as it was.
+    r, m = real.astype(np.float64), mixed.astype(np.float64)
+    far = np.abs(200 - r) > 50
+    w = np.median((m - r)[far] / (200 - r)[far])  # The fake's share.
+    assert np.abs(m - (w * 200 + (1 - w) * r)).max() <= 1.5, paths[int(i)]
+    weights.append(w)
+  assert all(-0.01 <= w <= 1.01 for w in weights) and len(set(np.round(weights, 3))) > 1
+  if kind == "pixel":
+    assert max(weights) <= 0.8 + 0.01  # U(0, 0.8) for the fake.
+  else:
+    assert min(weights) >= 0.2 - 0.01  # The real's weight is U(0, 0.8): the fake's at least 0.2.
+  c.data.pairs = False
+  with pytest.raises(input_pipeline.cli.UserError, match="set data.pairs"):
+    input_pipeline.make_train_iter(ds, c.data, c.aug, 12, seed=0)

@@ -310,7 +310,8 @@ def test_every_config_runs_one_tiny_step(path, make_config):
     c.model.spectrum_size = c.data.image_size
   c.data.patch_size = 16
   c.data.workers = 0
-  c.data.pairs = False  # The synthetic benchmark has no aligned pairs (input_pipeline's tests have).
+  c.data.pairs = False  # The synthetic benchmark has no aligned pairs (input_pipeline's tests have),
+  c.aug.pixel_mix_prob = c.aug.freq_mix_prob = 0.0  # so no real to blend a fake with.
   c.batch_size = 16
   c.optim.accumulate_steps = 1
   dataset = datasets.open_dataset(c.data)
