@@ -16,9 +16,10 @@ Two solvers (probe.solver), on the training records or a seeded draw of probe.ma
 'logistic' fits scikit-learn's LogisticRegression on the standardised features to convergence
 (the spectral recipe, configs/spectral.py); 'epochs' is UnivFD's head training
 (WisconsinAIVision/UniversalFakeDetect train.py, trainer.py and earlystop.py): optim.name's
-optimizer (theirs: AdamW, betas 0.9/0.999) at optim.lr, batches of batch_size, every epoch a validation accuracy; after probe.lr_drop_patience epochs
-without a gain of more than 0.001 the learning rate drops 10x (patience renewed, the gain needed
-0.002), and training stops when it would fall below 1e-6 or after num_epochs epochs.
+optimizer (theirs: AdamW, betas 0.9/0.999) at optim.lr, batches of batch_size, every epoch a
+validation accuracy; after probe.lr_drop_patience epochs without a gain of more than 0.001 the
+learning rate drops 10x (patience renewed, the gain needed 0.002), and training stops when it
+would fall below 1e-6 or after num_epochs epochs.
 """
 
 import hashlib
