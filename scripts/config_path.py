@@ -16,7 +16,9 @@ Reported:
             enters a module it had already left in that run (A -> B -> A counts one);
   climbs    the times the path goes from a lower layer to a higher one: commands (fakejax's
             CLI modules; '__main__' is fakejax.train) > training, scoring, runs > the rest (data,
-            models, checkpoint, ...).
+            models, checkpoint, ...);
+  up_calls  distinct calls (caller function -> stop) whose caller sits in a lower layer than the
+            stop: a module below calling back up (the caller is the actual frame, not the order).
 The issue of the redesign (33) counted the same things by reading; this measures them, so two
 commits can be compared with one tool (run it from each checkout).
 """
@@ -58,7 +60,7 @@ def carries_config(value):
 def trace(argv):
   """[(module, qualname)] of the first call of each fakejax function given a ConfigDict."""
   root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fakejax")
-  seen, order = set(), []
+  seen, order, up = set(), [], set()
 
   def hook(frame, event, arg):
     del arg
@@ -69,9 +71,15 @@ def trace(argv):
     if not any(carries_config(frame.f_locals.get(n)) for n in names):
       return
     key = (frame.f_globals.get("__name__", "?"), code.co_qualname)
-    if key[0] not in SKIP and key not in seen:
+    if key[0] in SKIP:
+      return
+    if key not in seen:
       seen.add(key)
       order.append(key)
+    back = frame.f_back
+    caller = back.f_globals.get("__name__", "?") if back else "?"
+    if caller.split(".")[0] in ("fakejax", "__main__") and layer(caller) < layer(key[0]):
+      up.add(((caller, back.f_code.co_qualname), key))
 
   sys.argv = ["fakejax.train"] + argv
   sys.setprofile(hook)
@@ -81,11 +89,12 @@ def trace(argv):
     pass
   finally:
     sys.setprofile(None)
-  return order
+  return order, sorted(up)
 
 
-def measure(orders):
-  """{'stops', 'modules', 'returns', 'climbs'} of the runs' paths (see the module docstring)."""
+def measure(orders, ups=()):
+  """{'stops', 'modules', 'returns', 'climbs', 'up_calls'} of the runs' paths and up-calls (see
+  the module docstring)."""
   stops, returns, climbs = set(), 0, 0
   for order in orders:
     stops.update(order)
@@ -93,7 +102,8 @@ def measure(orders):
     path = [m for i, m in enumerate(modules) if i == 0 or m != modules[i - 1]]
     returns += sum(1 for i, m in enumerate(path) if m in path[:i])
     climbs += sum(1 for a, b in zip(path, path[1:]) if layer(b) > layer(a))
-  return {"stops": len(stops), "modules": len({m for m, _ in stops}), "returns": returns, "climbs": climbs}
+  return {"stops": len(stops), "modules": len({m for m, _ in stops}), "returns": returns, "climbs": climbs,
+          "up_calls": len({tuple(map(tuple, u)) for run in ups for u in run})}
 
 
 def main():
@@ -105,7 +115,7 @@ def main():
   if args.trace is not None:  # absl defines the train flags once per process: one run per child.
     print(json.dumps(trace(args.trace)))
     return
-  orders = []
+  orders, ups = [], []
   with tempfile.TemporaryDirectory() as tmp:
     for i, config in enumerate(CONFIGS):
       steps = (["--config.deepfd.stage1_steps=1", "--config.deepfd.stage2_steps=1"] if "deepfd" in config
@@ -114,12 +124,16 @@ def main():
               "--config.log_every_steps=1", f"--config.data.cache_dir={args.data_cache}"]
       out = subprocess.run([sys.executable, os.path.abspath(__file__), "--trace", *argv], check=True,
                            stdout=subprocess.PIPE, text=True).stdout
-      orders.append([tuple(stop) for stop in json.loads(out.strip().splitlines()[-1])])
+      order, up = json.loads(out.strip().splitlines()[-1])
+      orders.append([tuple(stop) for stop in order])
+      ups.append(up)
       if args.list:
         print(config)
         for module, name in orders[-1]:
           print(f"  [{layer(module)}] {module}.{name}")
-  print(" ".join(f"{k}={v}" for k, v in measure(orders).items()))
+        for (cm, cf), (m, f) in up:
+          print(f"  up: {cm}.{cf} -> {m}.{f}")
+  print(" ".join(f"{k}={v}" for k, v in measure(orders, ups).items()))
 
 
 if __name__ == "__main__":

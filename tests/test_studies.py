@@ -346,7 +346,9 @@ def test_config_path_counts_returns_and_climbs_by_hand():
   cp = importlib.import_module("scripts.config_path")
   path = [("fakejax.train", "main"), ("fakejax.runs", "a"), ("fakejax.runs", "b"), ("fakejax.models", "c"),
           ("fakejax.runs", "d"), ("fakejax.train", "e")]
-  assert cp.measure([path]) == {"stops": 6, "modules": 3, "returns": 2, "climbs": 2}
-  # Two runs: stops counted once over both, returns and climbs per run.
-  assert cp.measure([path, path[:2]]) == {"stops": 6, "modules": 3, "returns": 2, "climbs": 2}
+  assert cp.measure([path]) == {"stops": 6, "modules": 3, "returns": 2, "climbs": 2, "up_calls": 0}
+  # Two runs: stops counted once over both, returns and climbs per run; an up-call seen in both, once.
+  up = [[["fakejax.models", "c"], ["fakejax.runs", "d"]]]
+  assert cp.measure([path, path[:2]], [up, up]) == {"stops": 6, "modules": 3, "returns": 2, "climbs": 2,
+                                                    "up_calls": 1}
   assert [cp.layer(m) for m in ("__main__", "fakejax.training.loop", "fakejax.datasets.reader")] == [2, 1, 0]
