@@ -18,6 +18,7 @@ from flax import nnx
 import jax.numpy as jnp
 
 from fakejax import cli
+from fakejax.models import layers
 
 
 def highpass(gray):
@@ -84,9 +85,9 @@ class Spectral(nnx.Module):
 
   def features(self, x, taps=None):
     """(N, spectrum_size**2) float32 log-spectra of preprocessed NHWC images."""
-    taps = taps or (lambda name, a: a)
-    res = taps("residual", residual(x, self.spectrum_size)[..., None])[..., 0]
-    spec = taps("spectrum", log_spectrum(res)[..., None])[..., 0]
+    tap = layers.tapper(taps)
+    res = tap("residual", residual(x, self.spectrum_size)[..., None])[..., 0]
+    spec = tap("spectrum", log_spectrum(res)[..., None])[..., 0]
     return spec.reshape(spec.shape[0], -1)
 
   def __call__(self, x, *, rngs=None, taps=None, valid=None):
