@@ -38,8 +38,8 @@ from fakejax import datasets
 from fakejax import deadline
 from fakejax import defaults
 from fakejax import gpu_check
-from fakejax import input_pipeline
 from fakejax import models
+from fakejax import runs
 from fakejax import scoring
 from fakejax import sharding
 from fakejax import training
@@ -156,7 +156,7 @@ def _pipeline(config, workers, data_cache):
   """(the grain train iterator over _pipeline_dataset at the config's image size, the dataset)."""
   dataset, c = _pipeline_dataset(config, data_cache)
   c.data.workers = workers
-  return input_pipeline.make_train_iter(dataset, c.data, c.aug, c.batch_size, seed=0), dataset
+  return runs.train_iter(dataset, c.data, c.aug, c.batch_size, seed=0), dataset
 
 
 def decode_throughput(config, data_cache, n=400):

@@ -248,9 +248,8 @@ def gradcam_evaluator(run, layer=None, target=None, batch_size=0, threshold=None
   """
   layer = resolve_layer(nnx.merge(run.model_def, run.state), layer)
   fwd = gradcam_forward(run.spec, layer, target, run.config.threshold if threshold is None else threshold)
-  ev = scoring.Evaluator(lambda x, valid=None: fwd(run.state, x, valid), run.mesh,
-                         batch_size or run.batch, run.config.data.image_size,
-                         threads=run.config.eval_threads, has_real=run.task.has_real)
+  ev = runs.evaluator_of(run.config, lambda x, valid=None: fwd(run.state, x, valid), run.mesh, run.task,
+                         batch_size=batch_size or run.batch)
   return ev, layer
 
 

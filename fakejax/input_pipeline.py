@@ -9,8 +9,9 @@ checkpoint, so a resumed run continues at the exact next batch.
 
 Batches are dicts of numpy arrays, process-local: `image` uint8 (B, H, W, 3) (normalisation
 happens on the device, which moves 4x fewer bytes), `label` int32 (B,) and `index` int32 (B,),
-the record index in the split. Patch mode returns B*K patches. Evaluation reads through
-fakejax.evaluator instead.
+the record index in the split. Patch mode returns B*K patches. Which records a run trains on
+(and which it holds out for validation) is the run's: runs.train_indices; evaluation reads
+through fakejax.scoring instead.
 
 Paired training (`data.pairs`, aligned data: AlignedForensics, DDA): the stream is of (real, fake)
 pairs, each fake the reconstruction of its real (`pairs_of`); both images of a pair get the
@@ -27,11 +28,9 @@ import numpy as np
 
 from fakejax import augment
 from fakejax import cli
-from fakejax import runs
 from fakejax import processes
 from fakejax.datasets import images
 from fakejax.datasets import layouts
-from fakejax.datasets import reader
 
 
 @dataclasses.dataclass
@@ -45,75 +44,6 @@ class Subset:
 
   def __getitem__(self, i):
     return self.source[int(self.indices[i])]
-
-
-def balance(indices, labels, seed):
-  """Oversamples every class up to the largest one (deterministic)."""
-  rng = np.random.default_rng(seed)
-  classes, counts = np.unique(labels, return_counts=True)
-  out = []
-  for c in classes:
-    idx = indices[labels == c]
-    extra = rng.choice(idx, counts.max() - len(idx)) if len(idx) < counts.max() else idx[:0]
-    out.append(np.concatenate([idx, extra]))
-  return np.sort(np.concatenate(out))
-
-
-def validation_source(dataset, data_cfg):
-  """(split, record indices or None) the validation examples come from.
-
-  The dataset's 'val' split; for datasets released without one, a seeded `data.val_fraction`
-  of train (held out of training by `train_indices`).
-
-  Raises:
-    reader.DatasetError: before any training step, when there is neither.
-  """
-  if "val" in dataset.splits:
-    return "val", None
-  if not data_cfg.val_fraction:
-    raise reader.DatasetError(
-        f"{dataset.path} has no 'val' split (it has {', '.join(dataset.splits)}); set "
-        "--config.data.val_fraction=0.1 to hold out a seeded part of train for validation")
-  return "train", np.flatnonzero(_held_out(dataset, data_cfg))
-
-
-def _held_out(dataset, data_cfg):
-  """Mask over the train split of the records set aside for validation (val_fraction)."""
-  n = len(dataset.index("train")["label"])
-  mask = np.zeros(n, bool)
-  if "val" not in dataset.splits and data_cfg.val_fraction:
-    rng = np.random.default_rng([data_cfg.seed, 7919])
-    mask[rng.permutation(n)[:int(round(n * data_cfg.val_fraction))]] = True
-  return mask
-
-
-def train_indices(dataset, data_cfg, split="train"):
-  """Record indices of the training subset the config asks for (runs.records, less what
-  validation holds out, per-category subsets, class balance)."""
-  idx = runs.records(dataset, split, data_cfg)
-  if split == "train":
-    idx = idx[~_held_out(dataset, data_cfg)[idx]]
-  if data_cfg.train_per_category:
-    idx = per_group_subset(idx, dataset.index(split), data_cfg.train_per_category, data_cfg.seed)
-  if data_cfg.balance:
-    idx = balance(idx, runs.Task.from_config(data_cfg, dataset).labels(dataset, split, idx), data_cfg.seed)
-  return idx
-
-
-def per_group_subset(indices, index, n, seed):
-  """A seeded subset of `indices` with at most `n` records per (category, source), sorted.
-
-  Args:
-    indices: record indices of a split.
-    index: that split's index columns (Dataset.index).
-    n: records kept per group.
-    seed: subset seed.
-  """
-  rng = np.random.default_rng([seed, 6449])
-  groups = np.char.add(np.char.add(index["category"][indices].astype(str), "/"),
-                       index["source"][indices].astype(str))
-  keep = [rng.permutation(indices[groups == g])[:n] for g in np.unique(groups)]
-  return np.sort(np.concatenate(keep)) if keep else indices
 
 
 @dataclasses.dataclass
@@ -245,8 +175,8 @@ def _flatten_patches(batch):
           "label": np.repeat(batch["label"], k), "index": np.repeat(batch["index"], k)}
 
 
-def make_train_iter(dataset, data_cfg, aug_cfg, global_batch, seed, *, process_index=None,
-                    process_count=None, indices=None):
+def make_train_iter(dataset, data_cfg, aug_cfg, global_batch, seed, *, indices, label_key,
+                    process_index=None, process_count=None):
   """The training iterator (infinite, checkpointable).
 
   Args:
@@ -255,8 +185,9 @@ def make_train_iter(dataset, data_cfg, aug_cfg, global_batch, seed, *, process_i
     aug_cfg: the config's `aug` block.
     global_batch: examples per step over all processes (patch mode: images).
     seed: shuffle and augmentation seed.
+    indices: the training records (runs.train_indices).
+    label_key: the index column of the labels (runs.Task.label_key).
     process_index, process_count: this process and how many (default: jax's).
-    indices: the training records (default: train_indices).
 
   Returns:
     a grain DatasetIterator of process-local batches.
@@ -265,8 +196,6 @@ def make_train_iter(dataset, data_cfg, aug_cfg, global_batch, seed, *, process_i
   proc = jax.process_index() if process_index is None else process_index
   if global_batch % nproc:
     raise cli.UserError(f"Global batch {global_batch} is not divisible by the {nproc} processes")
-  indices = train_indices(dataset, data_cfg) if indices is None else indices
-  label_key = runs.Task.from_config(data_cfg, dataset).label_key
   transform = TrainTransform(aug_cfg, data_cfg.image_size, label_key, data_cfg.too_small, dataset.storage,
                              data_cfg.patches_per_image, data_cfg.patch_size)
   per = 1

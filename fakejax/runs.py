@@ -8,6 +8,9 @@ A run folder (WORKDIR) holds
   checkpoints/, best/, metrics.jsonl, ...   (fakejax.checkpoint, fakejax.report)
 JSON files are written whole or not at all (`write_json`).
 
+The records a run trains and validates on are chosen here (`records`, `train_indices`,
+`validation_source`); input_pipeline streams them.
+
 `Run` loads a trained (or converted) run to score with: its best or latest weights, the inference
 forward (BatchNorm folded), its evaluator and views.
 """
@@ -26,6 +29,7 @@ from fakejax import checkpoint
 from fakejax import cli
 from fakejax import datasets
 from fakejax import defaults
+from fakejax import input_pipeline
 from fakejax import models
 from fakejax import scoring
 from fakejax import sharding
@@ -42,7 +46,8 @@ class TrainingError(cli.UserError):
 
 
 # ---------------------------------------------------------------------------
-# The task: binary real/fake, or attribution among the dataset's classes.
+# The task (binary real/fake, or attribution among the dataset's classes) and the records a run
+# trains and validates on.
 # ---------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Task:
@@ -97,6 +102,92 @@ def records(dataset, split, data_cfg):
   the reals they pair with, in data.train_categories, minus data.exclude_categories."""
   return dataset.select(split, tuple(data_cfg.train_sources), tuple(data_cfg.train_categories),
                         tuple(data_cfg.exclude_categories))
+
+
+def balance(indices, labels, seed):
+  """Oversamples every class up to the largest one (deterministic)."""
+  rng = np.random.default_rng(seed)
+  classes, counts = np.unique(labels, return_counts=True)
+  out = []
+  for c in classes:
+    idx = indices[labels == c]
+    extra = rng.choice(idx, counts.max() - len(idx)) if len(idx) < counts.max() else idx[:0]
+    out.append(np.concatenate([idx, extra]))
+  return np.sort(np.concatenate(out))
+
+
+def validation_source(dataset, data_cfg):
+  """(split, record indices or None) the validation examples come from.
+
+  The dataset's 'val' split; for datasets released without one, a seeded `data.val_fraction`
+  of train (held out of training by `train_indices`).
+
+  Raises:
+    datasets.DatasetError: before any training step, when there is neither.
+  """
+  if "val" in dataset.splits:
+    return "val", None
+  if not data_cfg.val_fraction:
+    raise datasets.DatasetError(
+        f"{dataset.path} has no 'val' split (it has {', '.join(dataset.splits)}); set "
+        "--config.data.val_fraction=0.1 to hold out a seeded part of train for validation")
+  return "train", np.flatnonzero(_held_out(dataset, data_cfg))
+
+
+def _held_out(dataset, data_cfg):
+  """Mask over the train split of the records set aside for validation (val_fraction)."""
+  n = len(dataset.index("train")["label"])
+  mask = np.zeros(n, bool)
+  if "val" not in dataset.splits and data_cfg.val_fraction:
+    rng = np.random.default_rng([data_cfg.seed, 7919])
+    mask[rng.permutation(n)[:int(round(n * data_cfg.val_fraction))]] = True
+  return mask
+
+
+def train_indices(dataset, data_cfg, split="train"):
+  """Record indices of the training subset the config asks for (`records`, less what
+  validation holds out, per-category subsets, class balance)."""
+  idx = records(dataset, split, data_cfg)
+  if split == "train":
+    idx = idx[~_held_out(dataset, data_cfg)[idx]]
+  if data_cfg.train_per_category:
+    idx = per_group_subset(idx, dataset.index(split), data_cfg.train_per_category, data_cfg.seed)
+  if data_cfg.balance:
+    idx = balance(idx, Task.from_config(data_cfg, dataset).labels(dataset, split, idx), data_cfg.seed)
+  return idx
+
+
+def per_group_subset(indices, index, n, seed):
+  """A seeded subset of `indices` with at most `n` records per (category, source), sorted.
+
+  Args:
+    indices: record indices of a split.
+    index: that split's index columns (Dataset.index).
+    n: records kept per group.
+    seed: subset seed.
+  """
+  rng = np.random.default_rng([seed, 6449])
+  groups = np.char.add(np.char.add(index["category"][indices].astype(str), "/"),
+                       index["source"][indices].astype(str))
+  keep = [rng.permutation(indices[groups == g])[:n] for g in np.unique(groups)]
+  return np.sort(np.concatenate(keep)) if keep else indices
+
+
+def train_iter(dataset, data_cfg, aug_cfg, global_batch, seed, *, indices=None, **kw):
+  """input_pipeline.make_train_iter over the run's training records (default: `train_indices`)
+  with its task's labels; `kw`: make_train_iter's process_index, process_count."""
+  indices = train_indices(dataset, data_cfg) if indices is None else indices
+  return input_pipeline.make_train_iter(dataset, data_cfg, aug_cfg, global_batch, seed, indices=indices,
+                                        label_key=Task.from_config(data_cfg, dataset).label_key, **kw)
+
+
+def evaluator_of(config, fn, mesh, task, *, batch_size=0, threads=0):
+  """The scoring.Evaluator a run's config scores `fn(x, valid)` with (validation, the held-out
+  test, the probe's features, evaluate, predict, explain, serve): batches of `batch_size`, else
+  eval_batch_size, else batch_size; data.image_size; `threads`, else eval_threads."""
+  return scoring.Evaluator(fn, mesh, batch_size or config.eval_batch_size or config.batch_size,
+                           config.data.image_size, threads=threads or config.eval_threads,
+                           has_real=task.has_real)
 
 
 # ---------------------------------------------------------------------------
@@ -248,10 +339,9 @@ class Run:
     self._folder = scoring.Folder(self.spec.graph, self.spec.preprocess, c.model.dtype)
     self.load(which)
     self.forward = self._folder.forward
-    self.batch = batch_size or c.eval_batch_size or c.batch_size
-    self.evaluator = scoring.Evaluator(lambda x, valid=None: self.forward(self.inference_state, x, valid),
-                                       self.mesh, self.batch, c.data.image_size,
-                                       threads=threads or c.eval_threads, has_real=self.task.has_real)
+    self.evaluator = evaluator_of(c, lambda x, valid=None: self.forward(self.inference_state, x, valid),
+                                  self.mesh, self.task, batch_size=batch_size, threads=threads)
+    self.batch = self.evaluator.batch
 
   @property
   def class_names(self):

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from fakejax import defaults
-from fakejax import input_pipeline
 from fakejax import models
+from fakejax import runs
 from fakejax import sharding
 from fakejax import training
 from fakejax.training import losses
@@ -62,7 +62,7 @@ def test_stage_one_is_the_contrastive_loss_on_d1_and_stage_two_leaves_d1_untouch
   mesh = sharding.make_mesh()
   ts = training.TrainState.for_config(c, 2, 0, mesh)
   assert ts.total_steps == 83 and ts.stage_at(79) == 1 and ts.stage_at(80) == 2
-  it = input_pipeline.make_train_iter(tiny_synthetic, c.data, c.aug, 16, seed=0)
+  it = runs.train_iter(tiny_synthetic, c.data, c.aug, 16, seed=0)
   state = ts.init()
   step1, step2 = training.make_train_step(ts, 1), training.make_train_step(ts, 2)
   batch = next(it)

@@ -156,11 +156,11 @@ import fakejax
 for m in pkgutil.walk_packages(fakejax.__path__, "fakejax."):
   if not m.name.startswith("fakejax.serve"):
     importlib.import_module(m.name)
-from fakejax import datasets, defaults, input_pipeline
+from fakejax import datasets, defaults, runs
 ds = datasets.synthetic_dataset(sys.argv[1], size=32, counts=(("train", 2), ("val", 1), ("test", 1)))
 c = defaults.get_config()
 c.data.synthetic.size = c.data.image_size = 32
-next(input_pipeline.make_train_iter(ds, c.data, c.aug, 4, seed=0))
+next(runs.train_iter(ds, c.data, c.aug, 4, seed=0))
 dists = importlib.metadata.packages_distributions()
 print(json.dumps(sorted({d for name in list(sys.modules) for d in dists.get(name.split(".")[0], [])})))
 """

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from fakejax import augment
+from fakejax import datasets
 from fakejax import defaults
 from fakejax import input_pipeline
 from fakejax import runs
@@ -31,11 +32,11 @@ def test_process_shards_are_disjoint_cover_the_epoch_and_rebuild_the_global_batc
   order and augmentation draws), and an epoch's shards are disjoint and cover the data."""
   c = _cfg()
   c.aug.jpg_prob, c.aug.blur_prob = 0.5, 0.5
-  n = len(input_pipeline.train_indices(tiny_synthetic, c.data))
+  n = len(runs.train_indices(tiny_synthetic, c.data))
   steps = n // 16
-  one = _take(input_pipeline.make_train_iter(tiny_synthetic, c.data, c.aug, 16, seed=2, process_index=0,
+  one = _take(runs.train_iter(tiny_synthetic, c.data, c.aug, 16, seed=2, process_index=0,
                                              process_count=1), steps)
-  parts = [_take(input_pipeline.make_train_iter(tiny_synthetic, c.data, c.aug, 16, seed=2,
+  parts = [_take(runs.train_iter(tiny_synthetic, c.data, c.aug, 16, seed=2,
                                                 process_index=p, process_count=2), steps)
            for p in range(2)]
   seen = []
@@ -45,30 +46,30 @@ def test_process_shards_are_disjoint_cover_the_epoch_and_rebuild_the_global_batc
     assert not set(parts[0][s]["index"]) & set(parts[1][s]["index"])
     seen += list(joined["index"])
   assert len(seen) == len(set(seen)) == steps * 16  # No record twice within the epoch.
-  assert set(seen) <= set(input_pipeline.train_indices(tiny_synthetic, c.data))
+  assert set(seen) <= set(runs.train_indices(tiny_synthetic, c.data))
 
 
 def test_same_seed_same_batches_and_restore(tiny_synthetic):
   c = _cfg()
   c.aug.jpg_prob, c.aug.blur_prob = 0.5, 0.5
-  it = input_pipeline.make_train_iter(tiny_synthetic, c.data, c.aug, 8, seed=3)
+  it = runs.train_iter(tiny_synthetic, c.data, c.aug, 8, seed=3)
   first = _take(it, 3)
   state = it.get_state()
   after = _take(it, 3)
-  again = _take(input_pipeline.make_train_iter(tiny_synthetic, c.data, c.aug, 8, seed=3), 3)
+  again = _take(runs.train_iter(tiny_synthetic, c.data, c.aug, 8, seed=3), 3)
   assert _same(first, again)
-  other = _take(input_pipeline.make_train_iter(tiny_synthetic, c.data, c.aug, 8, seed=4), 3)
+  other = _take(runs.train_iter(tiny_synthetic, c.data, c.aug, 8, seed=4), 3)
   assert not _same(first, other)
-  fresh = input_pipeline.make_train_iter(tiny_synthetic, c.data, c.aug, 8, seed=3)
+  fresh = runs.train_iter(tiny_synthetic, c.data, c.aug, 8, seed=3)
   fresh.set_state(state)
   assert _same(after, _take(fresh, 3))
 
 
 def test_worker_processes_give_the_same_batches(tiny_synthetic):
   c = _cfg()
-  serial = _take(input_pipeline.make_train_iter(tiny_synthetic, c.data, c.aug, 8, seed=1), 4)
+  serial = _take(runs.train_iter(tiny_synthetic, c.data, c.aug, 8, seed=1), 4)
   c.data.workers = 2
-  it = input_pipeline.make_train_iter(tiny_synthetic, c.data, c.aug, 8, seed=1)
+  it = runs.train_iter(tiny_synthetic, c.data, c.aug, 8, seed=1)
   try:
     assert _same(serial, _take(it, 4))
   finally:
@@ -77,15 +78,15 @@ def test_worker_processes_give_the_same_batches(tiny_synthetic):
 
 def test_validation_fraction_is_held_out_of_training(tiny_synthetic):
   c = _cfg(train_sources=())
-  with pytest.raises(input_pipeline.reader.DatasetError, match="val_fraction"):
-    input_pipeline.validation_source(_NoVal(tiny_synthetic), c.data)
+  with pytest.raises(datasets.DatasetError, match="val_fraction"):
+    runs.validation_source(_NoVal(tiny_synthetic), c.data)
   c.data.val_fraction = 0.25
-  split, held = input_pipeline.validation_source(_NoVal(tiny_synthetic), c.data)
-  train = input_pipeline.train_indices(_NoVal(tiny_synthetic), c.data)
+  split, held = runs.validation_source(_NoVal(tiny_synthetic), c.data)
+  train = runs.train_indices(_NoVal(tiny_synthetic), c.data)
   total = len(tiny_synthetic.index("train")["label"])
   assert split == "train" and len(held) == round(0.25 * total)
   assert not set(held) & set(train) and len(held) + len(train) == total
-  again = input_pipeline.validation_source(_NoVal(tiny_synthetic), c.data)[1]
+  again = runs.validation_source(_NoVal(tiny_synthetic), c.data)[1]
   assert np.array_equal(held, again)  # Seeded.
 
 
@@ -102,11 +103,11 @@ class _NoVal:
 
 def test_train_subset_and_balance(tiny_synthetic):
   c = _cfg(train_sources=("pixel_shuffle",))
-  idx = input_pipeline.train_indices(tiny_synthetic, c.data)
+  idx = runs.train_indices(tiny_synthetic, c.data)
   src = tiny_synthetic.index("train")["source"][idx]
   assert set(src) == {"real", "pixel_shuffle"}
   c = _cfg(train_sources=(), balance=True)
-  idx = input_pipeline.train_indices(tiny_synthetic, c.data)
+  idx = runs.train_indices(tiny_synthetic, c.data)
   labels = tiny_synthetic.index("train")["label"][idx]
   assert (labels == 0).sum() == (labels == 1).sum() == 4 * 3 * 8  # Reals oversampled to 96.
 
@@ -114,13 +115,13 @@ def test_train_subset_and_balance(tiny_synthetic):
 def test_attribution_labels(tiny_synthetic):
   c = _cfg(task="attribution", train_sources=())
   assert runs.Task.from_config(c.data, tiny_synthetic).num_classes == 5
-  batch = next(input_pipeline.make_train_iter(tiny_synthetic, c.data, c.aug, 64, seed=0))
+  batch = next(runs.train_iter(tiny_synthetic, c.data, c.aug, 64, seed=0))
   assert set(batch["label"]) <= set(range(5)) and len(set(batch["label"])) > 2
 
 
 def test_patch_mode(tiny_synthetic):
   c = _cfg(patches_per_image=3, patch_size=16)
-  batch = next(input_pipeline.make_train_iter(tiny_synthetic, c.data, c.aug, 4, seed=0))
+  batch = next(runs.train_iter(tiny_synthetic, c.data, c.aug, 4, seed=0))
   assert batch["image"].shape == (12, 16, 16, 3)
   assert (batch["label"].reshape(4, 3) == batch["label"][::3, None]).all()
 
@@ -217,11 +218,11 @@ def test_pairs_come_whole_and_are_augmented_alike(tmp_path):
   ds, _ = datasets.prepare_folder(str(tmp_path / "aligned"), str(tmp_path / "ds"), workers=0)
   c = _cfg(pairs=True, train_sources=(), too_small="pad")
   c.aug.jpg_prob, c.aug.blur_prob, c.aug.flip = 0.5, 0.5, 0.5
-  idx = input_pipeline.train_indices(ds, c.data)
+  idx = runs.train_indices(ds, c.data)
   pairs = input_pipeline.pairs_of(ds, idx)
   paths = ds.index("train")["path"]
   assert len(pairs) == 11 and all(paths[r].replace("0_real", "1_fake") == paths[f] for r, f in pairs)
-  batches = _take(input_pipeline.make_train_iter(ds, c.data, c.aug, 6, seed=0), 8)
+  batches = _take(runs.train_iter(ds, c.data, c.aug, 6, seed=0), 8)
   seen = set()
   for b in batches:
     assert list(b["label"]) == [0, 1] * 3
@@ -231,7 +232,7 @@ def test_pairs_come_whole_and_are_augmented_alike(tmp_path):
   assert len(seen) > 12  # Different pairs, not one repeated.
   # Without pairs the twins are augmented apart: the test above can fail.
   c.data.pairs = False
-  b = next(input_pipeline.make_train_iter(ds, c.data, c.aug, 22, seed=0))
+  b = next(runs.train_iter(ds, c.data, c.aug, 22, seed=0))
   by_path = {paths[i]: im for i, im in zip(b["index"], b["image"])}
   twins = [(by_path[p], by_path[p.replace("0_real", "1_fake")]) for p in by_path
            if "0_real" in p and p.replace("0_real", "1_fake") in by_path]
@@ -241,7 +242,7 @@ def test_pairs_come_whole_and_are_augmented_alike(tmp_path):
 def test_pairs_need_an_aligned_dataset(tiny_synthetic):
   c = _cfg(pairs=True)
   with pytest.raises(input_pipeline.cli.UserError, match="no real .* has an aligned fake"):
-    input_pipeline.make_train_iter(tiny_synthetic, c.data, c.aug, 8, seed=0)
+    runs.train_iter(tiny_synthetic, c.data, c.aug, 8, seed=0)
 
 
 def test_dda_mixes_by_hand():
@@ -277,7 +278,7 @@ def test_pairs_mix_the_fake_with_its_own_real(tmp_path, kind):
   c = _cfg(pairs=True, train_sources=())
   c.aug.flip, c.aug.crop = 0.0, "center"
   c.aug[f"{kind}_mix_prob"] = 1.0
-  b = next(input_pipeline.make_train_iter(ds, c.data, c.aug, 12, seed=0))
+  b = next(runs.train_iter(ds, c.data, c.aug, 12, seed=0))
   paths = ds.index("train")["path"]
   weights = []
   for real, mixed, i in zip(b["image"][0::2], b["image"][1::2], b["index"][0::2]):
@@ -294,4 +295,4 @@ def test_pairs_mix_the_fake_with_its_own_real(tmp_path, kind):
     assert min(weights) >= 0.2 - 0.01  # The real's weight is U(0, 0.8): the fake's at least 0.2.
   c.data.pairs = False
   with pytest.raises(input_pipeline.cli.UserError, match="set data.pairs"):
-    input_pipeline.make_train_iter(ds, c.data, c.aug, 12, seed=0)
+    runs.train_iter(ds, c.data, c.aug, 12, seed=0)

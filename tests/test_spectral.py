@@ -14,7 +14,6 @@ from sklearn.linear_model import LogisticRegression
 from fakejax import cli
 from fakejax import defaults
 from fakejax import explain
-from fakejax import input_pipeline
 from fakejax import metrics as metrics_lib
 from fakejax import models
 from fakejax import runs
@@ -76,7 +75,7 @@ def test_a_spectral_run_is_scikit_learn_on_the_features(make_config, tmp_path):
   training.train_and_evaluate(c, str(tmp_path / "run"))
   data = training.open_data(c)
   ds = data.dataset
-  tr = np.random.default_rng(c.data.seed).permutation(input_pipeline.train_indices(ds, c.data))[:40]
+  tr = np.random.default_rng(c.data.seed).permutation(runs.train_indices(ds, c.data))[:40]
   feats = lambda split, idx: np.stack([reference_log_spectrum(ds.decode(ds.source(split)[int(i)]), 32).ravel()
                                        for i in idx])
   x = feats("train", tr)

@@ -20,9 +20,8 @@ from tests.conftest import train_losses
 from fakejax import checkpoint
 from fakejax import datasets
 from fakejax import defaults
-from fakejax import runs
-from fakejax import input_pipeline
 from fakejax import models
+from fakejax import runs
 from fakejax import sharding
 from fakejax import train
 from fakejax import training
@@ -31,7 +30,7 @@ from fakejax.training import optim as optim_lib
 def test_eight_devices_equal_one_device(make_config, tiny_synthetic):
   """3 SGD steps: same parameters and BatchNorm statistics on a 8-device and a 1-device mesh."""
   config = make_config(**{"optim.name": "sgd", "optim.lr": 0.01, "model.dropout": 0.5})
-  batches = input_pipeline.make_train_iter(tiny_synthetic, config.data, config.aug, 16, seed=0)
+  batches = runs.train_iter(tiny_synthetic, config.data, config.aug, 16, seed=0)
   batches = [next(batches) for _ in range(3)]
   results = []
   for devices in (jax.devices(), jax.devices()[:1]):
@@ -56,7 +55,7 @@ def test_accumulated_micro_batches_make_the_whole_batch_update(make_config, tiny
   """accumulate_steps=4: the same update as one step on the whole batch. DeepFD's second stage
   trains only D2, which has no BatchNorm (D1 is frozen in eval mode), so nothing depends on how
   the batch is cut."""
-  batch = next(input_pipeline.make_train_iter(tiny_synthetic, make_config().data, make_config().aug, 16,
+  batch = next(runs.train_iter(tiny_synthetic, make_config().data, make_config().aug, 16,
                                               seed=0))
   out = []
   for k in (1, 4):
@@ -96,7 +95,7 @@ def test_bf16_step_follows_float32(make_config, tiny_synthetic):
   moves the float32 parameters the same way."""
   mesh = sharding.make_mesh()
   c = make_config()
-  batch = next(input_pipeline.make_train_iter(tiny_synthetic, c.data, c.aug, 16, seed=0))
+  batch = next(runs.train_iter(tiny_synthetic, c.data, c.aug, 16, seed=0))
   flat = lambda tree: np.concatenate([np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(tree)])
   loss, update = {}, {}
   for dtype in ("float32", "bfloat16"):
@@ -317,7 +316,7 @@ def test_every_config_runs_one_tiny_step(path, make_config):
   dataset = datasets.open_dataset(c.data)
   num_classes = runs.Task.from_config(c.data, dataset).num_classes
   images = c.batch_size // max(c.data.patches_per_image, 1)
-  batch = next(input_pipeline.make_train_iter(dataset, c.data, c.aug, images, seed=0))
+  batch = next(runs.train_iter(dataset, c.data, c.aug, images, seed=0))
   assert batch["image"].shape == (16, c.data.image_size, c.data.image_size, 3)
   mesh = sharding.make_mesh()
   ts = training.TrainState.for_config(c, num_classes, 10, mesh)

@@ -104,10 +104,10 @@ def train(ctx):
     raise cli.UserError(f"model.cached_features probes a pretrained backbone: set model.init_from "
                         f"(e.g. clip:open_clip_model.safetensors for {config.model.name})")
   forward = feature_forward(ts.spec)
-  evaluator = scoring.Evaluator(lambda x, valid=None: forward(ctx.state["model"], x, valid), ctx.mesh,
-                                config.eval_batch_size or config.batch_size, config.data.image_size,
-                                threads=config.eval_threads, has_real=data.task.has_real)
-  splits = (("train", probe_records(config, data.train_idx)), (data.val_split, data.val_idx))
+  evaluator = runs.evaluator_of(config, lambda x, valid=None: forward(ctx.state["model"], x, valid), ctx.mesh,
+                                data.task)
+  train_idx = probe_records(data.train_idx, config.probe.get("max_records", 0), config.data.seed)
+  splits = (("train", train_idx), (data.val_split, data.val_idx))
   feats = {s: cached_features(config, evaluator, data.dataset, s, idx, ts.preprocess) for s, idx in splits}
   labels = {s: data.task.labels(data.dataset, s, idx) for s, idx in splits}
   train_set, val_set = [(feats[s], labels[s]) for s, _ in splits]
@@ -127,11 +127,10 @@ def train(ctx):
   return ctx.state, step, reason
 
 
-def probe_records(config, train_idx):
-  """The training records the head is fitted on: all, or probe.max_records of them drawn with
-  data.seed."""
-  n = config.probe.get("max_records", 0)
-  return np.random.default_rng(config.data.seed).permutation(train_idx)[:n] if n else train_idx
+def probe_records(train_idx, max_records, seed):
+  """The training records the head is fitted on: all (max_records 0), or probe.max_records of
+  them drawn with data.seed."""
+  return np.random.default_rng(seed).permutation(train_idx)[:max_records] if max_records else train_idx
 
 
 def fit_logistic(head, train, val, config, *, class_names, best, log=None):
@@ -207,7 +206,7 @@ def train_head(head, train, val, config, *, class_names, best, log=None):
                         f"(probe.lr_drop_patience); set optim.schedule='constant', not {config.optim.schedule!r}")
   plateau = _Plateau(config.probe.lr_drop_patience, config.optim.lr)
   opt = nnx.Optimizer(head, optim_lib.create_adjustable_optimizer(config.optim, config.optim.lr), wrt=nnx.Param)
-  update, probabilities = _head_programs(config)
+  update, probabilities = _head_programs(config.model.single_logit, config.label_smoothing)
   kept, reason, step, n, bs = None, "num_epochs", 0, len(x_train), config.batch_size
   for epoch in range(1, config.num_epochs + 1):
     order = np.random.default_rng([config.data.seed, epoch]).permutation(n)
@@ -242,17 +241,15 @@ def _head_logits(head, x, single_logit):
   return jnp.concatenate([jnp.zeros_like(z), z], -1) if single_logit else z
 
 
-def _head_programs(config):
+def _head_programs(single, label_smoothing):
   """The head's jitted update (one batch at a learning rate; returns the loss) and its class
-  probabilities; a single-logit head z scores as [0, z]."""
-  single = config.model.single_logit
-
+  probabilities; a single-logit head z (model.single_logit) scores as [0, z]."""
   logits_of = lambda head, x: _head_logits(head, x, single)
 
   @nnx.jit
   def update(head, opt, x, y, lr):
     loss, grads = nnx.value_and_grad(
-        lambda h: losses.classification_loss(logits_of(h, x), y, config.label_smoothing))(head)
+        lambda h: losses.classification_loss(logits_of(h, x), y, label_smoothing))(head)
     opt.opt_state.hyperparams["learning_rate"][...] = lr
     opt.update(head, grads)
     return loss

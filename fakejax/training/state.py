@@ -17,6 +17,9 @@ class TrainState:
   eval modes of its parts come from the strategy (training.strategies); each stage has its own
   optimizer.
 
+  The config is read here, once: the step (training.step) takes what it needs from the state
+  (`seed`, `dtype`, `accumulate_steps`, the strategy, the schedules), not from the config.
+
   Args:
     config: the run's config.
     strategy: a training.strategies strategy.
@@ -26,7 +29,10 @@ class TrainState:
   """
 
   def __init__(self, config, strategy, num_classes, mesh, steps_per_epoch=1):
-    self.config, self.strategy = config, strategy
+    self.strategy = strategy
+    self.seed = config.seed  # The default seed of the dropout masks (the step takes it as an argument).
+    self.dtype = models.resolve_dtype(config.model.dtype)  # The compute dtype.
+    self.accumulate_steps = max(config.optim.accumulate_steps, 1)  # Micro-batches per update.
     self.replicated = sharding.replicated(mesh)
     self.spec = runs.model_spec(config.model, num_classes, mesh)
     self.preprocess = self.spec.preprocess

@@ -17,22 +17,21 @@ def _micro_batches(x, k):
 def make_train_step(ts, stage=0):
   """The jitted, donating update step of a stage: (state, batch[, seed]) -> (state, metrics).
 
-  The loss is the strategy's for the stage (ts.strategy.loss). `seed` (default: the config's)
+  The loss is the strategy's for the stage (ts.strategy.loss). `seed` (default: the run's, ts.seed)
   seeds the dropout masks; passed as an argument it is traced, so runs that differ only in their
   seed reuse one compiled program.
 
-  With optim.accumulate_steps = k > 1 the batch is split into k micro-batches whose
-  gradients are averaged before one update (the same update as the whole batch when nothing
-  depends on the batch composition; BatchNorm statistics do): activations of a micro-batch
-  at a time, for high-resolution inputs.
+  With optim.accumulate_steps = k > 1 (ts.accumulate_steps) the batch is split into k
+  micro-batches whose gradients are averaged before one update (the same update as the whole
+  batch when nothing depends on the batch composition; BatchNorm statistics do): activations of
+  a micro-batch at a time, for high-resolution inputs.
   """
-  cfg = ts.config
-  dtype = jnp.dtype(models.resolve_dtype(cfg.model.dtype))
+  dtype = jnp.dtype(ts.dtype)
   opt_name = ts.optimizer_name(stage)
-  accumulate = max(cfg.optim.accumulate_steps, 1)
+  accumulate = ts.accumulate_steps
   wrt = ts.strategy.wrt(stage)
 
-  def train_step(state, batch, seed=cfg.seed):
+  def train_step(state, batch, seed=ts.seed):
     modules = nnx.merge(ts.train_defs[stage], state)
     model, opt = modules["model"], modules[opt_name]
     # Dropout randomness is a function of (seed, step): a resumed run draws the same masks.

@@ -8,8 +8,8 @@
   CachedProbe  the head alone on the frozen backbone's features, computed once and cached
                (UnivFD; training.probe): no step loop at all.
 
-`for_config` picks one; the loop (training.loop.run_steps), TrainState and the step ask it, and
-none of them branches on the model.
+`for_config` picks one and reads the config keys it needs once; the loop (training.loop.run_steps),
+TrainState and the step ask it, and none of them branches on the model.
 """
 
 from flax import nnx
@@ -35,8 +35,7 @@ class Standard:
   """One stage (0) of `total_steps`, cross-entropy, model.transfer's parameters."""
 
   def __init__(self, config, total_steps):
-    self.config = config
-    self.transfer = config.model.transfer
+    self.transfer, self.label_smoothing = config.model.transfer, config.label_smoothing
     if self.transfer not in optim_lib.TRANSFER_MODES:
       raise cli.UserError(f"Unknown model.transfer {self.transfer!r}; known: "
                           f"{', '.join(optim_lib.TRANSFER_MODES)}")
@@ -69,7 +68,7 @@ class Standard:
     """(mean loss, metrics) of preprocessed inputs `x` at `stage`; `key` seeds the dropout."""
     del stage
     logits = model(x, rngs=key)
-    loss = losses.classification_loss(logits, labels, self.config.label_smoothing)
+    loss = losses.classification_loss(logits, labels, self.label_smoothing)
     return loss, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
 
   def train(self, ctx):
@@ -89,20 +88,21 @@ class Staged(Standard):
     fd = config.deepfd
     self.first, self.second = models.deepfd.DeepFD.stages
     self.stages = {1: fd.stage1_steps, 2: fd.stage2_steps}
+    self.freeze_d1, self.margin = fd.freeze_d1, fd.margin
 
   def wrt(self, stage):
     if stage == 1:
       return nnx.All(nnx.Param, nnx.PathContains(self.first))
-    return nnx.All(nnx.Param, nnx.PathContains(self.second)) if self.config.deepfd.freeze_d1 else nnx.Param
+    return nnx.All(nnx.Param, nnx.PathContains(self.second)) if self.freeze_d1 else nnx.Param
 
   def set_train_modes(self, model, stage):
     model.train()
-    if stage == 2 and self.config.deepfd.freeze_d1:
+    if stage == 2 and self.freeze_d1:
       model.d1.eval()  # Frozen: D1's BatchNorm statistics must not move either.
 
   def loss(self, stage, model, x, labels, key):
     if stage == 1:
-      loss, d_same, d_other = losses.contrastive_loss(model.embed(x), labels, self.config.deepfd.margin)
+      loss, d_same, d_other = losses.contrastive_loss(model.embed(x), labels, self.margin)
       return loss, {"dist_same": d_same, "dist_other": d_other}
     return super().loss(stage, model, x, labels, key)
 

@@ -57,7 +57,7 @@ def open_data(config):
   d = config.data
   task = runs.Task.from_config(d, dataset)
   # Checked before the first step: a dataset without validation fails now, not after an epoch.
-  val_split, val_pool = input_pipeline.validation_source(dataset, d)
+  val_split, val_pool = runs.validation_source(dataset, d)
   val_idx = runs.records(dataset, val_split, d)
   if val_pool is not None:
     val_idx = np.intersect1d(val_idx, val_pool)
@@ -65,10 +65,11 @@ def open_data(config):
     raise cli.UserError(f"batch_size {config.batch_size} must be a multiple of patches_per_image "
                         f"{d.patches_per_image}")
   images_per_step = config.batch_size // max(d.patches_per_image, 1)
-  train_idx = input_pipeline.train_indices(dataset, d)
+  train_idx = runs.train_indices(dataset, d)
   return Data(dataset, task, train_idx, val_split, val_idx, images_per_step,
               max(len(train_idx) // images_per_step, 1),
-              input_pipeline.make_train_iter(dataset, d, config.aug, images_per_step, d.seed, indices=train_idx),
+              input_pipeline.make_train_iter(dataset, d, config.aug, images_per_step, d.seed, indices=train_idx,
+                                             label_key=task.label_key),
               d.val_fraction if val_pool is not None else 0.0)
 
 
@@ -95,9 +96,7 @@ def score_records(folder, model_state, mesh, config, data, split, *, indices, de
   """The report row of the model on some records of a split, scored like evaluate, predict and
   serve score: the inference model (scoring.Folder: BatchNorm folded) in the config's 'full' view."""
   forward, state = folder(model_state)
-  ev = scoring.Evaluator(lambda x, valid=None: forward(state, x, valid), mesh,
-                         config.eval_batch_size or config.batch_size, config.data.image_size,
-                         threads=config.eval_threads, has_real=data.task.has_real)
+  ev = runs.evaluator_of(config, lambda x, valid=None: forward(state, x, valid), mesh, data.task)
   view = runs.full_view(config.data)
   bar = tqdm.tqdm(total=len(indices), desc=desc, unit="img", leave=False,
                   disable=desc is None or not processes.is_main())
