@@ -15,7 +15,7 @@ centres) and scaled to a maximum of 1. The class is the predicted one (p_fake >=
 threshold for binary runs, the arg-max otherwise) or the one named by --class. The gradient
 with respect to the activation comes from the models' `taps`: the chosen layer returns
 A + 0 and the logits are differentiated with respect to that 0. One jitted function per batch
-shape (jit's cache), batches from the one evaluation path (fakejax.evaluator), the 'full' view
+shape (jit's cache), batches from the one evaluation path (fakejax.scoring), the 'full' view
 (the training crop) by default or --mode whole.
 
 Layer names (--list_layers prints them with their shapes). The default is the model's

@@ -209,10 +209,6 @@ class ModelSpec:
   dtype: str
 
 
-def preprocess_of(model_cfg):
-  return models.resolve_preprocess(model_cfg.name, model_cfg.preprocess, front=model_cfg.front)
-
-
 def model_spec(model_cfg, num_classes, mesh):
   """The ModelSpec of a config's `model` block with `num_classes` logits."""
   model = nnx.eval_shape(lambda: models.from_config(model_cfg, num_classes))
@@ -220,12 +216,14 @@ def model_spec(model_cfg, num_classes, mesh):
   graph, state = nnx.split(model)
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.replicated(mesh)), state)
-  return ModelSpec(graph, abstract, preprocess_of(model_cfg), model_cfg.dtype)
+  preprocess = models.resolve_preprocess(model_cfg.name, model_cfg.preprocess, front=model_cfg.front)
+  return ModelSpec(graph, abstract, preprocess, model_cfg.dtype)
 
 
 def view_of(data_cfg, mode="full", preset="", **kw):
   """A scoring.View with a config's crop, eval resize and too-small policy; a `preset`
-  (scoring.PRESETS) sets its own mode, crop, resize and padding over those and over `kw`."""
+  (scoring.PRESETS) sets its own mode, crop, resize and padding over those and over `kw`. The
+  default, 'full', is the evaluation crop that validation and the probe's features use."""
   settings = dict(crop=data_cfg.image_size, too_small=data_cfg.too_small, resize=data_cfg.eval_resize, **kw)
   if preset:
     if preset not in scoring.PRESETS:
@@ -233,11 +231,6 @@ def view_of(data_cfg, mode="full", preset="", **kw):
     settings.update(scoring.PRESETS[preset])
     mode = settings.pop("mode")
   return scoring.View(mode, **settings)
-
-
-def full_view(data_cfg):
-  """The 'full' view of a config: the evaluation crop that validation and the probe's features use."""
-  return view_of(data_cfg, "full")
 
 
 # ---------------------------------------------------------------------------

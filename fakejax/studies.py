@@ -301,7 +301,7 @@ def entry(main):
 
 
 # ---------------------------------------------------------------------------
-# Test sets and scoring (fakejax.evaluator does every forward pass and decision).
+# Test sets and scoring (fakejax.scoring does every forward pass and decision).
 # ---------------------------------------------------------------------------
 def test_set(dataset, split, name, sources, categories=(), exclude=()):
   """(name, record indices): the fakes of `sources` with the reals they pair with, in the

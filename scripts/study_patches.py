@@ -11,7 +11,7 @@ raises accuracy further; patches help most on unseen content and unseen generato
 
 One model per patch size P (the largest, the image size, is whole-image detection), trained on
 K random PxP patches per image (data.patches_per_image). Every validation checkpoint is kept and
-scored on the test split under each image-level rule (fakejax.evaluator):
+scored on the test split under each image-level rule (fakejax.scoring):
   Tab. 1  patch-level validation accuracy (the centre PxP patch of each validation image);
   Tab. 2  non-overlapping grid patches, majority vote (a tie is fake);
   Tab. 3  K random patches, majority vote (odd K);

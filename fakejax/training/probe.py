@@ -78,7 +78,7 @@ def cached_features(config, evaluator, dataset, split, indices, preprocess):
     with np.load(path) as f:
       logging.info("Features of %d %s records from %s", len(indices), split, path)
       return f["features"]
-  results = evaluator.run(*scoring.dataset_reader(dataset, split, indices), runs.full_view(config.data))
+  results = evaluator.run(*scoring.dataset_reader(dataset, split, indices), runs.view_of(config.data))
   bad = [r.error for r in results if r.error]
   if bad:
     raise cli.UserError(f"{len(bad)} record(s) of {split} could not be scored, e.g.: {bad[0]}")

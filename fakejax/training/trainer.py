@@ -97,7 +97,7 @@ def score_records(folder, model_state, mesh, config, data, split, *, indices, de
   serve score: the inference model (scoring.Folder: BatchNorm folded) in the config's 'full' view."""
   forward, state = folder(model_state)
   ev = runs.evaluator_of(config, lambda x, valid=None: forward(state, x, valid), mesh, data.task)
-  view = runs.full_view(config.data)
+  view = runs.view_of(config.data)
   bar = tqdm.tqdm(total=len(indices), desc=desc, unit="img", leave=False,
                   disable=desc is None or not processes.is_main())
   scored = scoring.score_sets(ev, [(data.dataset, split, indices)], view, data.task.label_key, split,
