@@ -1,8 +1,9 @@
 """The graph a GPU compiles, exported for CUDA on this CPU host (jax.export, platforms=['cuda']):
 each architecture's bf16 train step and its inference forward (BatchNorm folded), with the
-kernel switch on 'auto' as a user's run has it. Checked: every convolution and matmul has bf16
-operands, no host callback or CPU kernel (custom_call) is embedded, the train step donates its
-state, and model.dtype='auto' resolves to bf16 off the CPU."""
+kernel switch on 'auto' as a user's run has it (DINOv2 as DDA trains it: LoRA adapters and the
+head), and the aligned-data step's autoencoder reconstruction (fakejax.aligned, bf16). Checked:
+every convolution and matmul has bf16 operands, no host callback or CPU kernel (custom_call) is
+embedded, the train step donates its state, and model.dtype='auto' resolves to bf16 off the CPU."""
 
 import re
 
@@ -12,12 +13,14 @@ import jax.numpy as jnp
 import pytest
 
 from tests.conftest import head_dot
+from fakejax import aligned
 from fakejax import defaults
 from fakejax import scoring
 from fakejax import models
 from fakejax import sharding
 from fakejax import training
 from fakejax.models import cpu_kernels
+from fakejax.models import vae
 
 ARCHS = {
     "xception": dict(width=0.125, middle_blocks=1),
@@ -27,7 +30,12 @@ ARCHS = {
     "bit_resnet50": dict(width=0.125),
     "deepfd": dict(),
     "clip_vit_tiny": dict(single_logit=True),
+    "resnet50_nodown": dict(width=0.125),  # AlignedForensics' res50nodown.
+    "dinov2_vit_tiny": dict(single_logit=True, lora_rank=2, transfer="lora"),  # DDA's shape, tiny.
 }
+# Else 32 px. DINOv2 at its native grid: resampling the positional embedding to another grid is
+# two small float32 matmuls by design (timm's, in float32), which the bf16 check would count.
+SIZES = {"clip_vit_tiny": 64, "dinov2_vit_tiny": 126}
 
 
 def _config(name, kw):
@@ -35,7 +43,7 @@ def _config(name, kw):
   c.model.name, c.model.dtype, c.model.dropout = name, "bfloat16", 0.0
   for k, v in kw.items():
     c.model[k] = v
-  c.data.image_size = 64 if name == "clip_vit_tiny" else 32
+  c.data.image_size = SIZES.get(name, 32)
   c.batch_size = 8
   return c
 
@@ -62,17 +70,36 @@ def test_bf16_train_and_eval_export_for_cuda(name):
     forward, folded = fold(nnx.state(models.from_config(c.model, 2)))  # Folding needs values.
     fwd = jax.export.export(forward, platforms=["cuda"])(folded, batch["image"])
   for what, exp in (("train", step), ("eval", fwd)):
-    text = exp.mlir_module()
-    assert exp.platforms == ("cuda",)
-    sigs = _conv_and_dot_signatures(text)
-    assert sigs, what
-    fp32 = [sig for sig in sigs if "bf16" not in sig]
-    assert not fp32, (what, fp32[:3])
-    assert any(head_dot(l) for l in text.splitlines()), what  # The head's logits: float32.
-    assert "custom_call" not in text, (what, re.findall(r"custom_call @\w+", text)[:5])
-    for sync in ("callback", "outfeed", "infeed"):
-      assert not re.search(rf"\b{sync}\b", text), (what, sync)
+    _check_cuda_bf16(what, exp)
+    assert any(head_dot(l) for l in exp.mlir_module().splitlines()), what  # The head's logits: float32.
   assert "jax.buffer_donor" in step.mlir_module() or "tf.aliasing_output" in step.mlir_module()
+
+
+def _check_cuda_bf16(what, exp):
+  """An export for CUDA whose convolutions and matmuls (but a head's) are bf16, with no CPU kernel
+  (custom_call) and no host callback or feed."""
+  text = exp.mlir_module()
+  assert exp.platforms == ("cuda",)
+  sigs = _conv_and_dot_signatures(text)
+  assert sigs, what
+  fp32 = [sig for sig in sigs if "bf16" not in sig]
+  assert not fp32, (what, fp32[:3])
+  assert "custom_call" not in text, (what, re.findall(r"custom_call @\w+", text)[:5])
+  for sync in ("callback", "outfeed", "infeed"):
+    assert not re.search(rf"\b{sync}\b", text), (what, sync)
+
+
+@pytest.mark.parametrize("latent", ["sample", "mode"])
+def test_aligned_reconstruction_exports_for_cuda_in_bf16(latent):
+  """The aligned-data step's jitted encode -> (draw) -> decode of a batch, as `python -m
+  fakejax.aligned --dtype bfloat16` runs it on a GPU: the convolutions and the mid-block's
+  attention matmuls in bf16 (GroupNorm and the softmax stay float32 by design), no CPU kernel."""
+  rec = aligned.Reconstructor(vae.create("small", dtype=jnp.bfloat16), latent=latent)
+  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(jnp.arange(4))
+  exp = jax.export.export(rec._run, platforms=["cuda"])(  # pylint: disable=protected-access
+      jax.eval_shape(lambda: rec._state), jax.ShapeDtypeStruct((4, 32, 32, 3), jnp.uint8), keys)  # pylint: disable=protected-access
+  _check_cuda_bf16("reconstruction", exp)
+  assert exp.out_avals[0].shape == (4, 32, 32, 3) and exp.out_avals[0].dtype == jnp.uint8
 
 
 def test_dtype_auto_is_bf16_on_accelerators_and_float32_on_cpu():
