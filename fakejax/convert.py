@@ -9,6 +9,7 @@ r"""ImageNet weights from the files users already have: Keras H5, torchvision st
   python -m fakejax.convert --from cnndetection blur_jpg_prob0.5.pth RUN
   python -m fakejax.convert --from univfd fc_weights.pth RUN --clip open_clip_model.safetensors
   python -m fakejax.convert --from dda ckpt.pth RUN          # DINOv2 ViT-L/14 + LoRA + fc, whole
+  python -m fakejax.convert --from bfree weights/BFREE_dino2reg4 RUN   # B-Free's released folder
   python -m fakejax.convert --from clip --model clip_vit_l14 open_clip_model.safetensors OUT
   python -m fakejax.convert --from timm_dinov2 --model dinov2_vit_l14 model.safetensors|.pth OUT
 
@@ -18,7 +19,7 @@ run's workdir works too). The classification head is never converted: it is
 built for the configured number of classes. Everything else must match
 exactly, or the error names every mismatched parameter.
 
-The released detectors (`--from npr|safe|cnndetection|univfd|dda`, no --model) convert whole, head included,
+The released detectors (`--from npr|safe|cnndetection|univfd|dda|bfree`, no --model) convert whole, head included,
 into a run folder that `evaluate`, `predict`, `explain` and `serve` load like a trained run: the
 architecture, input front-end, preprocessing, class order (real, fake) and threshold 0.5 are
 recorded in its config.json, the repository's test preset in its run.json (`evaluate` uses it
@@ -28,6 +29,10 @@ fc_weights.pth is the state dict of its linear head alone ('weight' 1x768, 'bias
 encoder comes from --clip: open_clip's ViT-L-14 `open_clip_model.safetensors` (keys 'visual.*',
 no PyTorch needed) or OpenAI's TorchScript `ViT-L-14.pt` (PyTorch). DDA's checkpoint wraps its
 DINOv2ModelWithLoRA's state dict as {'model': ..., 'optimizer': ..., 'total_steps': ...} (from_timm_dinov2).
+B-Free's weights folder (BFREE_dino2reg4/: config.yaml naming the architecture, the input
+normalisation and the weight file, model_epoch_best.pth) holds its Wrapper5crops' timm ViT saved
+at the 504 px window: a 36 x 36 positional embedding, kept as it is (model.pos_embed_size), and the
+one-logit timm `head`; its test is preset 'bfree' (five 504 px windows, logits averaged).
 
 Keras files are read in the legacy H5 layout of the Keras applications weight
 files (also what `model.save('file.h5')` writes): layers by name, weights in
@@ -361,11 +366,15 @@ def _dinov2_tokens(sd):
   return out
 
 
-def from_timm_dinov2(sd):
+def from_timm_dinov2(sd, head="fc"):
   """{our parameter path: array} of a DINOv2 ViT (models.dinov2) from a state dict of timm's
   `vit_*_patch14_dinov2` / `*_reg4_dinov2`, of the facebookresearch hub's `dinov2_vit*14_pretrain.pth`
   / `*_reg4_pretrain.pth`, of Hugging Face's Dinov2Model / Dinov2WithRegistersModel, or of DDA's
-  checkpoint (its LoRA factors and its `fc` head included). Classifiers other than DDA's are left out."""
+  checkpoint (its LoRA factors and its `fc` head included). `head`: the classifier kept, 'fc' (DDA's)
+  or 'head' (timm's, B-Free's); other classifiers are left out."""
+  top = {k: v for k, v in _DINOV2_TOP.items() if not k.startswith("fc.")}
+  top.update({f"{head}.weight": "head/kernel", f"{head}.bias": "head/bias"})
+  dropped = tuple(k for k in _DINOV2_DROPPED if k not in top)
   sd = _dinov2_timm_names(sd)
   if "cls_token" not in sd or "pos_embed" not in sd:
     raise ConversionError("Not a DINOv2 ViT state dict: no cls_token / pos_embed (nor Hugging Face's "
@@ -374,12 +383,12 @@ def from_timm_dinov2(sd):
   for key, value in sd.items():
     m = re.fullmatch(r"blocks\.(\d+)\.(norm[12]|attn\.qkv|attn\.proj|mlp\.fc[12]|ls[12])\.(.+)", key)
     layer = m and m[2].split(".")[-1]
-    if key in _DINOV2_DROPPED:
+    if key in dropped:
       continue
     if key == "patch_embed.proj.weight":
       out["patch_embed/kernel"] = value.transpose(2, 3, 1, 0)  # OIHW -> HWIO
-    elif key in _DINOV2_TOP:
-      out[_DINOV2_TOP[key]] = value.T if key == "fc.weight" else value
+    elif key in top:
+      out[top[key]] = value.T if top[key] == "head/kernel" else value
     elif m and layer.startswith("norm") and m[3] in ("weight", "bias"):
       out[f"blocks/{m[1]}/{layer}/{'scale' if m[3] == 'weight' else 'bias'}"] = value
     elif m and layer.startswith("ls") and m[3] == "gamma":
@@ -605,10 +614,42 @@ PUBLISHED = {
                            lora_rank=8, lora_alpha=1.0, lora_targets=models.dinov2.LORA_TARGETS,
                            pos_interp="hub"),
                 head="fc", image_size=336, preset="dda"),
+    # B-Free's folder (read_bfree): timm's DINOv2 ViT-B/14 with registers, set to the 504 px window
+    # (Wrapper5crops: a 36 x 36 positional embedding), timm's `head` (768 -> 1); the architecture and
+    # the normalisation as its config.yaml says.
+    "bfree": dict(model=dict(name="dinov2_vit_b14_reg4", front="none", single_logit=True, preprocess="imagenet",
+                             pos_embed_size=504),
+                  head="head", image_size=504, preset="bfree"),
 }
 # The released detectors whose architecture --model may replace (a checkpoint of the same recipe on
 # another DINOv2: the tests' tiny one).
-MODEL_OVERRIDES = {"dda": tuple(models.dinov2.ARCHS)}
+MODEL_OVERRIDES = {"dda": tuple(models.dinov2.ARCHS), "bfree": tuple(models.dinov2.ARCHS)}
+# B-Free's config.yaml norm_type (code/utils/normalization.py get_list_norm) -> our preprocessing.
+BFREE_NORMS = {"resnet": "imagenet", "clip": "clip", "none": "unit", "xception": "minus_one_one"}
+BFREE_SIZES = {"small": "s", "base": "b", "large": "l"}
+
+
+def read_bfree(path):
+  """(state dict, {'model': our architecture, 'preprocess', 'window'}) of B-Free's weights folder as
+  released (config.yaml with weights_file, arch 'timm_c5i<window>_<timm DINOv2 name>', norm_type),
+  given the folder or its weight file."""
+  import yaml  # pylint: disable=g-import-not-at-top  (flax's, orbax's and ml_collections' dependency)
+  folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+  cfg_path = os.path.join(folder, "config.yaml")
+  if not os.path.isfile(cfg_path):
+    raise cli.UserError(f"--from bfree reads B-Free's weights folder as released (config.yaml beside "
+                        f"model_epoch_best.pth): no config.yaml in {folder}")
+  with open(cfg_path) as f:
+    cfg = yaml.safe_load(f)
+  m = re.fullmatch(r"timm_c5i(\d+)_vit_(small|base|large)_patch14(_reg4)?_dinov2(\..*)?", str(cfg.get("arch")))
+  if not m or cfg.get("norm_type") not in BFREE_NORMS:
+    raise ConversionError(f"{cfg_path}: arch {cfg.get('arch')!r} / norm_type {cfg.get('norm_type')!r} is not a "
+                          "B-Free DINOv2 (timm_c5i<size>_vit_<small|base|large>_patch14[_reg4]_dinov2; "
+                          f"norm_type {', '.join(BFREE_NORMS)})")
+  weights = path if os.path.isfile(path) else os.path.join(folder, cfg["weights_file"])
+  return read_torch_state_dict(weights), {
+      "model": f"dinov2_vit_{BFREE_SIZES[m[2]]}14{m[3] or ''}", "preprocess": BFREE_NORMS[cfg["norm_type"]],
+      "window": int(m[1])}
 
 
 def published_config(name, model=None):
@@ -644,14 +685,16 @@ def convert_published(name, path, out, clip=None, model=None):
   if os.path.exists(out):
     raise FileExistsError(f"{out} already exists; remove it or choose another output folder")
   for f in (path, clip):
-    if f is not None and not os.path.isfile(f):
+    if f is not None and not (os.path.isfile(f) or (name == "bfree" and os.path.isdir(f))):
       raise FileNotFoundError(f"No weight file {f}")
   spec = PUBLISHED[name]
-  config = published_config(name, model)
+  config, preset = published_config(name, model), spec["preset"]
   if name == "univfd":
     weights = _univfd_weights(read_torch_state_dict(path), clip, path)
   elif name == "dda":
     weights = from_timm_dinov2(read_torch_state_dict(path))
+  elif name == "bfree":
+    weights, preset = _bfree_weights(path, config, model)
   else:
     weights = from_torchvision_resnet(read_torch_state_dict(path), head=spec["head"])
   if "head/kernel" not in weights:
@@ -672,11 +715,27 @@ def convert_published(name, path, out, clip=None, model=None):
   ckpt.close()  # On disk before the rename.
   runs.write_text(os.path.join(tmp, "config.json"), config.to_json(indent=2))
   runs.write_json(os.path.join(tmp, "run.json"), {
-      **runs.Task("binary", ("real", "fake")).info(), "dataset": "", "preset": spec["preset"],
+      **runs.Task("binary", ("real", "fake")).info(), "dataset": "", "preset": preset,
       "converted": {"from": name, "source": os.path.abspath(path),
                     **({"clip": os.path.abspath(clip)} if clip else {})}})
   os.rename(tmp, out)
   return out
+
+
+def _bfree_weights(path, config, model):
+  """B-Free's weights (read_bfree) and its test preset; sets `config`'s architecture (unless --model
+  named one), normalisation and positional-embedding size: the window its checkpoint was saved at,
+  which is also the crop. A window other than 504 (a test's) gets no preset: --mode five_crops."""
+  sd, info = read_bfree(path)
+  weights = from_timm_dinov2(sd, head="head")
+  patch = 14
+  window = int(round(np.sqrt(len(weights["pos_embed"])))) * patch
+  if window != info["window"]:
+    raise ConversionError(f"{path}: a {window} px positional embedding, but its arch says c5i{info['window']}")
+  config.model.name = model or info["model"]
+  config.model.preprocess, config.model.pos_embed_size = info["preprocess"], window
+  config.data.image_size = window
+  return weights, PUBLISHED["bfree"]["preset"] if window == PUBLISHED["bfree"]["image_size"] else ""
 
 
 def _univfd_weights(sd, clip, path):
@@ -698,13 +757,14 @@ def _univfd_weights(sd, clip, path):
 def main(argv):
   if len(argv) != 3:
     raise cli.UserError("usage: python -m fakejax.convert --from keras|torchvision|bit|clip|timm_dinov2 "
-                        "--model NAME FILE OUT, or --from npr|safe|cnndetection|dda FILE OUT, or --from univfd "
-                        "fc_weights.pth OUT --clip FILE")
+                        "--model NAME FILE OUT, or --from npr|safe|cnndetection|dda FILE OUT, or --from bfree "
+                        "FOLDER OUT, or --from univfd fc_weights.pth OUT --clip FILE")
   src, out = argv[1], argv[2]
   if flags.FLAGS["from"].value in PUBLISHED:
     run = convert_published(flags.FLAGS["from"].value, src, out, clip=flags.FLAGS.clip, model=flags.FLAGS.model)
+    preset = runs.read_json(os.path.join(run, "run.json"))["preset"]
     print(f"{flags.FLAGS['from'].value} -> {run}\nscore it with: python -m fakejax.evaluate --workdir {run} "
-          f"--dataset PREPARED_DATASET (preset {PUBLISHED[flags.FLAGS['from'].value]['preset']})")
+          f"--dataset PREPARED_DATASET " + (f"(preset {preset})" if preset else "--mode five_crops (no preset)"))
     return
   model = flags.FLAGS.model
   if not model:
@@ -722,7 +782,7 @@ def main(argv):
 if __name__ == "__main__":
   flags.DEFINE_enum("from", None, list(SUPPORTED) + list(PUBLISHED), "Origin of the weight file.")
   flags.DEFINE_enum("model", None, sorted({m for v in SUPPORTED.values() for m in v}),
-                    "Model name (the released detectors: only --from dda, for a DINOv2 other than ViT-L/14).")
+                    "Model name (the released detectors: only --from dda or bfree, for another DINOv2 than theirs).")
   flags.DEFINE_string("clip", None, "--from univfd: the CLIP ViT-L/14 weights (open_clip's "
                       "open_clip_model.safetensors, or OpenAI's ViT-L-14.pt with PyTorch).")
   flags.mark_flags_as_required(["from"])

@@ -95,6 +95,8 @@ def _model(c):
   c.model.pos_interp = "timm"         # DINOv2 only: how the positional embedding is resampled to the input's
                                       #   grid: 'timm' (timm's, the models with registers) or 'hub' (the
                                       #   facebookresearch hub's models without registers: DDA's).
+  c.model.pos_embed_size = 0          # DINOv2 only: the input size its positional embedding is stored for
+                                      #   (0: the architecture's, 518; B-Free's checkpoint: 504).
 
 
 def _data(c):

@@ -667,3 +667,93 @@ def test_five_crops_match_bfree_wrapper():
     err = np.abs(got - want).max()
     print(f"{h}x{w}: max abs diff {err:.2e} (largest {np.abs(want).max():.2f})")
     assert err <= 1e-5 * max(np.abs(want).max(), 1), (h, w, err)
+
+
+def test_bfree_folder_reads_as_its_config_yaml_says(tmp_path):
+  """read_bfree / --from bfree without PyTorch (a .safetensors weight file named by config.yaml):
+  the architecture from `arch`, the normalisation from `norm_type`, the positional embedding kept at
+  its saved grid (model.pos_embed_size = the window) and timm's `head` as the classifier; a folder
+  without config.yaml, an arch whose window disagrees with the embedding, an unknown norm_type:
+  refused, nothing written."""
+  sd = timm_state_dict(grid=4, registers=4, seed=2)
+  rng = np.random.default_rng(3)
+  sd["head.weight"], sd["head.bias"] = rng.normal(size=(1, 64)).astype(np.float32), np.ones(1, np.float32)
+  folder = tmp_path / "BFREE"
+  folder.mkdir()
+  save_file(sd, str(folder / "w.safetensors"))
+  yaml = "weights_file: w.safetensors\narch: timm_c5i{}_vit_base_patch14_reg4_dinov2.lvd142m\nnorm_type: {}\n"
+  with pytest.raises(cli.UserError, match="no config.yaml"):
+    convert.convert_published("bfree", str(folder), str(tmp_path / "none"), model="dinov2_vit_tiny_reg4")
+  for window, norm, error in ((504, "clip", "c5i504"), (56, "imagenet", "norm_type")):
+    (folder / "config.yaml").write_text(yaml.format(window, norm))
+    with pytest.raises(convert.ConversionError, match=error):
+      convert.convert_published("bfree", str(folder), str(tmp_path / "bad"), model="dinov2_vit_tiny_reg4")
+  assert not (tmp_path / "none").exists() and not (tmp_path / "bad").exists()
+  (folder / "config.yaml").write_text(yaml.format(56, "clip"))
+  _, info = convert.read_bfree(str(folder / "w.safetensors"))
+  assert info == {"model": "dinov2_vit_b14_reg4", "preprocess": "clip", "window": 56}
+  run = convert.convert_published("bfree", str(folder), str(tmp_path / "run"), model="dinov2_vit_tiny_reg4")
+  c, meta = runs.load_config(run), runs.read_json(os.path.join(run, "run.json"))
+  assert (c.model.name, c.model.preprocess, c.model.pos_embed_size, c.data.image_size) == (
+      "dinov2_vit_tiny_reg4", "clip", 56, 56)
+  assert meta["preset"] == "" and meta["converted"]["from"] == "bfree"
+  state, _ = checkpoint.restore_model(run, runs.model_spec(c.model, 2, sharding.make_mesh()).abstract, "best")
+  flat = checkpoint.flat(nnx.to_pure_dict(state))
+  np.testing.assert_array_equal(flat["pos_embed"], sd["pos_embed"].reshape(16, 64))
+  np.testing.assert_array_equal(flat["head/kernel"], sd["head.weight"].T)
+
+
+@pytest.mark.torch
+def test_bfree_folder_becomes_a_run_that_predict_scores_like_its_wrapper(tmp_path):
+  """B-Free's weights folder as released (config.yaml + model_epoch_best.pth holding {'model': the
+  Wrapper5crops' state dict, saved after set_input_size: the positional embedding at the window's
+  grid}), at a tiny size (56 px window: grid 4) with random weights and head, converted by the CLI
+  (`--from bfree --model dinov2_vit_tiny_reg4`) and scored by `predict --mode five_crops`: p_fake
+  is the sigmoid of the transcribed wrapper's logit (timm's model, ImageNet normalisation as
+  norm_type 'resnet') within 1e-5, for an image larger than the window and one smaller."""
+  torch = pytest.importorskip("torch")
+  timm = pytest.importorskip("timm")
+  tv = pytest.importorskip("torchvision.transforms")
+  torch.manual_seed(5)
+  ref = _randomize(torch, timm.models.vision_transformer.VisionTransformer(
+      img_size=126, patch_size=14, embed_dim=64, depth=2, num_heads=4, init_values=1e-5, num_classes=1,
+      reg_tokens=4, no_embed_class=True))
+  ref.set_input_size(img_size=56)  # Wrapper5crops.__init__: the embedding resampled to 4 x 4, then trained.
+  embed, ref.patch_embed = ref.patch_embed, torch.nn.Identity()
+  with torch.no_grad():
+    ref.head.weight.normal_(0, 1.0)  # A head that separates: the class token's share of the logit up.
+    ref.pos_embed.add_(0.1 * torch.randn_like(ref.pos_embed))  # Not a resampling of any 9 x 9 grid.
+  rng = np.random.default_rng(1)
+  (tmp_path / "photos").mkdir()
+  sizes = {"big.png": (150, 100), "small.png": (40, 90)}  # The second: its grid repeated (replicate_wrap).
+  for name, (h, w) in sizes.items():
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), np.uint8)).save(tmp_path / "photos" / name)
+  transform = tv.Compose([tv.ToTensor(), tv.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])])
+  x = {name: transform(Image.open(tmp_path / "photos" / name).convert("RGB"))[None] for name in sizes}
+  with torch.no_grad():
+    ref.head.bias.sub_(_bfree_wrapper5crops(torch, ref, embed, x["big.png"], 56)[0])  # p_fake ~0.5: the steepest.
+    want = {name: torch.sigmoid(_bfree_wrapper5crops(torch, ref, embed, x[name], 56)[0, 0]).item() for name in sizes}
+  folder = tmp_path / "BFREE_tiny"
+  folder.mkdir()
+  sd = {**{f"patch_embed.{k}": v for k, v in embed.state_dict().items()}, **ref.state_dict()}
+  torch.save({"model": sd}, str(folder / "model_epoch_best.pth"))
+  (folder / "config.yaml").write_text("model_name: BFREE_tiny\nweights_file: model_epoch_best.pth\n"
+                                      "arch: timm_c5i56_vit_small_patch14_reg4_dinov2.lvd142m\nnorm_type: resnet\n")
+  env, run = subprocess_env(), str(tmp_path / "bfree")
+  r = subprocess.run([sys.executable, "-m", "fakejax.convert", "--from", "bfree", "--model", "dinov2_vit_tiny_reg4",
+                      str(folder), run], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "--mode five_crops" in r.stdout  # A 56 px window: no preset recorded (B-Free's is 504).
+  config = runs.load_config(run)
+  assert (config.model.pos_embed_size, config.data.image_size, config.model.preprocess) == (56, 56, "imagenet")
+  r = subprocess.run([sys.executable, "-m", "fakejax.predict", "--workdir", run, "--mode", "five_crops", "--out",
+                      str(tmp_path / "p.csv"), str(tmp_path / "photos")],
+                     cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  with open(tmp_path / "p.csv") as f:
+    got = {os.path.basename(row["path"]): row for row in csv.DictReader(f)}
+  for name in sizes:
+    print(f"{name}: p_fake {got[name]['p_fake']} vs B-Free's wrapper {want[name]:.6f}")
+    assert got[name]["view"] == "five_crops", got[name]
+    assert abs(float(got[name]["p_fake"]) - want[name]) <= 1e-5, (name, got[name], want[name])
+  assert abs(want["small.png"] - 0.5) > 1e-3  # The two images score apart: the test can tell.

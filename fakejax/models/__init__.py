@@ -200,6 +200,8 @@ def from_config(model_cfg, num_classes, seed=0):
                                                ("lora_targets", dinov2.LORA_TARGETS), ("pos_interp", "timm"))}
   if model_cfg.name in dinov2.ARCHS:
     kw.update(dino, lora_targets=tuple(dino["lora_targets"]))
+    if model_cfg.get("pos_embed_size", 0):  # B-Free's 36 x 36 grid (504 px) instead of the 37 x 37 (518).
+      kw["image_size"] = model_cfg.pos_embed_size
   elif dino["lora_rank"]:
     raise cli.UserError(f"model.lora_rank applies to DINOv2 models ({', '.join(dinov2.ARCHS)}), "
                         f"not {model_cfg.name}")

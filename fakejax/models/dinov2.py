@@ -10,7 +10,7 @@ as the features (timm's `forward_head` with global_pool='token'; DINOv2's `x_nor
 
 Archs (ARCHS): dinov2_vit_s14 (384 wide, 12 blocks, 6 heads), dinov2_vit_b14 (768, 12, 12),
 dinov2_vit_l14 (1024, 24, 16), each also as `..._reg4`; dinov2_vit_tiny (64, 2, 4, grid 9 at 126
-px) is no DINOv2 but the same layout for tests and CPU smoke runs.
+px) and dinov2_vit_tiny_reg4 are no DINOv2 but the same layout for tests and CPU smoke runs.
 
 Used by DDA (roy-ch/Dual-Data-Alignment: DINOv2 ViT-L/14 from the facebookresearch hub, LoRA rank 8
 alpha 1 on every block's attn.qkv, attn.proj, mlp.fc1 and mlp.fc2, a linear head (1 logit, BCE) on
@@ -59,7 +59,7 @@ from fakejax.models import vit
 ARCHS = {"dinov2_vit_s14": (384, 12, 6, 0, 14, 518), "dinov2_vit_b14": (768, 12, 12, 0, 14, 518),
          "dinov2_vit_l14": (1024, 24, 16, 0, 14, 518), "dinov2_vit_s14_reg4": (384, 12, 6, 4, 14, 518),
          "dinov2_vit_b14_reg4": (768, 12, 12, 4, 14, 518), "dinov2_vit_l14_reg4": (1024, 24, 16, 4, 14, 518),
-         "dinov2_vit_tiny": (64, 2, 4, 0, 14, 126)}
+         "dinov2_vit_tiny": (64, 2, 4, 0, 14, 126), "dinov2_vit_tiny_reg4": (64, 2, 4, 4, 14, 126)}
 LN_EPSILON = 1e-6
 LAYER_SCALE_INIT = 1e-5  # timm's init_values for DINOv2.
 LORA_TARGETS = ("qkv", "proj", "fc1", "fc2")  # DDA's: attn.qkv, attn.proj, mlp.fc1, mlp.fc2.
