@@ -15,7 +15,8 @@ one that calls 95 % of the val split's reals real (cal_accuracy, cal_real_acc); 
 chosen on test labels. With --debias every test set is also scored format-debiased (DDA's
 protocol: the fakes alone JPEG'd at 96, the reals as they are; columns 'debiased mean unseen').
 Writes OUT/results.md (the table, a verdict, the figure), results.json
-and leaderboard.png.
+and leaderboard_FAMILY.png (with --debias also leaderboard_FAMILY_debiased.png: each recipe's mean
+unseen accuracy, plain beside debiased).
 
 The recipes (their configs, at the benchmark's size):
   xception         the seeds' Xception (configs/quick.py's narrow one at CPU size)
@@ -220,8 +221,16 @@ def main(argv=None):
                  {(g, r): study.values("accuracy", recipe=r, family=source, set=g)
                   for g in unseen + ["mean unseen"] for r in recipes},
                  "accuracy at 0.5 (mean ± std over seeds)", f"trained on {source}", hline=(0.5, "chance"))
-    tables.append((f"Trained on {source}", f"{sc.md_table(header, body)}\n\n{verdict}\n\n"
-                   f"![leaderboard]({os.path.basename(fig)})"))
+    figures = f"![leaderboard]({os.path.basename(fig)})"
+    if args.debias:  # Each recipe's mean unseen accuracy, plain beside debiased.
+      fig = os.path.join(study.out, f"leaderboard_{source}_debiased.png")
+      kinds = (("plain", "mean unseen"), ("debiased (fakes JPEG 96)", f"{DEBIASED}mean unseen"))
+      sc.plot_bars(fig, recipes, [k for k, _ in kinds],
+                   {(r, k): study.values("accuracy", recipe=r, family=source, set=s) for r in recipes for k, s in kinds},
+                   "mean unseen accuracy at 0.5", f"trained on {source}: plain and format-debiased",
+                   hline=(0.5, "chance"))
+      figures += f"\n\n![plain and debiased]({os.path.basename(fig)})"
+    tables.append((f"Trained on {source}", f"{sc.md_table(header, body)}\n\n{verdict}\n\n{figures}"))
   study.finish(tables, {"recipes": recipes})
   return study
 

@@ -308,7 +308,8 @@ def test_figures_show_every_value(tmp_path, monkeypatch):
 @pytest.mark.study
 def test_leaderboard_on_the_photo_benchmark(tmp_path, data_root):
   out, res = run_script("leaderboard", tmp_path, data_root, "--benchmark", "photo", "--debias")
-  md = check_outputs(out, res, ["leaderboard_nn_conv.png"], ["Trained on nn_conv"])  # photo's default.
+  md = check_outputs(out, res, ["leaderboard_nn_conv.png", "leaderboard_nn_conv_debiased.png"],
+                     ["Trained on nn_conv"])  # photo's default.
   rows = table_rows(md, "Trained on nn_conv")
   from scripts import leaderboard  # pylint: disable=g-import-not-at-top
   assert [r[0] for r in rows] == list(leaderboard.RECIPES)
