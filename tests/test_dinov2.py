@@ -643,18 +643,24 @@ def _bfree_wrapper5crops(torch, model, embed, x, size):
   return torch.mean(torch.stack(torch.split(y, y.shape[0] // 5, 0), 0), 0)
 
 
+def _timm_tiny_reg4_fixed(seed, num_classes=0):
+  """timm's DINOv2-like ViT with 4 registers at dinov2_vit_tiny's size, random weights, without
+  dynamic image size: what B-Free's Wrapper5crops wraps (then set_input_size to its window)."""
+  torch = pytest.importorskip("torch")
+  timm = pytest.importorskip("timm")
+  torch.manual_seed(seed)
+  return torch, _randomize(torch, timm.models.vision_transformer.VisionTransformer(
+      img_size=126, patch_size=14, embed_dim=64, depth=2, num_heads=4, init_values=1e-5,
+      num_classes=num_classes, reg_tokens=4, no_embed_class=True))
+
+
 @pytest.mark.torch
 def test_five_crops_match_bfree_wrapper():
   """A timm DINOv2 with registers (random weights, no dynamic size, set to a 56 px window as B-Free
   sets 504) through the transcribed wrapper, against the converted model on our five_crops view,
   features averaged (the head is linear, so the mean logit follows): images larger than the window,
   non-square, exactly the window, and smaller in one or both directions."""
-  torch = pytest.importorskip("torch")
-  timm = pytest.importorskip("timm")
-  torch.manual_seed(0)
-  ref = _randomize(torch, timm.models.vision_transformer.VisionTransformer(
-      img_size=126, patch_size=14, embed_dim=64, depth=2, num_heads=4, init_values=1e-5, num_classes=0,
-      reg_tokens=4, no_embed_class=True))
+  torch, ref = _timm_tiny_reg4_fixed(seed=0)
   model = _ours_from(torch, ref, 4)
   ref.set_input_size(img_size=56)
   embed, ref.patch_embed = ref.patch_embed, torch.nn.Identity()
@@ -711,13 +717,8 @@ def test_bfree_folder_becomes_a_run_that_predict_scores_like_its_wrapper(tmp_pat
   (`--from bfree --model dinov2_vit_tiny_reg4`) and scored by `predict --mode five_crops`: p_fake
   is the sigmoid of the transcribed wrapper's logit (timm's model, ImageNet normalisation as
   norm_type 'resnet') within 1e-5, for an image larger than the window and one smaller."""
-  torch = pytest.importorskip("torch")
-  timm = pytest.importorskip("timm")
   tv = pytest.importorskip("torchvision.transforms")
-  torch.manual_seed(5)
-  ref = _randomize(torch, timm.models.vision_transformer.VisionTransformer(
-      img_size=126, patch_size=14, embed_dim=64, depth=2, num_heads=4, init_values=1e-5, num_classes=1,
-      reg_tokens=4, no_embed_class=True))
+  torch, ref = _timm_tiny_reg4_fixed(seed=5, num_classes=1)
   ref.set_input_size(img_size=56)  # Wrapper5crops.__init__: the embedding resampled to 4 x 4, then trained.
   embed, ref.patch_embed = ref.patch_embed, torch.nn.Identity()
   with torch.no_grad():
