@@ -548,6 +548,16 @@ def _hub_forward(torch, ref, fc, x):
     return fc(tokens[:, 0])[:, 0]
 
 
+def _predict_rows(run, tmp_path, env, *flags):
+  """`python -m fakejax.predict --workdir RUN [flags] tmp_path/photos`: its CSV rows by file name."""
+  r = subprocess.run([sys.executable, "-m", "fakejax.predict", "--workdir", run, *flags, "--out",
+                      str(tmp_path / "p.csv"), str(tmp_path / "photos")],
+                     cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  with open(tmp_path / "p.csv") as f:
+    return {os.path.basename(row["path"]): row for row in csv.DictReader(f)}
+
+
 @pytest.mark.torch
 def test_dda_checkpoint_becomes_a_run_that_predict_scores_like_torch(tmp_path):
   """A DDA checkpoint as its trainer saves it ({'model': DINOv2ModelWithLoRA's state dict, 'optimizer',
@@ -588,12 +598,7 @@ def test_dda_checkpoint_becomes_a_run_that_predict_scores_like_torch(tmp_path):
                       str(tmp_path / "ckpt.pth"), run], cwd=ROOT, env=env, capture_output=True, text=True,
                      timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
-  r = subprocess.run([sys.executable, "-m", "fakejax.predict", "--workdir", run, "--out",
-                      str(tmp_path / "p.csv"), str(tmp_path / "photos")],
-                     cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-  assert r.returncode == 0, r.stderr[-3000:]
-  with open(tmp_path / "p.csv") as f:
-    got = {os.path.basename(row["path"]): row for row in csv.DictReader(f)}
+  got = _predict_rows(run, tmp_path, env)
   for name in sizes:
     want = torch.sigmoid(_hub_forward(torch, ref, fc, x[name])).item()
     with torch.no_grad():  # timm's resampling instead of the hub's: what the test must tell apart.
@@ -747,12 +752,7 @@ def test_bfree_folder_becomes_a_run_that_predict_scores_like_its_wrapper(tmp_pat
   assert "--mode five_crops" in r.stdout  # A 56 px window: no preset recorded (B-Free's is 504).
   config = runs.load_config(run)
   assert (config.model.pos_embed_size, config.data.image_size, config.model.preprocess) == (56, 56, "imagenet")
-  r = subprocess.run([sys.executable, "-m", "fakejax.predict", "--workdir", run, "--mode", "five_crops", "--out",
-                      str(tmp_path / "p.csv"), str(tmp_path / "photos")],
-                     cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-  assert r.returncode == 0, r.stderr[-3000:]
-  with open(tmp_path / "p.csv") as f:
-    got = {os.path.basename(row["path"]): row for row in csv.DictReader(f)}
+  got = _predict_rows(run, tmp_path, env, "--mode", "five_crops")
   for name in sizes:
     print(f"{name}: p_fake {got[name]['p_fake']} vs B-Free's wrapper {want[name]:.6f}")
     assert got[name]["view"] == "five_crops", got[name]
