@@ -10,7 +10,7 @@ checkpoint, so a resumed run continues at the exact next batch.
 Batches are dicts of numpy arrays, process-local: `image` uint8 (B, H, W, 3) (normalisation
 happens on the device, which moves 4x fewer bytes), `label` int32 (B,) and `index` int32 (B,),
 the record index in the split. Patch mode returns B*K patches. Which records a run trains on
-(and which it holds out for validation) is the run's: runs.train_indices; evaluation reads
+(and which it holds out for validation) is the run's: runs.Selection; evaluation reads
 through fakejax.scoring instead.
 
 Paired training (`data.pairs`, aligned data: AlignedForensics, DDA): the stream is of (real, fake)
@@ -185,7 +185,7 @@ def make_train_iter(dataset, data_cfg, aug_cfg, global_batch, seed, *, indices, 
     aug_cfg: the config's `aug` block.
     global_batch: examples per step over all processes (patch mode: images).
     seed: shuffle and augmentation seed.
-    indices: the training records (runs.train_indices).
+    indices: the training records (runs.Selection.train).
     label_key: the index column of the labels (runs.Task.label_key).
     process_index, process_count: this process and how many (default: jax's).
 

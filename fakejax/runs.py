@@ -8,8 +8,8 @@ A run folder (WORKDIR) holds
   checkpoints/, best/, metrics.jsonl, ...   (fakejax.checkpoint, fakejax.report)
 JSON files are written whole or not at all (`write_json`).
 
-The records a run trains and validates on are chosen here (`records`, `train_indices`,
-`validation_source`); input_pipeline streams them.
+The records a run trains and validates on are chosen here (`Selection`); input_pipeline streams
+them.
 
 `Run` loads a trained (or converted) run to score with: its best or latest weights, the inference
 forward (BatchNorm folded), its evaluator and views.
@@ -97,13 +97,6 @@ class Task:
     return {"task": self.kind, "num_classes": self.num_classes, "class_names": list(self.class_names)}
 
 
-def records(dataset, split, data_cfg):
-  """The record indices of `split` the config's data selects: the fakes of data.train_sources with
-  the reals they pair with, in data.train_categories, minus data.exclude_categories."""
-  return dataset.select(split, tuple(data_cfg.train_sources), tuple(data_cfg.train_categories),
-                        tuple(data_cfg.exclude_categories))
-
-
 def balance(indices, labels, seed):
   """Oversamples every class up to the largest one (deterministic)."""
   rng = np.random.default_rng(seed)
@@ -116,45 +109,79 @@ def balance(indices, labels, seed):
   return np.sort(np.concatenate(out))
 
 
-def validation_source(dataset, data_cfg):
-  """(split, record indices or None) the validation examples come from.
+@dataclasses.dataclass(frozen=True)
+class Selection:
+  """The records of a dataset a run reads: the one home of the config's record selection (its
+  `data` block is read here, once, by `from_config`).
 
-  The dataset's 'val' split; for datasets released without one, a seeded `data.val_fraction`
-  of train (held out of training by `train_indices`).
-
-  Raises:
-    datasets.DatasetError: before any training step, when there is neither.
+  Attributes:
+    task: the run's Task (class balance counts its labels).
+    sources: data.train_sources: those generators' fakes with the reals they pair with (all: empty).
+    categories: data.train_categories (all: empty).
+    exclude: data.exclude_categories.
+    val_fraction: the seeded share of train validation holds out, for a dataset without 'val'.
+    per_category: data.train_per_category: training records kept per (category, source), 0: all.
+    balance: data.balance: every training class oversampled to the largest.
+    seed: the hold-out, subset and balance draws' seed (data.seed).
   """
-  if "val" in dataset.splits:
-    return "val", None
-  if not data_cfg.val_fraction:
-    raise datasets.DatasetError(
-        f"{dataset.path} has no 'val' split (it has {', '.join(dataset.splits)}); set "
-        "--config.data.val_fraction=0.1 to hold out a seeded part of train for validation")
-  return "train", np.flatnonzero(_held_out(dataset, data_cfg))
+  task: Task
+  sources: tuple = ()
+  categories: tuple = ()
+  exclude: tuple = ()
+  val_fraction: float = 0.0
+  per_category: int = 0
+  balance: bool = False
+  seed: int = 0
 
+  @classmethod
+  def from_config(cls, data_cfg, dataset):
+    """The selection a config's `data` block asks of `dataset`."""
+    return cls(Task.from_config(data_cfg, dataset), tuple(data_cfg.train_sources), tuple(data_cfg.train_categories),
+               tuple(data_cfg.exclude_categories), data_cfg.val_fraction, data_cfg.train_per_category,
+               bool(data_cfg.balance), data_cfg.seed)
 
-def _held_out(dataset, data_cfg):
-  """Mask over the train split of the records set aside for validation (val_fraction)."""
-  n = len(dataset.index("train")["label"])
-  mask = np.zeros(n, bool)
-  if "val" not in dataset.splits and data_cfg.val_fraction:
-    rng = np.random.default_rng([data_cfg.seed, 7919])
-    mask[rng.permutation(n)[:int(round(n * data_cfg.val_fraction))]] = True
-  return mask
+  def records(self, dataset, split):
+    """The record indices of `split` in the selected sources and categories (validation and test
+    read these)."""
+    return dataset.select(split, self.sources, self.categories, self.exclude)
 
+  def validation(self, dataset):
+    """(split, record indices, the share of train held out or 0.0) validation reads.
 
-def train_indices(dataset, data_cfg, split="train"):
-  """Record indices of the training subset the config asks for (`records`, less what
-  validation holds out, per-category subsets, class balance)."""
-  idx = records(dataset, split, data_cfg)
-  if split == "train":
-    idx = idx[~_held_out(dataset, data_cfg)[idx]]
-  if data_cfg.train_per_category:
-    idx = per_group_subset(idx, dataset.index(split), data_cfg.train_per_category, data_cfg.seed)
-  if data_cfg.balance:
-    idx = balance(idx, Task.from_config(data_cfg, dataset).labels(dataset, split, idx), data_cfg.seed)
-  return idx
+    The dataset's 'val' split; for datasets released without one, a seeded `val_fraction` of
+    train (held out of training by `train`).
+
+    Raises:
+      datasets.DatasetError: before any training step, when there is neither.
+    """
+    if "val" in dataset.splits:
+      return "val", self.records(dataset, "val"), 0.0
+    if not self.val_fraction:
+      raise datasets.DatasetError(
+          f"{dataset.path} has no 'val' split (it has {', '.join(dataset.splits)}); set "
+          "--config.data.val_fraction=0.1 to hold out a seeded part of train for validation")
+    return "train", np.intersect1d(self.records(dataset, "train"), np.flatnonzero(self._held_out(dataset))), \
+        self.val_fraction
+
+  def _held_out(self, dataset):
+    """Mask over the train split of the records set aside for validation (val_fraction)."""
+    n = len(dataset.index("train")["label"])
+    mask = np.zeros(n, bool)
+    if "val" not in dataset.splits and self.val_fraction:
+      rng = np.random.default_rng([self.seed, 7919])
+      mask[rng.permutation(n)[:int(round(n * self.val_fraction))]] = True
+    return mask
+
+  def train(self, dataset):
+    """The training records: `records` of train, less what validation holds out, per-category
+    subsets, class balance."""
+    idx = self.records(dataset, "train")
+    idx = idx[~self._held_out(dataset)[idx]]
+    if self.per_category:
+      idx = per_group_subset(idx, dataset.index("train"), self.per_category, self.seed)
+    if self.balance:
+      idx = balance(idx, self.task.labels(dataset, "train", idx), self.seed)
+    return idx
 
 
 def per_group_subset(indices, index, n, seed):
@@ -174,11 +201,12 @@ def per_group_subset(indices, index, n, seed):
 
 
 def train_iter(dataset, data_cfg, aug_cfg, global_batch, seed, *, indices=None, **kw):
-  """input_pipeline.make_train_iter over the run's training records (default: `train_indices`)
+  """input_pipeline.make_train_iter over the run's training records (default: `Selection.train`)
   with its task's labels; `kw`: make_train_iter's process_index, process_count."""
-  indices = train_indices(dataset, data_cfg) if indices is None else indices
+  selection = Selection.from_config(data_cfg, dataset)
+  indices = selection.train(dataset) if indices is None else indices
   return input_pipeline.make_train_iter(dataset, data_cfg, aug_cfg, global_batch, seed, indices=indices,
-                                        label_key=Task.from_config(data_cfg, dataset).label_key, **kw)
+                                        label_key=selection.task.label_key, **kw)
 
 
 def evaluator_of(config, fn, mesh, task, *, batch_size=0, threads=0):

@@ -32,7 +32,7 @@ def test_process_shards_are_disjoint_cover_the_epoch_and_rebuild_the_global_batc
   order and augmentation draws), and an epoch's shards are disjoint and cover the data."""
   c = _cfg()
   c.aug.jpg_prob, c.aug.blur_prob = 0.5, 0.5
-  n = len(runs.train_indices(tiny_synthetic, c.data))
+  n = len(runs.Selection.from_config(c.data, tiny_synthetic).train(tiny_synthetic))
   steps = n // 16
   one = _take(runs.train_iter(tiny_synthetic, c.data, c.aug, 16, seed=2, process_index=0,
                                              process_count=1), steps)
@@ -46,7 +46,7 @@ def test_process_shards_are_disjoint_cover_the_epoch_and_rebuild_the_global_batc
     assert not set(parts[0][s]["index"]) & set(parts[1][s]["index"])
     seen += list(joined["index"])
   assert len(seen) == len(set(seen)) == steps * 16  # No record twice within the epoch.
-  assert set(seen) <= set(runs.train_indices(tiny_synthetic, c.data))
+  assert set(seen) <= set(runs.Selection.from_config(c.data, tiny_synthetic).train(tiny_synthetic))
 
 
 def test_same_seed_same_batches_and_restore(tiny_synthetic):
@@ -78,16 +78,18 @@ def test_worker_processes_give_the_same_batches(tiny_synthetic):
 
 def test_validation_fraction_is_held_out_of_training(tiny_synthetic):
   c = _cfg(train_sources=())
+  ds = _NoVal(tiny_synthetic)
   with pytest.raises(datasets.DatasetError, match="val_fraction"):
-    runs.validation_source(_NoVal(tiny_synthetic), c.data)
+    runs.Selection.from_config(c.data, ds).validation(ds)
   c.data.val_fraction = 0.25
-  split, held = runs.validation_source(_NoVal(tiny_synthetic), c.data)
-  train = runs.train_indices(_NoVal(tiny_synthetic), c.data)
+  split, held, fraction = runs.Selection.from_config(c.data, ds).validation(ds)
+  train = runs.Selection.from_config(c.data, ds).train(ds)
   total = len(tiny_synthetic.index("train")["label"])
-  assert split == "train" and len(held) == round(0.25 * total)
+  assert split == "train" and fraction == 0.25 and len(held) == round(0.25 * total)
   assert not set(held) & set(train) and len(held) + len(train) == total
-  again = runs.validation_source(_NoVal(tiny_synthetic), c.data)[1]
+  again = runs.Selection.from_config(c.data, ds).validation(ds)[1]
   assert np.array_equal(held, again)  # Seeded.
+  assert runs.Selection.from_config(c.data, tiny_synthetic).validation(tiny_synthetic)[::2] == ("val", 0.0)
 
 
 class _NoVal:
@@ -103,11 +105,11 @@ class _NoVal:
 
 def test_train_subset_and_balance(tiny_synthetic):
   c = _cfg(train_sources=("pixel_shuffle",))
-  idx = runs.train_indices(tiny_synthetic, c.data)
+  idx = runs.Selection.from_config(c.data, tiny_synthetic).train(tiny_synthetic)
   src = tiny_synthetic.index("train")["source"][idx]
   assert set(src) == {"real", "pixel_shuffle"}
   c = _cfg(train_sources=(), balance=True)
-  idx = runs.train_indices(tiny_synthetic, c.data)
+  idx = runs.Selection.from_config(c.data, tiny_synthetic).train(tiny_synthetic)
   labels = tiny_synthetic.index("train")["label"][idx]
   assert (labels == 0).sum() == (labels == 1).sum() == 4 * 3 * 8  # Reals oversampled to 96.
 
@@ -218,7 +220,7 @@ def test_pairs_come_whole_and_are_augmented_alike(tmp_path):
   ds, _ = datasets.prepare_folder(str(tmp_path / "aligned"), str(tmp_path / "ds"), workers=0)
   c = _cfg(pairs=True, train_sources=(), too_small="pad")
   c.aug.jpg_prob, c.aug.blur_prob, c.aug.flip = 0.5, 0.5, 0.5
-  idx = runs.train_indices(ds, c.data)
+  idx = runs.Selection.from_config(c.data, ds).train(ds)
   pairs = input_pipeline.pairs_of(ds, idx)
   paths = ds.index("train")["path"]
   assert len(pairs) == 11 and all(paths[r].replace("0_real", "1_fake") == paths[f] for r, f in pairs)

@@ -226,16 +226,16 @@ def test_train_per_category_subset(tiny_synthetic):
   """data.train_per_category keeps a seeded subset of n images per (category, source)."""
   c = sc.base_config(argparse.Namespace(data="", quick=True, data_cache=""))
   c.data.train_sources = ("tconv",)
-  full = runs.train_indices(tiny_synthetic, c.data)
+  full = runs.Selection.from_config(c.data, tiny_synthetic).train(tiny_synthetic)
   c.data.train_per_category = 3
-  sub = runs.train_indices(tiny_synthetic, c.data)
+  sub = runs.Selection.from_config(c.data, tiny_synthetic).train(tiny_synthetic)
   idx = tiny_synthetic.index("train")
   groups = {}
   for i in sub:
     groups.setdefault((idx["category"][i], idx["source"][i]), []).append(i)
   assert set(sub) <= set(full) and len(groups) == 3 * 2 and all(len(v) == 3 for v in groups.values())
   c.data.seed = 1
-  assert not np.array_equal(runs.train_indices(tiny_synthetic, c.data), sub)
+  assert not np.array_equal(runs.Selection.from_config(c.data, tiny_synthetic).train(tiny_synthetic), sub)
 
 
 def _votes_by_hand(logits, theta=0.0):

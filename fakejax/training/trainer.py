@@ -29,9 +29,10 @@ from fakejax.training import strategies
 
 @dataclasses.dataclass
 class Data:
-  """What the run reads: the dataset, its task, the training and validation records, the iterator."""
+  """What the run reads: the dataset, its record selection (and task), the training and validation
+  records, the iterator."""
   dataset: Any
-  task: runs.Task
+  selection: runs.Selection
   train_idx: np.ndarray
   val_split: str
   val_idx: np.ndarray
@@ -39,6 +40,10 @@ class Data:
   steps_per_epoch: int
   train_iter: Any
   val_fraction: float = 0.0  # The share of train held out for validation (a dataset without 'val').
+
+  @property
+  def task(self):
+    return self.selection.task
 
   def run_info(self):
     """What evaluate/predict need to load the run besides its config (run.json)."""
@@ -55,22 +60,19 @@ def open_data(config):
   if not processes.is_main():
     dataset = datasets.open_dataset(config.data)
   d = config.data
-  task = runs.Task.from_config(d, dataset)
+  selection = runs.Selection.from_config(d, dataset)
   # Checked before the first step: a dataset without validation fails now, not after an epoch.
-  val_split, val_pool = runs.validation_source(dataset, d)
-  val_idx = runs.records(dataset, val_split, d)
-  if val_pool is not None:
-    val_idx = np.intersect1d(val_idx, val_pool)
+  val_split, val_idx, val_fraction = selection.validation(dataset)
   if d.patches_per_image and config.batch_size % d.patches_per_image:
     raise cli.UserError(f"batch_size {config.batch_size} must be a multiple of patches_per_image "
                         f"{d.patches_per_image}")
   images_per_step = config.batch_size // max(d.patches_per_image, 1)
-  train_idx = runs.train_indices(dataset, d)
-  return Data(dataset, task, train_idx, val_split, val_idx, images_per_step,
+  train_idx = selection.train(dataset)
+  return Data(dataset, selection, train_idx, val_split, val_idx, images_per_step,
               max(len(train_idx) // images_per_step, 1),
               input_pipeline.make_train_iter(dataset, d, config.aug, images_per_step, d.seed, indices=train_idx,
-                                             label_key=task.label_key),
-              d.val_fraction if val_pool is not None else 0.0)
+                                             label_key=selection.task.label_key),
+              val_fraction)
 
 
 def restore_or_init(config, ts, ckpt, train_iter):
@@ -114,7 +116,7 @@ def finalize(ctx, step, stop_reason):
   test = {}
   if "test" in data.dataset.splits:
     test = score_records(ctx.folder, best_state, ctx.mesh, config, data, "test",
-                         indices=runs.records(data.dataset, "test", config.data), desc="test")
+                         indices=data.selection.records(data.dataset, "test"), desc="test")
     test = {k: v for k, v in test.items() if not isinstance(v, list)}
     ctx.log.log([{"step": best_meta["step"], **test}], "test")
     if processes.is_main():
