@@ -32,14 +32,21 @@ def freeze_batch_norm(model):
 
 
 class Standard:
-  """One stage (0) of `total_steps`, cross-entropy, model.transfer's parameters."""
+  """One stage (0) of `total_steps`, cross-entropy, model.transfer's parameters.
 
-  def __init__(self, config, total_steps):
-    self.transfer, self.label_smoothing = config.model.transfer, config.label_smoothing
+  Args:
+    total_steps: the run's length.
+    transfer: model.transfer, what trains (optim.TRANSFER_MODES).
+    label_smoothing: the cross-entropy's.
+    lora_rank: model.lora_rank (transfer 'lora' needs adapters).
+  """
+
+  def __init__(self, total_steps, transfer="finetune", label_smoothing=0.0, lora_rank=0):
+    self.transfer, self.label_smoothing = transfer, label_smoothing
     if self.transfer not in optim_lib.TRANSFER_MODES:
       raise cli.UserError(f"Unknown model.transfer {self.transfer!r}; known: "
                           f"{', '.join(optim_lib.TRANSFER_MODES)}")
-    if self.transfer == "lora" and not config.model.get("lora_rank", 0):
+    if self.transfer == "lora" and not lora_rank:
       raise cli.UserError("model.transfer='lora' trains the LoRA adapters and the head: set model.lora_rank "
                           "> 0 (DINOv2 models), or model.transfer='linear_probe' for the head alone")
     self.stages = {0: total_steps}
@@ -78,17 +85,23 @@ class Standard:
 
 class Staged(Standard):
   """DeepFD's two stages (configs/deepfd.py; deepfd.stage1_steps, stage2_steps replace the run's
-  length): the contrastive D1, then D2 on D1's features."""
+  length): the contrastive D1, then D2 on D1's features.
 
-  def __init__(self, config, total_steps):
-    super().__init__(config, total_steps)
+  Args:
+    stage1_steps, stage2_steps: each stage's length (deepfd.*).
+    freeze_d1: stage 2 trains D2 alone (deepfd.freeze_d1).
+    margin: the contrastive loss's (deepfd.margin).
+    **kw: Standard's transfer (only 'finetune'), label_smoothing and lora_rank.
+  """
+
+  def __init__(self, stage1_steps, stage2_steps, *, freeze_d1, margin, **kw):
+    super().__init__(stage1_steps + stage2_steps, **kw)
     if self.transfer != "finetune":
       raise cli.UserError("model.transfer applies to single-stage models; DeepFD freezes D1 with "
                           "deepfd.freeze_d1")
-    fd = config.deepfd
     self.first, self.second = models.deepfd.DeepFD.stages
-    self.stages = {1: fd.stage1_steps, 2: fd.stage2_steps}
-    self.freeze_d1, self.margin = fd.freeze_d1, fd.margin
+    self.stages = {1: stage1_steps, 2: stage2_steps}
+    self.freeze_d1, self.margin = freeze_d1, margin
 
   def wrt(self, stage):
     if stage == 1:
@@ -110,8 +123,8 @@ class Staged(Standard):
 class CachedProbe(Standard):
   """model.cached_features: the head trained on cached backbone features (training.probe)."""
 
-  def __init__(self, config, total_steps):
-    super().__init__(config, total_steps)
+  def __init__(self, total_steps, **kw):
+    super().__init__(total_steps, **kw)
     if self.transfer != "linear_probe":
       raise cli.UserError("model.cached_features trains the head alone: set model.transfer='linear_probe'")
 
@@ -120,9 +133,12 @@ class CachedProbe(Standard):
 
 
 def for_config(config, total_steps):
-  """The strategy a config trains with."""
-  if config.model.cached_features:
-    return CachedProbe(config, total_steps)
-  if models.get(config.model.name) is models.deepfd.DeepFD:
-    return Staged(config, total_steps)
-  return Standard(config, total_steps)
+  """The strategy a config trains with, given the keys it reads (the one reader of them)."""
+  m = config.model
+  kw = dict(transfer=m.transfer, label_smoothing=config.label_smoothing, lora_rank=m.get("lora_rank", 0))
+  if m.cached_features:
+    return CachedProbe(total_steps, **kw)
+  if models.get(m.name) is models.deepfd.DeepFD:
+    fd = config.deepfd
+    return Staged(fd.stage1_steps, fd.stage2_steps, freeze_d1=fd.freeze_d1, margin=fd.margin, **kw)
+  return Standard(total_steps, **kw)
