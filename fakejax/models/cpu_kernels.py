@@ -91,10 +91,11 @@ def use(formulation):
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
-def conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+def conv(lhs, rhs, window_strides, padding, *, lhs_dilation=None, rhs_dilation=None,
          dimension_numbers=None, feature_group_count=1, precision=None, preferred_element_type=None,
          **kwargs):
-  """lax.conv_general_dilated, with the CPU formulations of depthwise and 1x1 convolutions under 'cpu'."""
+  """lax.conv_general_dilated, with the CPU formulations of depthwise and 1x1 convolutions under 'cpu'
+  (what follows `padding` by keyword, as nnx.Conv passes it)."""
   xla = lambda lhs, rhs: lax.conv_general_dilated(
       lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
       feature_group_count, precision=precision, preferred_element_type=preferred_element_type, **kwargs)
