@@ -26,8 +26,9 @@ test: venv
 	$(PY) -m ruff check --quiet fakejax tests scripts configs
 	$(TEST_ENV) $(PY) $(PYTEST) --durations=25 -m "not study and not slow" tests
 
-# End-to-end chains of real processes, several minutes each (kill/resume, two processes on
-# loopback, DeepFD's stages): CI runs them after make test.
+# End-to-end chains of real processes (kill/resume, two processes on loopback, DeepFD's stages,
+# the served model over HTTP, the convert/evaluate/predict/explain commands on a run), several
+# minutes: CI runs them after make test.
 test-slow: venv
 	$(TEST_ENV) $(PY) $(PYTEST) --durations=10 -m slow tests
 

@@ -247,6 +247,7 @@ def _env():
   return subprocess_env()
 
 
+@pytest.mark.slow  # end to end: a real evaluate process with patches, TTA, perturbations and debiasing: make test-slow
 def test_evaluate_cli_writes_reports(tiny_run, tmp_path):
   out = tmp_path / "rep"
   r = subprocess.run([sys.executable, "-m", "fakejax.evaluate", "--workdir", tiny_run, "--mode",
@@ -307,6 +308,7 @@ def test_debiased_fakes_are_jpegd_at_the_reals_qualities(tmp_path):
   np.testing.assert_array_equal(load(fake), augment.jpeg(plain(fake), 96))
 
 
+@pytest.mark.slow  # an end-to-end chain: two real predict processes on a folder: make test-slow
 def test_predict_folder_with_bad_files(tiny_run, tiny_synthetic, tmp_path):
   folder = tmp_path / "mixed"
   corpus = bad_image_corpus(str(folder))

@@ -380,6 +380,7 @@ def _png_size(path):
     return im.size
 
 
+@pytest.mark.slow  # end to end: a real explain process over a dataset: make test-slow
 def test_cli_dataset_maps_and_spectra(tiny_run, tiny_synthetic, tmp_path):
   out = tmp_path / "explain"
   _explain("--workdir", tiny_run, "--layer", "block1", "--class", "fake", "--dataset", tiny_synthetic.path,

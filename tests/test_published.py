@@ -112,6 +112,7 @@ def test_a_checkpoint_that_does_not_fit_names_every_mismatch(tmp_path):
     convert.convert_published("npr", path, str(tmp_path / "run"))
 
 
+@pytest.mark.slow  # an end-to-end chain of three real processes (convert, then evaluate twice): make test-slow
 def test_cli_converts_and_evaluate_uses_the_preset(tmp_path, tiny_synthetic):
   path = str(tmp_path / "NPR.safetensors")
   save_file(official_truncated_resnet_state_dict(1), path)

@@ -16,6 +16,9 @@ httpx = pytest.importorskip("httpx", reason="needs the serve extra: pip install 
 
 from fakejax.serve import load  # pylint: disable=g-import-not-at-top
 
+# An end-to-end chain: a real server process and HTTP clients, the whole module (make test-slow).
+pytestmark = pytest.mark.slow
+
 MAX_BODY, MAX_IMAGES, MAX_PIXELS = 300_000, 3, 1_000_000
 SIZES = ((32, 32), (48, 64))  # Few image sizes: each one is compiled once by the server.
 
