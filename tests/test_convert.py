@@ -180,6 +180,7 @@ def test_mismatches_are_named(keras, tmp_path):
     convert.init_model_state(full, weights, "m.h5")
 
 
+@pytest.mark.slow  # an end-to-end chain of three real convert processes: make test-slow
 def test_convert_command_writes_a_weights_folder(keras, tmp_path):
   ref = keras.applications.MobileNetV2(weights=None, include_top=False, input_shape=(32, 32, 3))
   ref.save(str(tmp_path / "m.h5"))
