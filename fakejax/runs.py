@@ -160,8 +160,8 @@ class Selection:
       raise datasets.DatasetError(
           f"{dataset.path} has no 'val' split (it has {', '.join(dataset.splits)}); set "
           "--config.data.val_fraction=0.1 to hold out a seeded part of train for validation")
-    return "train", np.intersect1d(self.records(dataset, "train"), np.flatnonzero(self._held_out(dataset))), \
-        self.val_fraction
+    held = np.intersect1d(self.records(dataset, "train"), np.flatnonzero(self._held_out(dataset)))
+    return "train", held, self.val_fraction
 
   def _held_out(self, dataset):
     """Mask over the train split of the records set aside for validation (val_fraction)."""

@@ -83,6 +83,12 @@ def tiny_config(data_root, **overrides):
   return c
 
 
+def train_records(dataset, data_cfg):
+  """The records a run with config block `data_cfg` trains on (runs.Selection.train)."""
+  from fakejax import runs  # pylint: disable=g-import-not-at-top
+  return runs.Selection.from_config(data_cfg, dataset).train(dataset)
+
+
 @pytest.fixture
 def make_config(data_root, tiny_synthetic):
   del tiny_synthetic  # Built once, before any config points at it.

@@ -8,6 +8,7 @@ from fakejax import datasets
 from fakejax import defaults
 from fakejax import input_pipeline
 from fakejax import runs
+from tests.conftest import train_records
 
 
 def _cfg(**data):
@@ -32,7 +33,7 @@ def test_process_shards_are_disjoint_cover_the_epoch_and_rebuild_the_global_batc
   order and augmentation draws), and an epoch's shards are disjoint and cover the data."""
   c = _cfg()
   c.aug.jpg_prob, c.aug.blur_prob = 0.5, 0.5
-  n = len(runs.Selection.from_config(c.data, tiny_synthetic).train(tiny_synthetic))
+  n = len(train_records(tiny_synthetic, c.data))
   steps = n // 16
   one = _take(runs.train_iter(tiny_synthetic, c.data, c.aug, 16, seed=2, process_index=0,
                                              process_count=1), steps)
@@ -46,7 +47,7 @@ def test_process_shards_are_disjoint_cover_the_epoch_and_rebuild_the_global_batc
     assert not set(parts[0][s]["index"]) & set(parts[1][s]["index"])
     seen += list(joined["index"])
   assert len(seen) == len(set(seen)) == steps * 16  # No record twice within the epoch.
-  assert set(seen) <= set(runs.Selection.from_config(c.data, tiny_synthetic).train(tiny_synthetic))
+  assert set(seen) <= set(train_records(tiny_synthetic, c.data))
 
 
 def test_same_seed_same_batches_and_restore(tiny_synthetic):
@@ -83,7 +84,7 @@ def test_validation_fraction_is_held_out_of_training(tiny_synthetic):
     runs.Selection.from_config(c.data, ds).validation(ds)
   c.data.val_fraction = 0.25
   split, held, fraction = runs.Selection.from_config(c.data, ds).validation(ds)
-  train = runs.Selection.from_config(c.data, ds).train(ds)
+  train = train_records(ds, c.data)
   total = len(tiny_synthetic.index("train")["label"])
   assert split == "train" and fraction == 0.25 and len(held) == round(0.25 * total)
   assert not set(held) & set(train) and len(held) + len(train) == total
@@ -105,11 +106,11 @@ class _NoVal:
 
 def test_train_subset_and_balance(tiny_synthetic):
   c = _cfg(train_sources=("pixel_shuffle",))
-  idx = runs.Selection.from_config(c.data, tiny_synthetic).train(tiny_synthetic)
+  idx = train_records(tiny_synthetic, c.data)
   src = tiny_synthetic.index("train")["source"][idx]
   assert set(src) == {"real", "pixel_shuffle"}
   c = _cfg(train_sources=(), balance=True)
-  idx = runs.Selection.from_config(c.data, tiny_synthetic).train(tiny_synthetic)
+  idx = train_records(tiny_synthetic, c.data)
   labels = tiny_synthetic.index("train")["label"][idx]
   assert (labels == 0).sum() == (labels == 1).sum() == 4 * 3 * 8  # Reals oversampled to 96.
 
@@ -220,7 +221,7 @@ def test_pairs_come_whole_and_are_augmented_alike(tmp_path):
   ds, _ = datasets.prepare_folder(str(tmp_path / "aligned"), str(tmp_path / "ds"), workers=0)
   c = _cfg(pairs=True, train_sources=(), too_small="pad")
   c.aug.jpg_prob, c.aug.blur_prob, c.aug.flip = 0.5, 0.5, 0.5
-  idx = runs.Selection.from_config(c.data, ds).train(ds)
+  idx = train_records(ds, c.data)
   pairs = input_pipeline.pairs_of(ds, idx)
   paths = ds.index("train")["path"]
   assert len(pairs) == 11 and all(paths[r].replace("0_real", "1_fake") == paths[f] for r, f in pairs)

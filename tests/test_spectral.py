@@ -17,6 +17,7 @@ from fakejax import explain
 from fakejax import metrics as metrics_lib
 from fakejax import models
 from fakejax import runs
+from tests.conftest import train_records
 from fakejax import scoring
 from fakejax import training
 from fakejax.models import spectral
@@ -75,7 +76,7 @@ def test_a_spectral_run_is_scikit_learn_on_the_features(make_config, tmp_path):
   training.train_and_evaluate(c, str(tmp_path / "run"))
   data = training.open_data(c)
   ds = data.dataset
-  tr = np.random.default_rng(c.data.seed).permutation(runs.Selection.from_config(c.data, ds).train(ds))[:40]
+  tr = np.random.default_rng(c.data.seed).permutation(train_records(ds, c.data))[:40]
   feats = lambda split, idx: np.stack([reference_log_spectrum(ds.decode(ds.source(split)[int(i)]), 32).ravel()
                                        for i in idx])
   x = feats("train", tr)

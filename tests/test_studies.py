@@ -16,6 +16,7 @@ import pytest
 from fakejax import augment
 from fakejax import datasets
 from fakejax import runs
+from tests.conftest import train_records
 from fakejax import studies as sc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -226,16 +227,16 @@ def test_train_per_category_subset(tiny_synthetic):
   """data.train_per_category keeps a seeded subset of n images per (category, source)."""
   c = sc.base_config(argparse.Namespace(data="", quick=True, data_cache=""))
   c.data.train_sources = ("tconv",)
-  full = runs.Selection.from_config(c.data, tiny_synthetic).train(tiny_synthetic)
+  full = train_records(tiny_synthetic, c.data)
   c.data.train_per_category = 3
-  sub = runs.Selection.from_config(c.data, tiny_synthetic).train(tiny_synthetic)
+  sub = train_records(tiny_synthetic, c.data)
   idx = tiny_synthetic.index("train")
   groups = {}
   for i in sub:
     groups.setdefault((idx["category"][i], idx["source"][i]), []).append(i)
   assert set(sub) <= set(full) and len(groups) == 3 * 2 and all(len(v) == 3 for v in groups.values())
   c.data.seed = 1
-  assert not np.array_equal(runs.Selection.from_config(c.data, tiny_synthetic).train(tiny_synthetic), sub)
+  assert not np.array_equal(train_records(tiny_synthetic, c.data), sub)
 
 
 def _votes_by_hand(logits, theta=0.0):
